@@ -1,0 +1,197 @@
+"""The communicator: the only place where shares cross between parties.
+
+Every opening goes through :class:`Communicator`, which (a) is the only code allowed to combine the
+parties' shares (:func:`reconstruct` refuses to run anywhere else, so a protocol that reconstructs a
+secret "just to compute" raises :class:`~.errors.ProtocolViolation`), (b) counts per party the rounds,
+messages and bytes sent/received, online and offline, also per protocol tag, and (c) can record each
+party's view (everything it learned) for the honesty tests.
+
+This class is the simulated transport: all compute parties live in this process, and shares carry a
+leading party axis. A ``torch.distributed`` transport implements the same three methods
+(:meth:`open`, :meth:`reveal_to`, :meth:`broadcast_input`) with one party per process; the protocols
+do not change.
+"""
+from __future__ import annotations
+
+import contextvars
+import math
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from .errors import ProtocolViolation
+
+__all__ = ["Communicator", "PartyStats", "OpenRecord", "reconstruct"]
+
+_OPENING = contextvars.ContextVar("lightning_smpc_opening", default=False)
+
+
+def reconstruct(shares: torch.Tensor, kind: str = "arith", bits: int = 64) -> torch.Tensor:
+    """Combine all parties' shares (leading axis). Only legal inside :meth:`Communicator.open`."""
+    if not _OPENING.get():
+        raise ProtocolViolation(
+            "reconstruct() called outside the communicator: a protocol tried to combine shares locally. "
+            "Open masked values with Communicator.open() instead."
+        )
+    if kind == "xor":
+        out = shares[0].clone()
+        for s in shares[1:]:
+            out ^= s
+        return out
+    out = shares.sum(0)
+    return out if bits >= 64 else out & ((1 << bits) - 1)
+
+
+@dataclass
+class PartyStats:
+    """Traffic of one party."""
+
+    rounds: int = 0
+    messages: int = 0
+    bytes_sent: int = 0
+    bytes_received: int = 0
+
+    def add(self, other: "PartyStats") -> None:
+        for k, v in asdict(other).items():
+            setattr(self, k, getattr(self, k) + v)
+
+
+@dataclass
+class OpenRecord:
+    """One opening: ``kind`` is "masked" (a uniformly masked value, learns nothing) or "reveal"."""
+
+    tag: str
+    shapes: tuple
+    kind: str
+    to: tuple
+
+
+def _nbytes(t: torch.Tensor, bits: int) -> int:
+    return math.ceil(t.numel() * bits / 8)
+
+
+@dataclass
+class _Ledger:
+    online: dict = field(default_factory=lambda: defaultdict(PartyStats))
+    offline: dict = field(default_factory=lambda: defaultdict(PartyStats))
+    by_tag: dict = field(default_factory=lambda: defaultdict(lambda: defaultdict(PartyStats)))
+    rounds_by_tag: dict = field(default_factory=lambda: defaultdict(int))
+
+
+class Communicator:
+    """Simulated transport between named compute parties, with traffic accounting and view recording.
+
+    Args:
+        parties: compute party names; share tensors carry one row per party in this order.
+        record_views: keep, per party, every value it learned (for honesty tests; costs memory).
+    """
+
+    def __init__(self, parties: tuple[str, ...], record_views: bool = False) -> None:
+        self.parties = tuple(parties)
+        self.n = len(self.parties)
+        self.record_views = record_views
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget all counters, views and records."""
+        self._ledger = _Ledger()
+        self.rounds = 0
+        self.views: dict[str, list[tuple[str, torch.Tensor]]] = {p: [] for p in self.parties}
+        self.records: list[OpenRecord] = []
+
+    # ------------------------------------------------------------------ transport
+    def open(self, items: list[tuple[torch.Tensor, str, int]], tag: str) -> list[torch.Tensor]:
+        """Open masked values to all parties in ONE round.
+
+        Args:
+            items: ``(shares, kind, bits)`` with shares ``[n_parties, ...]``, kind "arith" (sum mod
+                2**bits) or "xor", and the bits each element takes on the wire.
+            tag: protocol name, for the per-protocol statistics.
+        """
+        token = _OPENING.set(True)
+        try:
+            values = [reconstruct(s, kind, bits) for s, kind, bits in items]
+        finally:
+            _OPENING.reset(token)
+        per_msg = sum(_nbytes(s[0], bits) for s, _, bits in items)
+        self._round(tag, {p: (self.n - 1, per_msg * (self.n - 1), per_msg * (self.n - 1)) for p in self.parties})
+        self.records.append(OpenRecord(tag, tuple(tuple(v.shape) for v in values), "masked", self.parties))
+        if self.record_views:
+            for p in self.parties:
+                self.views[p].extend((tag, v) for v in values)
+        return values
+
+    def reveal_to(self, shares: torch.Tensor, to: tuple[str, ...], tag: str, outside: str | None = None) -> torch.Tensor:
+        """Reveal a secret to the parties in ``to`` (and/or an ``outside`` receiver such as the client)."""
+        token = _OPENING.set(True)
+        try:
+            value = reconstruct(shares)
+        finally:
+            _OPENING.reset(token)
+        nbytes = _nbytes(shares[0], 64)
+        traffic = {}
+        receivers = list(to) + ([outside] if outside else [])
+        for p in self.parties:
+            others = [r for r in receivers if r != p]
+            traffic[p] = (len(others), nbytes * len(others), 0)
+        for r in receivers:
+            senders = [p for p in self.parties if p != r]
+            s, m, _ = traffic.get(r, (0, 0, 0))
+            traffic[r] = (s, m, nbytes * len(senders))
+        self._round(tag, traffic)
+        self.records.append(OpenRecord(tag, (tuple(value.shape),), "reveal", tuple(receivers)))
+        if self.record_views:
+            for r in to:
+                self.views[r].append((tag, value))
+        return value
+
+    def broadcast_input(self, sender: str, value: torch.Tensor, tag: str, bits: int = 64) -> torch.Tensor:
+        """``sender`` (a party or an outside input owner) sends a masked input to every compute party."""
+        nbytes = _nbytes(value, bits)
+        receivers = [p for p in self.parties if p != sender]
+        traffic = {sender: (len(receivers), nbytes * len(receivers), 0)}
+        for p in receivers:
+            traffic[p] = (0, 0, nbytes)
+        self._round(tag, traffic)
+        self.records.append(OpenRecord(tag, (tuple(value.shape),), "masked", tuple(receivers)))
+        if self.record_views:
+            for p in receivers:
+                self.views[p].append((tag, value))
+        return value
+
+    def dealer_send(self, sizes: dict[str, int], tag: str, dealer: str) -> None:
+        """Account offline traffic from the dealer: ``sizes`` maps receiver -> bytes."""
+        led = self._ledger
+        for p, nbytes in sizes.items():
+            led.offline[p].bytes_received += nbytes
+            led.offline[p].messages += 1
+            led.offline[dealer].bytes_sent += nbytes
+            led.offline[dealer].messages += 1
+
+    def _round(self, tag: str, traffic: dict[str, tuple[int, int, int]]) -> None:
+        led = self._ledger
+        self.rounds += 1
+        led.rounds_by_tag[tag] += 1
+        for p, (msgs, sent, received) in traffic.items():
+            st = PartyStats(rounds=1 if (sent or received) else 0, messages=msgs, bytes_sent=sent, bytes_received=received)
+            led.online[p].add(st)
+            led.by_tag[tag][p].add(st)
+
+    # ------------------------------------------------------------------ statistics
+    def stats(self, offline: bool = False) -> dict[str, dict[str, int]]:
+        """``{party: {"rounds", "messages", "bytes_sent", "bytes_received"}}`` online (or offline)."""
+        src = self._ledger.offline if offline else self._ledger.online
+        return {p: asdict(s) for p, s in src.items()}
+
+    def stats_by_tag(self) -> dict[str, dict]:
+        """Online traffic per protocol tag: ``{tag: {"rounds": int, "parties": {party: {...}}}}``."""
+        led = self._ledger
+        return {
+            tag: {"rounds": led.rounds_by_tag[tag], "parties": {p: asdict(s) for p, s in per.items()}}
+            for tag, per in led.by_tag.items()
+        }
+
+    def snapshot(self) -> tuple[int, dict]:
+        """(global rounds, by-tag stats): take two and subtract to measure one call."""
+        return self.rounds, self.stats_by_tag()

@@ -1,0 +1,42 @@
+"""Errors raised by the MPC core. Every message says what was expected, what was found, and how to fix it."""
+from __future__ import annotations
+
+
+class SmpcError(Exception):
+    """Base class of all lightning_smpc errors."""
+
+
+class EncodingRangeError(SmpcError, ValueError):
+    """A plaintext value is outside the fixed-point range in which every protocol is exact."""
+
+
+class NonFiniteInputError(SmpcError, ValueError):
+    """A plaintext value is NaN or infinite and cannot be encoded."""
+
+
+class UnsupportedOpError(SmpcError, NotImplementedError):
+    """A torch operation has no secure implementation (it would have to compute on raw share words)."""
+
+
+class SessionMismatchError(SmpcError, ValueError):
+    """Two shared values from different sessions were combined."""
+
+
+class ShapeMismatchError(SmpcError, ValueError):
+    """Operands have shapes that the operation cannot combine."""
+
+
+class PartyConfigError(SmpcError, ValueError):
+    """The party names are invalid (too few, duplicated, dealer among the compute parties, ...)."""
+
+
+class DealerStoreError(SmpcError, RuntimeError):
+    """The preprocessed dealer store does not hold the material that the online phase asked for."""
+
+
+class ProtocolViolation(SmpcError, RuntimeError):
+    """Code tried to reconstruct a secret outside the communicator (a protocol that cheats)."""
+
+
+class RevealNotAllowedError(SmpcError, RuntimeError):
+    """A value may not be revealed in its current form (e.g. a skipped softmax whose only valid use is argmax)."""

@@ -1,0 +1,496 @@
+"""Torch callables -> protocols. Handlers only normalise arguments (public vs shared, scales, shapes)
+and then call the protocols, so every byte sent is attributable to a protocol."""
+from __future__ import annotations
+
+import math
+from collections import namedtuple
+
+import torch
+import torch.nn.functional as F
+
+from . import protocols as P
+from . import transforms
+from .errors import ShapeMismatchError, UnsupportedOpError
+from .tensor import ShareTensor, check_same_session, implements
+
+Tensor = torch.Tensor
+MaxResult = namedtuple("MaxResult", ["values", "indices"])
+
+# ------------------------------------------------------------------------------------------ helpers
+
+
+def _wrap(like: ShareTensor, shares: Tensor, frac: int, mask=None, argmax_only: bool | None = None) -> ShareTensor:
+    flag = like._argmax_only if argmax_only is None else argmax_only
+    return ShareTensor(shares, like._session, frac, mask, flag)
+
+
+def _fixed(x: ShareTensor) -> ShareTensor:
+    """``x`` with at most ``precision_bits`` fractional bits (truncates a pending product)."""
+    f = x._session.precision_bits
+    if x._frac <= f:
+        return x
+    return _wrap(x, P.truncate(x._session, x._shares, x._frac - f), f)
+
+
+def _lift(x: ShareTensor, frac: int) -> Tensor:
+    return x._shares * (1 << (frac - x._frac)) if frac > x._frac else x._shares
+
+
+def _public(sess, v, frac: int) -> Tensor:
+    """Encode a public operand at ``frac`` fractional bits."""
+    t = torch.as_tensor(v, device=sess.device)
+    if t.is_floating_point():
+        return sess.encoder.encode(t, frac).to(sess.device)
+    return t.to(torch.int64) * (1 << frac)
+
+
+def _is_int_public(v) -> bool:
+    if isinstance(v, bool):
+        return False
+    if isinstance(v, int):
+        return True
+    return isinstance(v, Tensor) and not isinstance(v, ShareTensor) and not v.is_floating_point()
+
+
+# ------------------------------------------------------------------------------------------ metadata
+_META = [
+    Tensor.size, Tensor.dim, Tensor.numel, Tensor.nelement, Tensor.__len__, Tensor.is_floating_point,
+    Tensor.is_complex, Tensor.element_size, Tensor.ndimension, Tensor.data_ptr, Tensor.__hash__,
+]
+for _name in ("shape", "ndim", "dtype", "device", "requires_grad", "is_cuda", "layout", "is_sparse", "is_quantized",
+              "is_meta", "is_nested", "grad", "names", "is_mkldnn", "_base", "output_nr", "_version", "is_leaf", "grad_fn"):
+    _attr = getattr(Tensor, _name, None)
+    if _attr is not None and hasattr(_attr, "__get__"):
+        _META.append(_attr.__get__)
+
+
+def _bind_meta():  # each metadata func needs to know which func it is: register closures
+    for f in _META:
+        def handler(*args, _f=f, **kwargs):
+            with torch._C.DisableTorchFunctionSubclass():
+                return _f(*args, **kwargs)
+        implements(f)(handler)
+
+
+_bind_meta()
+
+# ------------------------------------------------------------------------------------------ shape ops
+
+
+def _shape_of(x: ShareTensor) -> tuple:
+    return tuple(x._shares.shape[1:])
+
+
+def _step(x: ShareTensor, step: tuple) -> ShareTensor:
+    shares = transforms.apply(x._shares, (step,), party_axis=True)
+    mask = x.mask.then(step) if x.mask is not None else None
+    return _wrap(x, shares, x._frac, mask)
+
+
+def _reshape_to(x: ShareTensor, out_shape) -> ShareTensor:
+    out_shape = tuple(out_shape)
+    return x if out_shape == _shape_of(x) else _step(x, ("reshape", out_shape))
+
+
+def _meta_shape(x: ShareTensor, fn, *args, **kwargs) -> tuple:
+    return tuple(fn(torch.empty(_shape_of(x), device="meta"), *args, **kwargs).shape)
+
+
+@implements(Tensor.view, Tensor.reshape, torch.reshape)
+def _view(x, *shape, **kw):
+    shape = kw.get("shape", shape)
+    if len(shape) == 1 and isinstance(shape[0], (tuple, list, torch.Size)):
+        shape = tuple(shape[0])
+    if any(isinstance(s, torch.dtype) for s in shape):
+        raise UnsupportedOpError("view(dtype) would reinterpret share words; it is not supported on shares.")
+    return _reshape_to(x, _meta_shape(x, torch.reshape, tuple(int(s) for s in shape)))
+
+
+@implements(Tensor.flatten, torch.flatten)
+def _flatten(x, start_dim=0, end_dim=-1):
+    return _reshape_to(x, _meta_shape(x, torch.flatten, start_dim, end_dim))
+
+
+@implements(Tensor.unsqueeze, torch.unsqueeze)
+def _unsqueeze(x, dim):
+    return _reshape_to(x, _meta_shape(x, torch.unsqueeze, dim))
+
+
+@implements(Tensor.squeeze, torch.squeeze)
+def _squeeze(x, dim=None):
+    return _reshape_to(x, _meta_shape(x, torch.squeeze) if dim is None else _meta_shape(x, torch.squeeze, dim))
+
+
+@implements(Tensor.view_as, Tensor.reshape_as)
+def _view_as(x, other):
+    return _reshape_to(x, tuple(other.shape))
+
+
+def _norm(d: int, nd: int) -> int:
+    return d % nd if nd else 0
+
+
+@implements(Tensor.permute, torch.permute)
+def _permute(x, *dims):
+    if len(dims) == 1 and isinstance(dims[0], (tuple, list)):
+        dims = tuple(dims[0])
+    nd = len(_shape_of(x))
+    return _step(x, ("permute", tuple(_norm(d, nd) for d in dims)))
+
+
+@implements(Tensor.transpose, torch.transpose)
+def _transpose(x, dim0, dim1):
+    nd = len(_shape_of(x))
+    perm = list(range(nd))
+    a, b = _norm(dim0, nd), _norm(dim1, nd)
+    perm[a], perm[b] = perm[b], perm[a]
+    return _step(x, ("permute", tuple(perm)))
+
+
+@implements(Tensor.t, torch.t, Tensor.T.__get__)
+def _t(x):
+    return x if len(_shape_of(x)) < 2 else _transpose(x, 0, 1)
+
+
+@implements(Tensor.__getitem__)
+def _getitem(x, idx):
+    h = transforms.hashable_index(idx)
+    if h is not None:
+        return _step(x, ("getitem", h))
+    if isinstance(idx, ShareTensor):
+        raise UnsupportedOpError("Indexing with a secret-shared index is not supported.")
+    sel = idx if isinstance(idx, tuple) else (idx,)
+    return _wrap(x, x._shares[(slice(None),) + sel], x._frac)
+
+
+@implements(Tensor.contiguous, Tensor.clone, Tensor.detach, Tensor.requires_grad_)
+def _identity(x, *args, **kwargs):
+    return x
+
+
+@implements(Tensor.to, Tensor.cpu, Tensor.cuda, Tensor.float, Tensor.type_as)
+def _to(x, *args, **kwargs):
+    device = kwargs.get("device")
+    for a in args:
+        if isinstance(a, (torch.device, str)):
+            device = a
+        elif isinstance(a, torch.dtype) and not a.is_floating_point:
+            raise UnsupportedOpError(f"Casting shares to {a} is not supported; reveal first.")
+    if device is None:
+        return x
+    return _wrap(x, x._shares.to(device), x._frac)
+
+
+def _join(kind):
+    def handler(tensors, dim=0, **kwargs):
+        sess = check_same_session(*tensors)
+        if not all(isinstance(t, ShareTensor) for t in tensors):
+            raise UnsupportedOpError(f"torch.{kind} of shared and public tensors: share the public ones first.")
+        frac = max(t._frac for t in tensors)
+        nd = len(_shape_of(tensors[0])) + (1 if kind == "stack" else 0)
+        d = _norm(dim, nd) + 1
+        parts = [_lift(t, frac) for t in tensors]
+        out = torch.stack(parts, d) if kind == "stack" else torch.cat(parts, d)
+        return ShareTensor(out, sess, frac)
+
+    return handler
+
+
+implements(torch.cat, torch.concat)(_join("cat"))
+implements(torch.stack)(_join("stack"))
+
+# ------------------------------------------------------------------------------------------ arithmetic
+
+
+def _aligned(shares: Tensor, nd: int) -> Tensor:
+    """Shares with singleton dims inserted after the party axis up to ``nd`` logical dims (broadcasting)."""
+    missing = nd - (shares.dim() - 1)
+    return shares if missing <= 0 else shares.reshape((shares.shape[0],) + (1,) * missing + tuple(shares.shape[1:]))
+
+
+def _add(x, y, sign: int = 1):
+    if isinstance(x, ShareTensor) and isinstance(y, ShareTensor):
+        sess = check_same_session(x, y)
+        frac = max(x._frac, y._frac)
+        nd = max(x.dim(), y.dim())
+        a, b = _aligned(_lift(x, frac), nd), _aligned(_lift(y, frac), nd)
+        return ShareTensor(a + b if sign == 1 else a - b, sess, frac, None, x._argmax_only or y._argmax_only)
+    if isinstance(x, ShareTensor):
+        pub = _public(x._session, y, x._frac)
+        shape = torch.broadcast_shapes(_shape_of(x), tuple(pub.shape))
+        out = _aligned(x._shares, len(shape)).expand((x._shares.shape[0],) + shape).clone()
+        out[0] += sign * pub
+        return _wrap(x, out, x._frac)
+    # public +/- shared
+    return _add(_neg(y) if sign == -1 else y, x)
+
+
+@implements(Tensor.__add__, Tensor.__radd__, Tensor.add, torch.add)
+def _h_add(x, y, *, alpha=1):
+    if alpha != 1:
+        y = _h_mul(y, alpha)
+    return _add(x, y)
+
+
+@implements(Tensor.__sub__, Tensor.sub, torch.sub)
+def _h_sub(x, y, *, alpha=1):
+    if alpha != 1:
+        y = _h_mul(y, alpha)
+    return _add(x, y, -1)
+
+
+@implements(Tensor.__rsub__)
+def _h_rsub(x, y):
+    return _add(y, x, -1) if isinstance(y, ShareTensor) else _add(_neg(x), y)
+
+
+@implements(Tensor.__neg__, Tensor.neg, torch.neg)
+def _neg(x):
+    return _wrap(x, -x._shares, x._frac, None)
+
+
+@implements(Tensor.__mul__, Tensor.__rmul__, Tensor.mul, torch.mul)
+def _h_mul(x, y):
+    if not isinstance(x, ShareTensor):
+        x, y = y, x
+    if isinstance(y, ShareTensor):
+        sess = check_same_session(x, y)
+        x, y = _fixed(x), _fixed(y)
+        try:
+            torch.broadcast_shapes(_shape_of(x), _shape_of(y))
+        except RuntimeError:
+            raise ShapeMismatchError(f"Cannot multiply shapes {_shape_of(x)} and {_shape_of(y)}.") from None
+        return ShareTensor(P.beaver(sess, "mul", x, y), sess, x._frac + y._frac)
+    if _is_int_public(y):
+        return _wrap(x, x._shares * torch.as_tensor(y, device=x._shares.device).to(torch.int64), x._frac, None)
+    x = _fixed(x)
+    f = x._session.precision_bits
+    return _wrap(x, x._shares * _public(x._session, y, f), x._frac + f, None)
+
+
+@implements(Tensor.__truediv__, Tensor.div, torch.div)
+def _h_div(x, y):
+    if isinstance(y, ShareTensor):
+        raise UnsupportedOpError("Division by a secret-shared value is not supported (only by public values).")
+    return _h_mul(x, 1.0 / torch.as_tensor(y, dtype=torch.float64))
+
+
+def _bilinear(op: str, x, w, **kwargs):
+    if not isinstance(x, ShareTensor) or not isinstance(w, ShareTensor):
+        # public operand: share-free local product
+        sh, pub, left = (x, w, True) if isinstance(x, ShareTensor) else (w, x, False)
+        sh = _fixed(sh)
+        f = sh._session.precision_bits
+        enc = _public(sh._session, pub, f)
+        from .ring import ring_conv2d, ring_matmul
+        if op == "conv2d":
+            out = torch.stack([ring_conv2d(s, enc, **kwargs) for s in sh._shares]) if left else torch.stack([ring_conv2d(enc, s, **kwargs) for s in sh._shares])
+        elif op == "linear":
+            out = ring_matmul(sh._shares, enc.t()) if left else torch.stack([ring_matmul(enc, s.t()) for s in sh._shares])
+        else:
+            out = ring_matmul(sh._shares, enc) if left else torch.stack([ring_matmul(enc, s) for s in sh._shares])
+        return ShareTensor(out, sh._session, sh._frac + f)
+    sess = check_same_session(x, w)
+    x, w = _fixed(x), _fixed(w)
+    return ShareTensor(P.beaver(sess, op, x, w, **kwargs), sess, x._frac + w._frac)
+
+
+@implements(Tensor.__matmul__, Tensor.matmul, torch.matmul, Tensor.mm, torch.mm)
+def _h_matmul(x, y):
+    xs = x.shape if isinstance(x, ShareTensor) else torch.as_tensor(x).shape
+    ys = y.shape if isinstance(y, ShareTensor) else torch.as_tensor(y).shape
+    if len(xs) == 1 or len(ys) == 1:
+        x2 = x.unsqueeze(0) if len(xs) == 1 else x
+        y2 = y.unsqueeze(-1) if len(ys) == 1 else y
+        out = _h_matmul(x2, y2)
+        if len(xs) == 1:
+            out = out.squeeze(-2)
+        if len(ys) == 1:
+            out = out.squeeze(-1)
+        return out
+    if xs[-1] != ys[-2]:
+        raise ShapeMismatchError(f"Expected matching inner dims for matmul, but got {tuple(xs)} @ {tuple(ys)}.")
+    return _bilinear("matmul", x, y)
+
+
+@implements(F.linear)
+def _h_linear(x, weight, bias=None):
+    if isinstance(x, ShareTensor) and x.shape[-1] != weight.shape[-1]:
+        raise ShapeMismatchError(f"Expected input features {weight.shape[-1]} for linear, but got shape {tuple(x.shape)}.")
+    out = _bilinear("linear", x, weight)
+    return out if bias is None else _add(out, bias)
+
+
+@implements(F.conv2d)
+def _h_conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    if isinstance(padding, str):
+        raise UnsupportedOpError("conv2d with string padding is not supported on shares; pass integers.")
+    kw = dict(stride=_pair(stride), padding=_pair(padding), dilation=_pair(dilation), groups=groups)
+    out = _bilinear("conv2d", x, weight, **kw)
+    if bias is not None:
+        out = _add(out, bias.reshape(-1, 1, 1) if isinstance(bias, ShareTensor) else torch.as_tensor(bias).reshape(-1, 1, 1))
+    return out
+
+
+def _pair(v):
+    return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+
+
+@implements(Tensor.sum, torch.sum)
+def _h_sum(x, dim=None, keepdim=False, dtype=None):
+    if dim is None:
+        return _wrap(x, x._shares.reshape(x._shares.shape[0], -1).sum(1), x._frac, None)
+    dims = (dim,) if isinstance(dim, int) else tuple(dim)
+    nd = len(_shape_of(x))
+    return _wrap(x, x._shares.sum(tuple(_norm(d, nd) + 1 for d in dims), keepdim=keepdim), x._frac, None)
+
+
+@implements(Tensor.mean, torch.mean)
+def _h_mean(x, dim=None, keepdim=False, dtype=None):
+    total = _h_sum(x, dim, keepdim)
+    count = x.numel() // max(1, total.numel())
+    return _h_mul(total, 1.0 / count)
+
+
+# ------------------------------------------------------------------------------------------ nonlinear
+
+
+def _fused_m(x: ShareTensor) -> tuple[Tensor, int | None, int]:
+    """(shares, truncation bits to fuse or None, frac of the result)."""
+    f = x._session.precision_bits
+    if x._frac > f:
+        return x._shares, x._frac - f, f
+    return x._shares, None, x._frac
+
+
+@implements(F.relu, torch.relu, Tensor.relu)
+def _h_relu(x, inplace=False):
+    shares, m, frac = _fused_m(x)
+    return _wrap(x, P.relu(x._session, shares, m), frac, None)
+
+
+def _cmp(x, y, flip: bool, strict: bool):
+    """[x >= y] (or [x > y] when strict, = 1 - [y >= x])."""
+    a, b = (y, x) if strict else (x, y)
+    d = _add(a, b, -1) if isinstance(a, ShareTensor) or isinstance(b, ShareTensor) else None
+    if not isinstance(d, ShareTensor):
+        raise UnsupportedOpError("comparison needs a shared operand")
+    shares, m, _ = _fused_m(d)
+    bit = P.compare_bit(d._session, shares, m)
+    if strict:
+        bit = -bit
+        bit[0] += 1
+    return ShareTensor(bit, d._session, 0)
+
+
+@implements(Tensor.__ge__, Tensor.ge, torch.ge)
+def _h_ge(x, y):
+    return _cmp(x, y, False, False)
+
+
+@implements(Tensor.__gt__, Tensor.gt, torch.gt)
+def _h_gt(x, y):
+    return _cmp(x, y, False, True)
+
+
+@implements(Tensor.__le__, Tensor.le, torch.le)
+def _h_le(x, y):
+    return _cmp(y, x, False, False) if isinstance(y, ShareTensor) else _cmp(_neg(x), -torch.as_tensor(y), False, False)
+
+
+@implements(Tensor.__lt__, Tensor.lt, torch.lt)
+def _h_lt(x, y):
+    return _cmp(y, x, False, True) if isinstance(y, ShareTensor) else _cmp(_neg(x), -torch.as_tensor(y), False, True)
+
+
+def _move_last(x: ShareTensor, dim: int) -> ShareTensor:
+    nd = len(_shape_of(x))
+    d = _norm(dim, nd)
+    return x if d == nd - 1 else _transpose(x, d, nd - 1)
+
+
+def _argmax_parts(x: ShareTensor, dim, keepdim: bool, want_max: bool):
+    if dim is None:
+        x, dim = _reshape_to(x, (1, x.numel())), -1
+    nd = len(_shape_of(x))
+    d = _norm(dim, nd)
+    y = _move_last(x, d)
+    shares, m, frac = _fused_m(y)
+    onehot, mx = P.argmax_onehot(x._session, shares, m, want_max)
+    n_cls = onehot.shape[-1]
+    index = (onehot * torch.arange(n_cls, device=onehot.device)).sum(-1)
+    if y is not x:  # restore the reduced axis position for keepdim
+        pass
+    if keepdim:
+        index = index.unsqueeze(d + 1)
+        mx = mx.unsqueeze(d + 1) if mx is not None else None
+    return onehot, index, mx, frac
+
+
+@implements(Tensor.argmax, torch.argmax)
+def _h_argmax(x, dim=None, keepdim=False):
+    _, index, _, _ = _argmax_parts(x, dim, keepdim, False)
+    out = ShareTensor(index, x._session, 0)
+    if dim is None:
+        out = _reshape_to(out, ())
+    return out
+
+
+def argmax_onehot(x: ShareTensor, dim: int = -1) -> ShareTensor:
+    """One-hot (scale 0) of the argmax along ``dim``, moved to the last axis. Ties: first index."""
+    onehot, _, _, _ = _argmax_parts(x, dim, False, False)
+    return ShareTensor(onehot, x._session, 0)
+
+
+@implements(Tensor.max, torch.max, Tensor.amax, torch.amax)
+def _h_max(x, dim=None, keepdim=False):
+    if isinstance(dim, ShareTensor) or (dim is not None and not isinstance(dim, int)):
+        raise UnsupportedOpError("max(x, y) elementwise is not supported; use torch.maximum-free code or relu(x-y)+y.")
+    _, index, mx, frac = _argmax_parts(x, dim, keepdim, True)
+    values = ShareTensor(mx, x._session, frac)
+    if dim is None:
+        return _reshape_to(values, ())
+    return MaxResult(values, ShareTensor(index, x._session, 0))
+
+
+@implements(F.max_pool2d, getattr(F, "_max_pool2d", F.max_pool2d), Tensor.max_pool2d if hasattr(Tensor, "max_pool2d") else F.max_pool2d)
+def _h_max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
+    kh, kw = _pair(kernel_size)
+    sh, sw = _pair(stride if stride not in (None, []) else kernel_size)
+    if _pair(padding) != (0, 0) or _pair(dilation) != (1, 1) or ceil_mode or return_indices:
+        raise UnsupportedOpError("max_pool2d on shares supports padding=0, dilation=1, ceil_mode=False only.")
+    win = x._shares.unfold(-2, kh, sh).unfold(-2, kw, sw)  # [P, N, C, oh, ow, kh, kw]
+    win = win.reshape(win.shape[:-2] + (kh * kw,))
+    shares, m, frac = _fused_m(_wrap(x, win, x._frac))
+    _, mx = P.argmax_onehot(x._session, shares, m, True)
+    return ShareTensor(mx, x._session, frac)
+
+
+@implements(F.avg_pool2d, torch._C._nn.avg_pool2d)
+def _h_avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True, divisor_override=None):
+    kh, kw = _pair(kernel_size)
+    sh, sw = _pair(stride if stride not in (None, []) else kernel_size)
+    if _pair(padding) != (0, 0) or ceil_mode:
+        raise UnsupportedOpError("avg_pool2d on shares supports padding=0, ceil_mode=False only.")
+    win = x._shares.unfold(-2, kh, sh).unfold(-2, kw, sw).sum((-1, -2))
+    return _h_mul(_wrap(x, win, x._frac), 1.0 / (divisor_override or kh * kw))
+
+
+@implements(F.dropout, torch.dropout)
+def _h_dropout(x, p=0.5, training=True, inplace=False):
+    if training:
+        raise UnsupportedOpError("dropout in training mode on shares: call model.eval() (predict does).")
+    return x
+
+
+@implements(F.softmax, F.log_softmax, torch.softmax, torch.log_softmax, Tensor.softmax, Tensor.log_softmax)
+def _h_softmax(x, dim=None, *args, **kwargs):
+    """Skipped: monotone, so argmax is unchanged. The result may only be argmax'ed, never revealed."""
+    return _wrap(x, x._shares, x._frac, x.mask, argmax_only=True)
+
+
+def supported_ops() -> list[str]:
+    """Names of the torch callables that run on shares."""
+    from .tensor import OP_TABLE
+
+    return sorted({torch.overrides.resolve_name(f) or getattr(f, "__name__", repr(f)) for f in OP_TABLE})

@@ -1,0 +1,115 @@
+"""Beaver-triple products: elementwise mul, matmul, linear (x @ W^T) and conv2d, for n parties."""
+from __future__ import annotations
+
+import torch
+
+from ..dealer import Request
+from ..mask import Mask, MaskHandle
+from ..ring import LimbOperand, ring_conv2d, ring_matmul
+from ._cost import nbytes, protocol
+
+
+def _apply(op: str, x, y, kwargs: dict):
+    if op == "mul":
+        return x * y
+    if op == "matmul":
+        return ring_matmul(x, y)
+    if op == "linear":  # the right operand arrives transposed already (see _right_operands)
+        return ring_matmul(x, y)
+    if op == "conv2d":
+        return _party_conv(x, y, kwargs)
+    raise ValueError(op)
+
+
+def _party_conv(x, w, kwargs):
+    """conv2d where either operand may carry a leading party axis."""
+    if x.dim() == 5:  # [P, N, C, H, W] -> fold parties into the batch
+        p = x.shape[0]
+        out = ring_conv2d(x.reshape((-1,) + tuple(x.shape[2:])), w, **kwargs)
+        return out.reshape((p, -1) + tuple(out.shape[1:]))
+    if w.dim() == 5:  # [P, O, C, kh, kw] -> one conv per party
+        return torch.stack([ring_conv2d(x, wp, **kwargs) for wp in w])
+    return ring_conv2d(x, w, **kwargs)
+
+
+def _unopened(n, shape_x, shape_y, fresh_x=True, fresh_y=True, **s):
+    numel = (fresh_x and _numel(shape_x)) + (fresh_y and _numel(shape_y))
+    return (n - 1) * nbytes(numel, 64) if numel else 0
+
+
+def _numel(shape) -> int:
+    out = 1
+    for d in shape:
+        out *= d
+    return out
+
+
+def _rounds(n, fresh_x=True, fresh_y=True, **s):
+    return 1 if (fresh_x or fresh_y) else 0
+
+
+@protocol("beaver_mul", rounds=_rounds, bytes_sent=_unopened, offline="[a], [b], [a*b] (fresh masks only)")
+@protocol("beaver_matmul", rounds=_rounds, bytes_sent=_unopened, offline="[A], [B], [A@B]")
+@protocol("beaver_linear", rounds=_rounds, bytes_sent=_unopened, offline="[A], [W-mask], [A@B^T]")
+@protocol("beaver_conv2d", rounds=_rounds, bytes_sent=_unopened, offline="[A], [K], [conv(A,K)]")
+def beaver(sess, op: str, x, y, **kwargs) -> torch.Tensor:
+    """Shares of ``op(x, y)`` for a bilinear ``op`` with a dealer triple ``c = op(a, b)``.
+
+    Protocol: 1. operands that carry no opened mask open ``x - a`` / ``y - b`` (one round for both);
+    the opened masks are cached on the operands; 2. each party computes
+    ``op(eps, [b]) + op([a], delta) + [c]``, party 0 adds ``op(eps, delta)``.
+
+    ``x`` and ``y`` are shared values with ``.shares`` and ``.mask`` (a :class:`~..mask.Mask` or None).
+    Cost: 1 round and ``8 * numel`` bytes per unopened operand to each other party; 0 rounds when both
+    operands are already opened (e.g. a client input times model weights).
+    Security: every opened value is masked by a fresh uniform dealer mask used for this operand only.
+    """
+    masks = [x.mask, y.mask]
+    shapes = (tuple(x.shares.shape[1:]), tuple(y.shares.shape[1:]))
+    req = Request(
+        "beaver",
+        (op, tuple(sorted(kwargs.items())), shapes[0], shapes[1]) + tuple(m.transform if m else () for m in masks),
+        tuple(m.handle.id if m else None for m in masks),
+    )
+    mat = sess.dealer.request(req)
+    created = iter(mat.created)
+    fresh = []
+    for i, (v, key) in enumerate(((x, "a"), (y, "b"))):
+        if masks[i] is None:
+            fresh.append((i, v, mat[key], next(created)))
+    if fresh:
+        opened = sess.comm.open([(v.shares - a, "arith", 64) for _, v, a, _ in fresh], tag=f"beaver_{op}")
+        for (i, v, a, mid), eps in zip(fresh, opened):
+            masks[i] = Mask(eps, a, MaskHandle(sess.dealer, mid))
+            v.mask = masks[i]
+    mx, my = masks
+    rhs_b, rhs_delta = _right_operands(op, mx, my)
+    z = _apply(op, mx.eps, rhs_b, kwargs)
+    return z + _apply(op, _align(mx.a, my.eps.dim()), rhs_delta, kwargs) + mat["c"]
+
+
+def _align(shares: torch.Tensor, other_dim: int) -> torch.Tensor:
+    """Insert singleton dims after the party axis so the party axis never meets a batch dim of the other operand."""
+    missing = other_dim - (shares.dim() - 1)
+    if missing <= 0:
+        return shares
+    return shares.reshape((shares.shape[0],) + (1,) * missing + tuple(shares.shape[1:]))
+
+
+def _right_operands(op: str, mx: Mask, my: Mask):
+    """``([b] with delta added to party 0's row, delta)``; for (mat)mul/linear pre-split into limbs and
+    cached on ``my`` (model weights are split once per run, not once per batch)."""
+    key = ("rhs", op, mx.eps.dim())
+    if key not in my.cache:
+        b0 = my.a.clone()
+        b0[0] += my.eps
+        delta = my.eps
+        if op == "linear":
+            b0, delta = b0.transpose(-1, -2), delta.transpose(-1, -2)
+        if op != "conv2d":
+            b0 = _align(b0, mx.eps.dim())
+        if op in ("matmul", "linear"):
+            my.cache[key] = (LimbOperand(b0), LimbOperand(delta))
+        else:
+            my.cache[key] = (b0, delta)
+    return my.cache[key]

@@ -1,0 +1,209 @@
+"""Comparisons: sign bit, ReLU, argmax/max — dealer-assisted, constant rounds.
+
+Setting. A value ``y`` with ``|y| < 2^j`` (``j = compare_bits``) is known to the parties in *opened
+form* ``y = pub + off (mod 2^(j+1))``: ``pub`` public, ``off`` known only to the dealer (for a mask-open,
+``pub = y + r`` and ``off = -r``; fused with truncation, ``pub`` comes from the truncation's opening and
+``off = -(r mod 2^63 >> m)``). ``y >= 0`` iff bit ``j`` of ``Q + off`` is 1 with ``Q = pub + 2^j``, which is
+``Q_j xor off_j xor carry`` where ``carry`` is the carry out of adding the low ``j`` bits.
+
+Carry. Split the low bits into 8-bit digits ``q_i`` (public) and ``s_i`` (dealer). The dealer sends
+XOR-shares of the one-hot vector of ``t_i = 255 - s_i`` (256 bits); locally, ``p_i = onehot[q_i]``
+(digit sum is 255: propagate) and ``g_i = xor_{u < q_i} onehot[u] = [q_i > t_i]`` (digit sum >= 256:
+generate). A carry-lookahead tree combines ``(g, p)`` pairs with XOR-shared Beaver ANDs: one round per
+level, ``ceil(log2(j/8))`` levels (2 for the default ``j = 32``).
+
+Costs (online, ``N`` compared elements, ``L`` tree levels, ``n`` parties; bytes sent per party):
+``compare_bit``/``relu``: ``2 + L`` rounds (mask-open or truncation-open, L tree levels, one daBit
+opening that turns the bit arithmetic *and* multiplies it into ``y`` locally); ``argmax`` over ``C``
+classes: ``3 + L`` rounds (the pairwise comparisons run in parallel, then one one-time-table lookup).
+
+Security (semi-honest, dealer not colluding with any party): every opened value is masked by fresh
+uniform dealer randomness (``y + r``; ``e xor a``; ``s xor rho``; ``(count + sigma) mod M``), so each
+party's view is independent of the data.
+
+Correctness: exact for ``|y| < 2^j``; ties in argmax go to the first index (as ``torch.argmax``).
+"""
+from __future__ import annotations
+
+import itertools
+
+import torch
+
+from ..dealer import DIGIT_BITS, Request
+from ._cost import nbytes, protocol, tree_pairs
+from .truncation import HALF, trunc_from_opened
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def _parity(words: torch.Tensor) -> torch.Tensor:
+    for s in (32, 16, 8, 4, 2, 1):
+        words = words ^ (words >> s)
+    return (words & 1).to(torch.uint8)
+
+
+def _and(sess, x: torch.Tensor, y: torch.Tensor, triple, tag: str) -> torch.Tensor:
+    """XOR-shared AND with a dealer bit triple (one round, 2 bits per AND to each other party)."""
+    a, b, c = triple
+    e, f = sess.comm.open([(x ^ a, "xor", 1), (y ^ b, "xor", 1)], tag=tag)
+    z = c ^ (e & b) ^ (f & a)
+    z[0] ^= e & f
+    return z
+
+
+def _b2a(sess, bit: torch.Tensor, mat, tag: str) -> torch.Tensor:
+    """Open ``e = bit xor rho`` (1 bit); return e (public int64). Arithmetic bit = e + rho - 2 e rho."""
+    (e,) = sess.comm.open([(bit ^ mat["rho_x"], "xor", 1)], tag=tag)
+    return e.to(torch.int64)
+
+
+def _open_value(sess, shares: torch.Tensor, mat, m: int | None, tag: str):
+    """First round: open the masked value. Returns (y shares, pub, coef) with y = pub + dealer offset."""
+    if m:
+        masked = shares + mat["r"]
+        masked[0] += HALF
+        (c,) = sess.comm.open([(masked, "arith", 64)], tag=tag)
+        return trunc_from_opened(c, mat, m)
+    (c,) = sess.comm.open([(shares + mat["r"], "arith", 64)], tag=tag)
+    return shares, c, None
+
+
+def sign_bits(sess, q: torch.Tensor, mat, tag: str) -> torch.Tensor:
+    """XOR-shares of bit ``j`` of ``q + off`` (``q = pub + 2^j`` public, ``off`` as the dealer prepared)."""
+    j = sess.compare_bits
+    n_digits = j // DIGIT_BITS
+    shifts = torch.arange(n_digits, device=q.device) * DIGIT_BITS
+    digits = (q.unsqueeze(-1) >> shifts) & 0xFF  # [*, D]
+    onehot = mat["onehot"]  # [P, *, D, 4] XOR shares
+    word_idx = digits >> 6
+    bit_idx = digits & 63
+    picked = torch.gather(onehot, -1, word_idx.unsqueeze(-1).expand(onehot.shape[:-1] + (1,))).squeeze(-1)
+    prop = ((picked >> bit_idx) & 1).to(torch.uint8)
+    lanes = torch.arange(4, device=q.device)
+    below = torch.where(
+        lanes < word_idx.unsqueeze(-1),
+        torch.full((), -1, dtype=torch.int64, device=q.device),
+        torch.where(lanes == word_idx.unsqueeze(-1), (torch.ones_like(bit_idx) << bit_idx).unsqueeze(-1) - 1, 0),
+    )
+    masked = onehot & below
+    gen = _parity(masked[..., 0] ^ masked[..., 1] ^ masked[..., 2] ^ masked[..., 3])
+    level = 0
+    while gen.shape[-1] > 1:
+        width = gen.shape[-1]
+        k = width // 2
+        g_lo, g_hi = gen[..., 0 : 2 * k : 2], gen[..., 1 : 2 * k : 2]
+        p_lo, p_hi = prop[..., 0 : 2 * k : 2], prop[..., 1 : 2 * k : 2]
+        z = _and(sess, torch.stack([p_hi, p_hi], -1), torch.stack([g_lo, p_lo], -1), mat[f"and{level}"], tag)
+        new_g, new_p = g_hi ^ z[..., 0], z[..., 1]
+        if width % 2:
+            new_g = torch.cat([new_g, gen[..., -1:]], -1)
+            new_p = torch.cat([new_p, prop[..., -1:]], -1)
+        gen, prop, level = new_g, new_p, level + 1
+    s = gen[..., 0] ^ mat["rj"]
+    s[0] ^= ((q >> j) & 1).to(torch.uint8)
+    return s
+
+
+def _cmp_bytes(n: int, numel: int, j: int, extra_bits: int = 1) -> int:
+    per = nbytes(numel, 64) + sum(2 * nbytes(numel * k * 2, 1) for k in tree_pairs(j // DIGIT_BITS))
+    return (n - 1) * (per + nbytes(numel, extra_bits))
+
+
+# ---------------------------------------------------------------------------------------------- protocols
+@protocol(
+    "compare_bit",
+    rounds=lambda n, j=32, **s: 2 + len(tree_pairs(j // DIGIT_BITS)),
+    bytes_sent=lambda n, numel, j=32, **s: _cmp_bytes(n, numel, j),
+    offline="[r] (or truncation material), XOR one-hot digit tables, AND triples, daBit",
+)
+def compare_bit(sess, shares: torch.Tensor, m: int | None = None) -> torch.Tensor:
+    """Arithmetic shares of ``[y >= 0]`` (scale 0), ``y`` the value or its truncation by ``m`` bits."""
+    mat = sess.dealer.request(Request("cmp", (tuple(shares.shape[1:]), "trunc" if m else "mask", m or 0, None, "bit")))
+    _, pub, _ = _open_value(sess, shares, mat, m, "compare_bit")
+    s = sign_bits(sess, pub + (1 << sess.compare_bits), mat, "compare_bit")
+    e = _b2a(sess, s, mat, "compare_bit")
+    out = (1 - 2 * e) * mat["rho_a"]
+    out[0] += e
+    return out
+
+
+@protocol(
+    "relu",
+    rounds=lambda n, j=32, **s: 2 + len(tree_pairs(j // DIGIT_BITS)),
+    bytes_sent=lambda n, numel, j=32, **s: _cmp_bytes(n, numel, j),
+    offline="as compare_bit, plus [off * rho] products for the local final multiplication",
+)
+def relu(sess, shares: torch.Tensor, m: int | None = None) -> torch.Tensor:
+    """Shares of ``max(y, 0)``; with ``m``, ``y`` is the truncation of the input by ``m`` bits (fused).
+
+    Protocol: 1. open ``y + r`` (or the truncation's ``z + 2^62 + r``); 2. carry tree for the sign bit
+    ``s`` (L rounds); 3. open ``e = s xor rho`` and compute ``y * s = e y + (1 - 2e)(y rho)`` locally, where
+    ``y rho = pub rho + off rho`` uses the dealer's product ``[off * rho]``.
+    Cost: ``2 + L`` rounds (4 at the default 32-bit range); bytes in :data:`COSTS`.
+    """
+    mode = "trunc" if m else "mask"
+    mat = sess.dealer.request(Request("cmp", (tuple(shares.shape[1:]), mode, m or 0, None, "relu")))
+    y, pub, coef = _open_value(sess, shares, mat, m, "relu")
+    s = sign_bits(sess, pub + (1 << sess.compare_bits), mat, "relu")
+    e = _b2a(sess, s, mat, "relu")
+    if m:
+        y_rho = pub * mat["rho_a"] - mat["u_rho"] + coef * mat["r63_rho"]
+    else:
+        y_rho = pub * mat["rho_a"] - mat["r_rho"]
+    return e * y + (1 - 2 * e) * y_rho
+
+
+def _pairs(n_cls: int) -> tuple[tuple[int, int], ...]:
+    return tuple(itertools.combinations(range(n_cls), 2))
+
+
+@protocol(
+    "argmax",
+    rounds=lambda n, j=32, **s: 3 + len(tree_pairs(j // DIGIT_BITS)),
+    bytes_sent=lambda n, numel, n_cls, j=32, **s: (n - 1)
+    * (
+        nbytes(numel, 64)
+        + sum(2 * nbytes(numel // n_cls * (n_cls * (n_cls - 1) // 2) * k * 2, 1) for k in tree_pairs(j // DIGIT_BITS))
+        + nbytes(numel // n_cls * (n_cls * (n_cls - 1) // 2), 1)
+        + nbytes(numel, max(1, (n_cls - 1).bit_length()))
+    ),
+    offline="as compare_bit for the C(C-1)/2 pairs, plus one-time equality tables (M entries per class)",
+)
+def argmax_onehot(sess, shares: torch.Tensor, m: int | None = None, want_max: bool = False):
+    """One-hot shares (scale 0) of the argmax over the last dim, and optionally shares of the max.
+
+    Protocol: 1. open every element masked (or truncation-opened); 2. all ``C(C-1)/2`` pairwise
+    ``[y_a >= y_b]`` in parallel (L rounds) and their daBit conversion (1 round); 3. ``count_a`` = number of
+    wins of class ``a``; the first maximum wins all ``C - 1``; open ``(count + sigma) mod M`` (``M`` = next
+    power of two >= C) and look up the dealer's one-time table ``T[v] = [v - sigma == C - 1]``; the max is
+    ``sum_a T_a[v_a] y_a``, local with the dealer's ``[off * T]`` tables.
+    Cost: ``3 + L`` rounds (5 at the default range) for any C; bytes in :data:`COSTS`.
+    """
+    shape = tuple(shares.shape[1:])
+    n_cls = shape[-1]
+    pairs = _pairs(n_cls)
+    mode = "trunc" if m else "mask"
+    mat = sess.dealer.request(Request("cmp", (shape, mode, m or 0, pairs, "argmax")))
+    y, pub, coef = _open_value(sess, shares, mat, m, "argmax")
+    idx_a = torch.tensor([a for a, _ in pairs], device=pub.device)
+    idx_b = torch.tensor([b for _, b in pairs], device=pub.device)
+    q = pub[..., idx_a] - pub[..., idx_b] + (1 << sess.compare_bits)
+    s = sign_bits(sess, q, mat, "argmax")
+    e = _b2a(sess, s, mat, "argmax")
+    wins = (1 - 2 * e) * mat["rho_a"]  # arithmetic [y_a >= y_b], party 0 adds e below
+    wins[0] += e
+    losses = -wins
+    losses[0] += 1
+    count = torch.zeros(shares.shape, dtype=torch.int64, device=shares.device)
+    count.index_add_(-1, idx_a, wins)
+    count.index_add_(-1, idx_b, losses)
+    mod_bits = max(1, (n_cls - 1).bit_length())
+    (v,) = sess.comm.open([(count + mat["sigma"], "arith", mod_bits)], tag="argmax")
+    gather_idx = v.unsqueeze(-1).unsqueeze(0).expand((shares.shape[0],) + v.shape + (1,))
+    onehot = torch.gather(mat["T"], -1, gather_idx).squeeze(-1)
+    if not want_max:
+        return onehot, None
+    if m:
+        prod = pub * onehot - torch.gather(mat["uT"], -1, gather_idx).squeeze(-1) + coef * torch.gather(mat["r63T"], -1, gather_idx).squeeze(-1)
+    else:
+        prod = pub * onehot - torch.gather(mat["rT"], -1, gather_idx).squeeze(-1)
+    return onehot, prod.sum(-1)

@@ -1,0 +1,47 @@
+"""Input sharing (SPDZ-style masked input) and revealing."""
+from __future__ import annotations
+
+import torch
+
+from ..dealer import Request
+from ._cost import nbytes, protocol
+
+
+@protocol(
+    "share",
+    rounds=lambda n, **s: 1,
+    bytes_sent=lambda n, numel, **s: 0,  # compute parties send nothing; the owner sends n * 8 * numel
+    offline="input_mask: A in clear to the owner, shares of A to the parties",
+)
+def share(sess, encoded: torch.Tensor, owner: str):
+    """Share an encoded input held by ``owner`` (a compute party or an outside input owner).
+
+    Protocol: 1. the dealer gives the owner a uniform mask ``A`` and the parties shares ``[A]``;
+    2. the owner broadcasts ``eps = x - A`` (uniform: it reveals nothing); 3. party 0 adds ``eps`` to its
+    share of ``A``. The parties keep ``(eps, [A])`` as the operand's opened mask: a later Beaver product
+    with it needs no further opening (the mask masks this one value only).
+
+    Cost: 1 round; the owner sends ``8 * numel`` bytes to each party; the parties send nothing.
+    Returns ``(shares, eps, a_shares, mask_id)``.
+    """
+    mat = sess.dealer.request(Request("input_mask", (tuple(encoded.shape), owner)))
+    eps = encoded.to(sess.device) - mat["owner_mask"]  # computed by the owner
+    sess.comm.broadcast_input(owner, eps, tag="share")
+    a = mat["a"]
+    shares = a.clone()
+    shares[0] += eps
+    return shares, eps, a, mat.created[0]
+
+
+@protocol(
+    "reveal",
+    rounds=lambda n, **s: 1,
+    bytes_sent=lambda n, numel, receivers=1, **s: nbytes(numel, 64) * receivers,
+    offline="none",
+)
+def reveal(sess, shares: torch.Tensor, to: tuple[str, ...], outside: str | None = None, tag: str = "reveal") -> torch.Tensor:
+    """Reveal to the parties in ``to`` (and/or an outside receiver): every other party sends its share.
+
+    Cost: 1 round; each party sends ``8 * numel`` bytes to each receiver other than itself.
+    """
+    return sess.comm.reveal_to(shares, to, tag=tag, outside=outside)

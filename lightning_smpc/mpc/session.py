@@ -1,0 +1,167 @@
+"""``Session``: the functional entry point of the MPC core (parties, dealer, communicator, encoder)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from . import protocols as P
+from .comm import Communicator
+from .dealer import TrustedDealer
+from .encoding import FixedPointEncoder
+from .errors import PartyConfigError, SessionMismatchError
+from .mask import Mask, MaskHandle
+from .prg import make_prg
+from .tensor import ShareTensor
+
+__all__ = ["Session", "RevealRecord"]
+
+
+@dataclass(frozen=True)
+class RevealRecord:
+    """One release of a value beyond uniformly masked openings."""
+
+    name: str
+    shape: tuple
+    to: tuple
+
+    def __str__(self) -> str:
+        what = "scalar" if not self.shape else "shape " + "x".join(map(str, self.shape))
+        return f"{self.name} ({what}) to {', '.join(self.to)}"
+
+
+class Session:
+    """Simulated MPC runtime: ``n >= 2`` compute parties plus a crypto provider, in this process.
+
+    Args:
+        parties: names of the compute parties (at least two, distinct).
+        crypto_provider: name of the trusted dealer (not a compute party).
+        precision_bits: fractional bits of the fixed-point encoding.
+        compare_bits: values entering comparisons must satisfy ``|x| < 2**(compare_bits - precision_bits)``
+            (multiple of 8; 32 by default: ``|x| < 65536``); more bits cost one more round per doubling.
+        seed: ``None`` for the cryptographically secure generator; an int for the deterministic
+            (insecure) test generator.
+        device: where shares live (``"cpu"`` or a CUDA device).
+        record_views: keep every value each party learned (honesty tests).
+
+    Example:
+        >>> import torch
+        >>> from lightning_smpc.mpc import Session
+        >>> s = Session(parties=("alice", "bob"), crypto_provider="crypto_provider", precision_bits=16, seed=0)
+        >>> x = s.share(torch.tensor([[1.0, -2.0, 3.0]]))
+        >>> w = s.share(torch.tensor([[1.0], [1.0], [2.0]]))
+        >>> (x @ w).relu().reveal()
+        tensor([[5.]], dtype=torch.float64)
+        >>> x.argmax(dim=1).reveal(to="alice")
+        tensor([2.], dtype=torch.float64)
+        >>> s.stats()["online"]["alice"]["rounds"]
+        7
+    """
+
+    def __init__(
+        self,
+        parties: tuple[str, ...] = ("alice", "bob"),
+        crypto_provider: str = "crypto_provider",
+        precision_bits: int = 16,
+        compare_bits: int = 32,
+        seed: int | None = None,
+        device: str | torch.device = "cpu",
+        record_views: bool = False,
+    ) -> None:
+        parties = tuple(parties)
+        if len(parties) < 2 or len(set(parties)) != len(parties) or not all(isinstance(p, str) and p for p in parties):
+            raise PartyConfigError(
+                f"Expected at least two distinct, non-empty party names, but got {parties!r}. "
+                "Example: parties=('alice', 'bob')."
+            )
+        if crypto_provider in parties:
+            raise PartyConfigError(
+                f"Expected the crypto provider {crypto_provider!r} to be a separate party, but it is also a compute "
+                "party: a dealer that holds shares sees every mask. Pick another name."
+            )
+        self.parties = parties
+        self.crypto_provider = crypto_provider
+        self.encoder = FixedPointEncoder(precision_bits, compare_bits)
+        self.precision_bits = precision_bits
+        self.compare_bits = compare_bits
+        self.device = torch.device(device)
+        self.prg = make_prg(seed)
+        self.comm = Communicator(parties, record_views=record_views)
+        self.dealer = TrustedDealer(crypto_provider, parties, self.prg, self.comm, compare_bits, self.device)
+        self.ledger: list[RevealRecord] = []
+
+    @property
+    def n_parties(self) -> int:
+        return len(self.parties)
+
+    # ------------------------------------------------------------------ sharing
+    def share(self, value: torch.Tensor | float, owner: str = "client", frac_bits: int | None = None) -> ShareTensor:
+        """Secret-share a plaintext held by ``owner`` (an outside client by default, or a party name).
+
+        Floats are encoded with ``precision_bits`` fractional bits (``frac_bits=0`` for integers such as
+        labels). Raises ``ValueError`` for NaN/inf or out-of-range values before anything is sent.
+        """
+        if isinstance(value, ShareTensor):
+            raise SessionMismatchError("The value is already shared; shares cannot be shared again.")
+        frac = self.precision_bits if frac_bits is None else frac_bits
+        encoded = self.encoder.encode(torch.as_tensor(value).detach().cpu(), frac)
+        if owner == self.crypto_provider:
+            raise PartyConfigError("The crypto provider never holds data; share from a client or a party.")
+        shares, eps, a, mask_id = P.share(self, encoded, owner)
+        return ShareTensor(shares, self, frac, Mask(eps, a, MaskHandle(self.dealer, mask_id)))
+
+    def reveal(
+        self, x: ShareTensor, to: str | tuple[str, ...] | None = None, name: str | None = None, outside: str | None = None
+    ) -> torch.Tensor:
+        """Decode ``x`` for ``to`` (a party, several, or all when None) or for an ``outside`` receiver.
+
+        Each call is recorded in :attr:`ledger` (name, shape, receivers).
+        """
+        if not isinstance(x, ShareTensor) or x.session is not self:
+            raise SessionMismatchError("Expected a ShareTensor of this session.")
+        receivers = self.parties if to is None and outside is None else ((to,) if isinstance(to, str) else tuple(to or ()))
+        unknown = [r for r in receivers if r not in self.parties]
+        if unknown:
+            raise PartyConfigError(f"Unknown party {unknown[0]!r}; expected one of {self.parties}.")
+        plain = P.reveal(self, x.shares, receivers, outside)
+        shown = receivers + ((outside,) if outside else ())
+        self.ledger.append(RevealRecord(name or "value", tuple(x.shape), shown))
+        return self.encoder.decode(plain, x.frac_bits)
+
+    def reveal_raw(self, shares: torch.Tensor, frac_bits: int, name: str, to: str | tuple[str, ...] | None = None,
+                   outside: str | None = None) -> torch.Tensor:
+        """Reveal raw shares (e.g. a metric state kept as ``[n_parties, ...]`` int64); recorded in the ledger."""
+        return self.reveal(ShareTensor(shares, self, frac_bits), to=to, name=name, outside=outside)
+
+    def from_shares(self, shares: torch.Tensor, frac_bits: int) -> ShareTensor:
+        """Wrap existing shares (leading party axis) as a ShareTensor of this session."""
+        if shares.dtype != torch.int64 or shares.shape[0] != self.n_parties:
+            raise ValueError(f"Expected int64 shares with leading axis {self.n_parties}, got {shares.dtype} {tuple(shares.shape)}.")
+        return ShareTensor(shares, self, frac_bits)
+
+    # ------------------------------------------------------------------ preprocessing
+    def record_plan(self) -> None:
+        """Start recording the dealer requests of the next computation (its plan)."""
+        self.dealer.record()
+
+    def preprocess(self, plan, repeats: int) -> None:
+        """Generate the dealer material for ``repeats`` more runs of ``plan`` ahead of the online phase."""
+        self.dealer.preprocess(plan, repeats)
+
+    # ------------------------------------------------------------------ statistics
+    def stats(self) -> dict:
+        """Traffic and timings: ``{"online": {party: {...}}, "offline": {...}, "rounds": int, "dealer": {...}}``."""
+        t = self.dealer.times
+        return {
+            "online": self.comm.stats(),
+            "offline": self.comm.stats(offline=True),
+            "rounds": self.comm.rounds,
+            "by_protocol": self.comm.stats_by_tag(),
+            "dealer": {
+                "inline_seconds": t.inline_seconds,
+                "preprocess_seconds": t.preprocess_seconds,
+                "requests_inline": t.requests_inline,
+                "requests_from_store": t.requests_from_store,
+            },
+            "prg_bytes": self.prg.bytes_generated,
+        }

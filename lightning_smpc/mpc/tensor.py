@@ -1,0 +1,122 @@
+"""``ShareTensor``: a torch.Tensor facade over secret shares, so that unmodified torch code runs on shares.
+
+The facade has the logical shape, dtype float32 and no data; the shares (int64, leading party axis) live
+in ``_shares``. ``__torch_function__`` looks every torch callable up in :data:`OP_TABLE` (keyed by the
+callable object, as torch's MaskedTensor does) and raises :class:`UnsupportedOpError` for anything else
+— it never falls back to computing on raw share words. ``__torch_dispatch__`` always raises.
+
+Fixed-point bookkeeping: each value carries ``frac_bits``. A product leaves ``2 * precision_bits``
+fractional bits and is truncated lazily — fused into the next ReLU/argmax/comparison (no extra round),
+or by the truncation protocol before the next product. Reveal decodes at whatever scale the value has.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+
+from .errors import RevealNotAllowedError, SessionMismatchError, UnsupportedOpError
+
+__all__ = ["ShareTensor", "OP_TABLE", "implements"]
+
+OP_TABLE: dict[Callable, Callable] = {}
+
+
+def implements(*funcs: Callable):
+    """Register a handler for the given torch callables."""
+
+    def deco(handler):
+        for f in funcs:
+            OP_TABLE[f] = handler
+        return handler
+
+    return deco
+
+
+class ShareTensor(torch.Tensor):
+    """Secret-shared tensor. Create with :meth:`Session.share`; read with :meth:`reveal`.
+
+    Example:
+        >>> from lightning_smpc.mpc import Session
+        >>> s = Session(seed=0)
+        >>> x = s.share(torch.tensor([[1.0, -2.0]]))
+        >>> x
+        ShareTensor(shape=(1, 2), parties=('alice', 'bob'), frac_bits=16, values=HIDDEN)
+        >>> (x * 3).relu().reveal()
+        tensor([[3., 0.]], dtype=torch.float64)
+    """
+
+    _shares: torch.Tensor
+    _session: Any
+    _frac: int
+
+    @staticmethod
+    def __new__(cls, shares: torch.Tensor, session, frac_bits: int, mask=None, argmax_only: bool = False):
+        r = torch.Tensor._make_wrapper_subclass(cls, tuple(shares.shape[1:]), dtype=torch.float32, device=shares.device)
+        r._shares = shares
+        r._session = session
+        r._frac = frac_bits
+        r.mask = mask
+        r._argmax_only = argmax_only
+        return r
+
+    # ------------------------------------------------------------------ plain attributes
+    @property
+    def shares(self) -> torch.Tensor:
+        """The int64 shares, ``[n_parties, *shape]`` (each row belongs to one party)."""
+        return self._shares
+
+    @property
+    def session(self):
+        return self._session
+
+    @property
+    def frac_bits(self) -> int:
+        return self._frac
+
+    def reveal(self, to: str | tuple[str, ...] | None = None, name: str | None = None) -> torch.Tensor:
+        """Decode the value for ``to`` (a party name, several, or all parties when None); float64."""
+        if self._argmax_only:
+            raise RevealNotAllowedError(
+                "This value went through a softmax/log_softmax that was skipped on shares (it is monotone, so "
+                "only its argmax is meaningful). Reveal `.argmax(dim)` instead, or remove the softmax from "
+                "forward() to reveal logits."
+            )
+        return self._session.reveal(self, to=to, name=name)
+
+    def __repr__(self, *, tensor_contents=None) -> str:  # values never printed
+        return (
+            f"ShareTensor(shape={tuple(self._shares.shape[1:])}, parties={self._session.parties}, "
+            f"frac_bits={self._frac}, values=HIDDEN)"
+        )
+
+    def __reduce_ex__(self, proto):
+        raise TypeError("ShareTensor cannot be pickled: shares belong to separate parties.")
+
+    # ------------------------------------------------------------------ dispatch
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        handler = OP_TABLE.get(func)
+        if handler is None:
+            name = torch.overrides.resolve_name(func) or getattr(func, "__name__", repr(func))
+            raise UnsupportedOpError(
+                f"`{name}` has no secure implementation on secret shares. Supported ops: linear, conv2d, "
+                "matmul, +, -, * , sum/mean, relu, max_pool2d/avg_pool2d, argmax/max, comparisons, eval-mode "
+                "dropout and the shape ops (see lightning_smpc.mpc.supported_ops())."
+            )
+        return handler(*args, **kwargs)
+
+    @classmethod
+    def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
+        raise UnsupportedOpError(f"`{func}` reached the dispatcher on secret shares; it has no secure implementation.")
+
+
+def check_same_session(*values) -> Any:
+    sessions = {id(v._session): v._session for v in values if isinstance(v, ShareTensor)}
+    if len(sessions) > 1:
+        raise SessionMismatchError(
+            "Expected all shared operands to come from the same Session, but got values from "
+            f"{len(sessions)} different sessions. Share every input with one Session."
+        )
+    return next(iter(sessions.values()))
