@@ -40,7 +40,10 @@ def _public(sess, v, frac: int) -> Tensor:
     """Encode a public operand at ``frac`` fractional bits."""
     t = torch.as_tensor(v, device=sess.device)
     if t.is_floating_point():
-        return sess.encoder.encode(t, frac).to(sess.device)
+        # A value with more fractional bits than precision_bits (a pending product) still takes public
+        # operands in the normal range: encode at precision_bits, then shift (exact).
+        f = min(frac, sess.precision_bits)
+        return sess.encoder.encode(t, f).to(sess.device) * (1 << (frac - f))
     return t.to(torch.int64) * (1 << frac)
 
 
@@ -216,11 +219,14 @@ def _add(x, y, sign: int = 1):
         a, b = _aligned(_lift(x, frac), nd), _aligned(_lift(y, frac), nd)
         return ShareTensor(a + b if sign == 1 else a - b, sess, frac, None, x._argmax_only or y._argmax_only)
     if isinstance(x, ShareTensor):
-        pub = _public(x._session, y, x._frac)
+        frac = x._frac
+        if not _is_int_public(y) and torch.as_tensor(y).is_floating_point():
+            frac = max(frac, x._session.precision_bits)  # an integer value (frac_bits=0) + a float: lift
+        pub = _public(x._session, y, frac)
         shape = torch.broadcast_shapes(_shape_of(x), tuple(pub.shape))
-        out = _aligned(x._shares, len(shape)).expand((x._shares.shape[0],) + shape).clone()
+        out = _aligned(_lift(x, frac), len(shape)).expand((x._shares.shape[0],) + shape).clone()
         out[0] += sign * pub
-        return _wrap(x, out, x._frac)
+        return _wrap(x, out, frac)
     # public +/- shared
     return _add(_neg(y) if sign == -1 else y, x)
 
@@ -406,7 +412,8 @@ def _h_lt(x, y):
 def _move_last(x: ShareTensor, dim: int) -> ShareTensor:
     nd = len(_shape_of(x))
     d = _norm(dim, nd)
-    return x if d == nd - 1 else _transpose(x, d, nd - 1)
+    # move ``d`` to the end keeping the other dims in order (a transpose would reorder them for nd >= 3)
+    return x if d == nd - 1 else _permute(x, tuple(i for i in range(nd) if i != d) + (d,))
 
 
 def _argmax_parts(x: ShareTensor, dim, keepdim: bool, want_max: bool):
@@ -419,8 +426,6 @@ def _argmax_parts(x: ShareTensor, dim, keepdim: bool, want_max: bool):
     onehot, mx = P.argmax_onehot(x._session, shares, m, want_max)
     n_cls = onehot.shape[-1]
     index = (onehot * torch.arange(n_cls, device=onehot.device)).sum(-1)
-    if y is not x:  # restore the reduced axis position for keepdim
-        pass
     if keepdim:
         index = index.unsqueeze(d + 1)
         mx = mx.unsqueeze(d + 1) if mx is not None else None
@@ -432,7 +437,7 @@ def _h_argmax(x, dim=None, keepdim=False):
     _, index, _, _ = _argmax_parts(x, dim, keepdim, False)
     out = ShareTensor(index, x._session, 0)
     if dim is None:
-        out = _reshape_to(out, ())
+        out = _reshape_to(out, (1,) * len(_shape_of(x)) if keepdim else ())
     return out
 
 
