@@ -1,0 +1,14 @@
+"""lightning_smpc: private inference for PyTorch Lightning with secure multi-party computation.
+
+``import lightning_smpc`` registers the ``"secure_predict"`` strategy (and ``"secure_predict_3pc"``).
+"""
+from .metrics import SecureAccuracy, secure_accuracy
+from .mpc import Session, ShareTensor
+from .strategy import SecurePredictStrategy, StrategyUsageError
+from .validate import UnsupportedModuleError
+
+__all__ = [
+    "SecureAccuracy", "SecurePredictStrategy", "Session", "ShareTensor", "StrategyUsageError",
+    "UnsupportedModuleError", "secure_accuracy",
+]
+__version__ = "0.1.0"
