@@ -294,7 +294,8 @@ def _bilinear(op: str, x, w, **kwargs):
         elif op == "linear":
             out = ring_matmul(sh._shares, enc.t()) if left else torch.stack([ring_matmul(enc, s.t()) for s in sh._shares])
         else:
-            out = ring_matmul(sh._shares, enc) if left else torch.stack([ring_matmul(enc, s) for s in sh._shares])
+            # align the party axis away from the public operand's batch dims ([P, M, K] @ [B, K, N])
+            out = ring_matmul(_aligned(sh._shares, enc.dim()), enc) if left else torch.stack([ring_matmul(enc, s) for s in sh._shares])
         return ShareTensor(out, sh._session, sh._frac + f)
     sess = check_same_session(x, w)
     x, w = _fixed(x), _fixed(w)
