@@ -324,6 +324,9 @@ def _h_matmul(x, y):
 def _h_linear(x, weight, bias=None):
     if isinstance(x, ShareTensor) and x.shape[-1] != weight.shape[-1]:
         raise ShapeMismatchError(f"Expected input features {weight.shape[-1]} for linear, but got shape {tuple(x.shape)}.")
+    if len(x.shape) == 1:  # a single feature vector: as a batch of one (keeps the party axis out of the product)
+        out = _h_linear(x.unsqueeze(0), weight).squeeze(0)
+        return out if bias is None else _add(out, bias)
     out = _bilinear("linear", x, weight)
     return out if bias is None else _add(out, bias)
 
