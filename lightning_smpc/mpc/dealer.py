@@ -12,7 +12,7 @@ shapes and the masks it generated itself. Each request kind documents what it re
 ``trunc``      probabilistic truncation material (Escudero et al. 2020, §5.1): uniform ``r``, ``u =
     (r mod 2^63) >> m`` and the bit ``r_63``, all arithmetic shares.
 ``cmp``        comparison material (see :mod:`.protocols.compare`): the mask (or truncation) material,
-    XOR-shared one-hot tables of the 8-bit digits of the comparison offset, XOR-shared AND triples for the
+    XOR-shared greater-than tables of the 8-bit digits of the comparison offset, XOR-shared AND triples for the
     carry tree, a daBit (a random bit shared both XOR and arithmetically) and, for ReLU/argmax, the
     products of the dealer-known offsets with that bit / with the one-time equality tables.
 
@@ -41,7 +41,7 @@ from .ring import ring_conv2d, ring_matmul
 
 __all__ = ["Request", "Material", "TrustedDealer", "DIGIT_BITS"]
 
-DIGIT_BITS = 8  # comparison digits: one-hot tables of 2^8 bits = 4 int64 words
+DIGIT_BITS = 8  # comparison digits: tables of 2^8 bits = 4 int64 words
 
 
 @dataclass(frozen=True)
@@ -169,21 +169,21 @@ class TrustedDealer:
 
     # ------------------------------------------------------------------ sharing helpers
     def _arith(self, v: torch.Tensor) -> torch.Tensor:
-        others = [self.prg.int64(tuple(v.shape), self.device) for _ in range(self.n - 1)]
-        first = v.clone()
-        for o in others:
-            first -= o
-        return torch.stack([first] + others)
+        """Additive shares of ``v``: parties 1..n-1 uniform, party 0 the correction."""
+        out = torch.empty((self.n,) + tuple(v.shape), dtype=torch.int64, device=self.device)
+        out[1:] = self.prg.int64((self.n - 1,) + tuple(v.shape), self.device)
+        torch.sub(v, out[1:].sum(0) if self.n > 2 else out[1], out=out[0])
+        return out
 
     def _xor(self, v: torch.Tensor) -> torch.Tensor:
-        if v.dtype == torch.uint8:
-            others = [self.prg.bits(tuple(v.shape), self.device) for _ in range(self.n - 1)]
-        else:
-            others = [self.prg.int64(tuple(v.shape), self.device) for _ in range(self.n - 1)]
-        first = v.clone()
-        for o in others:
-            first ^= o
-        return torch.stack([first] + others)
+        """XOR shares of ``v`` (bits as uint8 0/1, or int64 words)."""
+        out = torch.empty((self.n,) + tuple(v.shape), dtype=v.dtype, device=self.device)
+        shape = (self.n - 1,) + tuple(v.shape)
+        out[1:] = self.prg.bits(shape, self.device) if v.dtype == torch.uint8 else self.prg.int64(shape, self.device)
+        torch.bitwise_xor(v, out[1], out=out[0])
+        for k in range(2, self.n):
+            out[0] ^= out[k]
+        return out
 
     def _new_mask(self, plain: torch.Tensor) -> int:
         mid = self._next_id
@@ -279,14 +279,16 @@ class TrustedDealer:
             offset = -r
         cmp_off = offset if pairs is None else offset[..., [a for a, _ in pairs]] - offset[..., [b for _, b in pairs]]
         cmp_shape = tuple(cmp_off.shape)
-        # one-hot of t_i = 255 - digit_i(offset mod 2^j), as 4 int64 words per digit
+        # "greater-than" table of t_i = 255 - digit_i(offset mod 2^j): bit u of G_i is [u > t_i]
+        # (256 bits = 4 int64 words per digit); generate = G[q], propagate = G[q + 1] xor G[q]
         n_digits = j // DIGIT_BITS
         shifts = torch.arange(n_digits, device=self.device) * DIGIT_BITS
-        digits = (cmp_off.unsqueeze(-1) >> shifts) & 0xFF
-        t = 255 - digits
-        words = torch.zeros(cmp_shape + (n_digits, 4), dtype=torch.int64, device=self.device)
-        words.scatter_(-1, (t >> 6).unsqueeze(-1), (torch.ones_like(t) << (t & 63)).unsqueeze(-1))
-        data["onehot"] = self._xor(words)
+        t = 255 - ((cmp_off.unsqueeze(-1) >> shifts) & 0xFF)  # [*, D]
+        lanes = torch.arange(4, device=self.device)
+        t_word, t_bit = (t >> 6).unsqueeze(-1), (t & 63).unsqueeze(-1)
+        above = -(torch.full_like(t_bit, 2) << t_bit)  # bits strictly above t_bit within its word
+        words = torch.where(lanes > t_word, -1, torch.where(lanes == t_word, above, 0))
+        data["gt_table"] = self._xor(words)
         data["rj"] = self._xor(((cmp_off >> j) & 1).to(torch.uint8))
         # AND triples of the carry tree, one per level
         width, level = n_digits, 0

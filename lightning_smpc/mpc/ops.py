@@ -425,9 +425,13 @@ def _argmax_parts(x: ShareTensor, dim, keepdim: bool, want_max: bool):
         x, dim = _reshape_to(x, (1, x.numel())), -1
     nd = len(_shape_of(x))
     d = _norm(dim, nd)
-    y = _move_last(x, d)
-    shares, m, frac = _fused_m(y)
-    onehot, mx = P.argmax_onehot(x._session, shares, m, want_max)
+    cached = x._cache.get(("argmax", d, True)) or (None if want_max else x._cache.get(("argmax", d, False)))
+    if cached is None:  # one secure argmax per value and dim (e.g. a metric and reveal="labels" share it)
+        y = _move_last(x, d)
+        shares, m, frac = _fused_m(y)
+        onehot, mx = P.argmax_onehot(x._session, shares, m, want_max)
+        x._cache[("argmax", d, want_max)] = cached = (onehot, mx, frac)
+    onehot, mx, frac = cached
     n_cls = onehot.shape[-1]
     index = (onehot * torch.arange(n_cls, device=onehot.device)).sum(-1)
     if keepdim:

@@ -89,6 +89,7 @@ class Session:
         self.comm = Communicator(parties, record_views=record_views)
         self.dealer = TrustedDealer(crypto_provider, parties, self.prg, self.comm, compare_bits, self.device)
         self.ledger: list[RevealRecord] = []
+        self.op_seconds: dict[str, float] = {}  # wall time per protocol (dealer work included when inline)
 
     @property
     def n_parties(self) -> int:

@@ -58,6 +58,7 @@ class ShareTensor(torch.Tensor):
         r._frac = frac_bits
         r.mask = mask
         r._argmax_only = argmax_only
+        r._cache = {}  # results of secure ops on this (immutable) value, e.g. its argmax
         return r
 
     # ------------------------------------------------------------------ plain attributes

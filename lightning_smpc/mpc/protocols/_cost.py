@@ -1,7 +1,9 @@
 """Declared protocol costs (SPU style): online rounds and bytes sent per party, as code."""
 from __future__ import annotations
 
+import functools
 import math
+import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -21,12 +23,23 @@ COSTS: dict[str, Cost] = {}
 
 
 def protocol(name: str, rounds: Callable[..., int], bytes_sent: Callable[..., int], offline: str):
-    """Register ``name``'s declared cost and return the function unchanged."""
+    """Register ``name``'s declared cost; the wrapped function also adds its wall time to
+    ``sess.op_seconds[name]`` (the per-protocol breakdown of the benchmark)."""
 
     def deco(fn):
         COSTS[name] = Cost(rounds, bytes_sent, offline)
-        fn.cost = COSTS[name]
-        return fn
+
+        @functools.wraps(fn)
+        def timed(sess, *args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return fn(sess, *args, **kwargs)
+            finally:
+                key = f"beaver_{args[0]}" if name.startswith("beaver") else name
+                sess.op_seconds[key] = sess.op_seconds.get(key, 0.0) + time.perf_counter() - t0
+
+        timed.cost = COSTS[name]
+        return timed
 
     return deco
 

@@ -6,7 +6,7 @@ import torch
 from ..dealer import Request
 from ..mask import Mask, MaskHandle
 from ..ring import LimbOperand, ring_conv2d, ring_matmul
-from ._cost import nbytes, protocol
+from ._cost import COSTS, Cost, nbytes, protocol
 
 
 def _apply(op: str, x, y, kwargs: dict):
@@ -48,10 +48,11 @@ def _rounds(n, fresh_x=True, fresh_y=True, **s):
     return 1 if (fresh_x or fresh_y) else 0
 
 
-@protocol("beaver_mul", rounds=_rounds, bytes_sent=_unopened, offline="[a], [b], [a*b] (fresh masks only)")
-@protocol("beaver_matmul", rounds=_rounds, bytes_sent=_unopened, offline="[A], [B], [A@B]")
-@protocol("beaver_linear", rounds=_rounds, bytes_sent=_unopened, offline="[A], [W-mask], [A@B^T]")
-@protocol("beaver_conv2d", rounds=_rounds, bytes_sent=_unopened, offline="[A], [K], [conv(A,K)]")
+for _op, _offline in (("mul", "[a], [b], [a*b]"), ("matmul", "[A], [B], [A@B]"), ("linear", "[A], [B], [A@B^T]")):
+    COSTS[f"beaver_{_op}"] = Cost(_rounds, _unopened, _offline + " (fresh masks only; reused masks need only [c])")
+
+
+@protocol("beaver_conv2d", rounds=_rounds, bytes_sent=_unopened, offline="[A], [K], [conv(A,K)] (fresh masks only)")
 def beaver(sess, op: str, x, y, **kwargs) -> torch.Tensor:
     """Shares of ``op(x, y)`` for a bilinear ``op`` with a dealer triple ``c = op(a, b)``.
 

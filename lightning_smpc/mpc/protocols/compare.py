@@ -7,9 +7,9 @@ form* ``y = pub + off (mod 2^(j+1))``: ``pub`` public, ``off`` known only to the
 ``Q_j xor off_j xor carry`` where ``carry`` is the carry out of adding the low ``j`` bits.
 
 Carry. Split the low bits into 8-bit digits ``q_i`` (public) and ``s_i`` (dealer). The dealer sends
-XOR-shares of the one-hot vector of ``t_i = 255 - s_i`` (256 bits); locally, ``p_i = onehot[q_i]``
-(digit sum is 255: propagate) and ``g_i = xor_{u < q_i} onehot[u] = [q_i > t_i]`` (digit sum >= 256:
-generate). A carry-lookahead tree combines ``(g, p)`` pairs with XOR-shared Beaver ANDs: one round per
+XOR-shares of the 256-bit table ``G_i[u] = [u > t_i]`` with ``t_i = 255 - s_i``; locally,
+``g_i = G_i[q_i]`` (digit sum >= 256: generate) and ``p_i = G_i[q_i + 1] xor G_i[q_i] = [q_i == t_i]``
+(digit sum is 255: propagate), with ``G_i[256] = 1``. A carry-lookahead tree combines ``(g, p)`` pairs with XOR-shared Beaver ANDs: one round per
 level, ``ceil(log2(j/8))`` levels (2 for the default ``j = 32``).
 
 Costs (online, ``N`` compared elements, ``L`` tree levels, ``n`` parties; bytes sent per party):
@@ -35,10 +35,10 @@ from .truncation import HALF, trunc_from_opened
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-def _parity(words: torch.Tensor) -> torch.Tensor:
-    for s in (32, 16, 8, 4, 2, 1):
-        words = words ^ (words >> s)
-    return (words & 1).to(torch.uint8)
+def _table_bit(table: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """Bit ``idx`` (public, per element) of each party's 256-bit table share (4 int64 words)."""
+    word = torch.gather(table, -1, (idx >> 6).unsqueeze(-1).expand(table.shape[:-1] + (1,))).squeeze(-1)
+    return ((word >> (idx & 63)) & 1).to(torch.uint8)
 
 
 def _and(sess, x: torch.Tensor, y: torch.Tensor, triple, tag: str) -> torch.Tensor:
@@ -73,19 +73,12 @@ def sign_bits(sess, q: torch.Tensor, mat, tag: str) -> torch.Tensor:
     n_digits = j // DIGIT_BITS
     shifts = torch.arange(n_digits, device=q.device) * DIGIT_BITS
     digits = (q.unsqueeze(-1) >> shifts) & 0xFF  # [*, D]
-    onehot = mat["onehot"]  # [P, *, D, 4] XOR shares
-    word_idx = digits >> 6
-    bit_idx = digits & 63
-    picked = torch.gather(onehot, -1, word_idx.unsqueeze(-1).expand(onehot.shape[:-1] + (1,))).squeeze(-1)
-    prop = ((picked >> bit_idx) & 1).to(torch.uint8)
-    lanes = torch.arange(4, device=q.device)
-    below = torch.where(
-        lanes < word_idx.unsqueeze(-1),
-        torch.full((), -1, dtype=torch.int64, device=q.device),
-        torch.where(lanes == word_idx.unsqueeze(-1), (torch.ones_like(bit_idx) << bit_idx).unsqueeze(-1) - 1, 0),
-    )
-    masked = onehot & below
-    gen = _parity(masked[..., 0] ^ masked[..., 1] ^ masked[..., 2] ^ masked[..., 3])
+    table = mat["gt_table"]  # [P, *, D, 4] XOR shares of bit u = [u > t]
+    gen = _table_bit(table, digits)
+    top = (digits == 255).to(torch.uint8)  # G[256] = 1 is public: party 0 holds it, the others 0
+    nxt = _table_bit(table, (digits + 1).clamp_max(255)) * (1 - top)
+    nxt[0] |= top
+    prop = nxt ^ gen
     level = 0
     while gen.shape[-1] > 1:
         width = gen.shape[-1]
