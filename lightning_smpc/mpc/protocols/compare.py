@@ -177,8 +177,8 @@ def argmax_onehot(sess, shares: torch.Tensor, m: int | None = None, want_max: bo
     mode = "trunc" if m else "mask"
     mat = sess.dealer.request(Request("cmp", (shape, mode, m or 0, pairs, "argmax")))
     y, pub, coef = _open_value(sess, shares, mat, m, "argmax")
-    idx_a = torch.tensor([a for a, _ in pairs], device=pub.device)
-    idx_b = torch.tensor([b for _, b in pairs], device=pub.device)
+    idx_a = torch.tensor([a for a, _ in pairs], dtype=torch.long, device=pub.device)
+    idx_b = torch.tensor([b for _, b in pairs], dtype=torch.long, device=pub.device)
     q = pub[..., idx_a] - pub[..., idx_b] + (1 << sess.compare_bits)
     s = sign_bits(sess, q, mat, "argmax")
     e = _b2a(sess, s, mat, "argmax")
