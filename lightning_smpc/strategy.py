@@ -219,6 +219,8 @@ class SecurePredictStrategy(SingleDeviceStrategy):
 
     def on_predict_end(self) -> None:
         for name, metric in self.metrics.items():
+            if metric.update_count == 0:  # no batch carried targets: nothing to reveal (compute() would say 0.0)
+                continue
             value = metric.compute()
             self.revealed_metrics[name] = value
             if hasattr(metric, "correct"):
