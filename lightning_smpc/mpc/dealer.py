@@ -144,15 +144,23 @@ class TrustedDealer:
         plan, self._recording = self._recording or [], None
         return plan
 
-    def preprocess(self, plan: list[_PlanEntry], repeats: int) -> None:
-        """Generate the material of ``plan`` ``repeats`` times into the store (ids remapped per repeat)."""
+    def preprocess(self, plan: list[_PlanEntry], repeats: int, party_precompute=None) -> None:
+        """Generate the material of ``plan`` ``repeats`` times into the store (ids remapped per repeat).
+
+        ``party_precompute(request, material, created)`` lets the parties fold data-independent work
+        into their material right away (``created`` maps mask ids of this repeat to their material).
+        """
         t0 = time.perf_counter()
         for _ in range(repeats):
             idmap: dict[int, int] = {}
+            created: dict[int, Material] = {}
             for entry in plan:
                 req = entry.request.remap(idmap)
                 mat = self._generate(req)
                 idmap.update(zip(entry.created, mat.created))
+                created.update((cid, mat) for cid in mat.created)
+                if party_precompute is not None:
+                    party_precompute(req, mat, created)
                 self._store.append((req, mat))
         self.times.preprocess_seconds += time.perf_counter() - t0
 

@@ -1,11 +1,13 @@
 """``Session``: the functional entry point of the MPC core (parties, dealer, communicator, encoder)."""
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 import torch
 
 from . import protocols as P
+from . import transforms
 from .comm import Communicator
 from .dealer import TrustedDealer
 from .encoding import FixedPointEncoder
@@ -89,7 +91,8 @@ class Session:
         self.comm = Communicator(parties, record_views=record_views)
         self.dealer = TrustedDealer(crypto_provider, parties, self.prg, self.comm, compare_bits, self.device)
         self.ledger: list[RevealRecord] = []
-        self.op_seconds: dict[str, float] = {}  # wall time per protocol (dealer work included when inline)
+        self.op_seconds: dict[str, float] = {}
+        self._opened_masks: weakref.WeakValueDictionary = weakref.WeakValueDictionary()  # id -> Mask (parties' view)  # wall time per protocol (dealer work included when inline)
 
     @property
     def n_parties(self) -> int:
@@ -109,7 +112,9 @@ class Session:
         if owner == self.crypto_provider:
             raise PartyConfigError("The crypto provider never holds data; share from a client or a party.")
         shares, eps, a, mask_id = P.share(self, encoded, owner)
-        return ShareTensor(shares, self, frac, Mask(eps, a, MaskHandle(self.dealer, mask_id)))
+        mask = Mask(eps, a, MaskHandle(self.dealer, mask_id))
+        self._opened_masks[mask_id] = mask
+        return ShareTensor(shares, self, frac, mask)
 
     def reveal(
         self, x: ShareTensor, to: str | tuple[str, ...] | None = None, name: str | None = None, outside: str | None = None
@@ -146,8 +151,29 @@ class Session:
         self.dealer.record()
 
     def preprocess(self, plan, repeats: int) -> None:
-        """Generate the dealer material for ``repeats`` more runs of ``plan`` ahead of the online phase."""
-        self.dealer.preprocess(plan, repeats)
+        """Generate the dealer material for ``repeats`` more runs of ``plan`` ahead of the online phase.
+
+        The parties also do their data-independent work then: for a product of an activation with
+        weights whose masked value ``delta = W - B`` was opened before, ``[a] @ delta`` depends only on
+        dealer randomness and ``delta``, so it is folded into ``[c]`` offline.
+        """
+        self.dealer.preprocess(plan, repeats, self._party_precompute)
+
+    def _party_precompute(self, req, mat, created) -> None:
+        if req.kind != "beaver":
+            return
+        op, _, _, _, tf_x, tf_y = req.params
+        my = self._opened_masks.get(req.refs[1])
+        if my is None or tf_y or not P.beaver_module._flat_weights(op, my):
+            return
+        if req.refs[0] is None:
+            a = mat["a"]
+        elif req.refs[0] in created and "a" in created[req.refs[0]].data:
+            a = transforms.apply(created[req.refs[0]]["a"], tf_x, party_axis=True)
+        else:
+            return
+        mat.data["c"] = mat["c"] + P.beaver_module.a_times_delta(op, a, my)
+        mat.data["a_delta_done"] = True
 
     # ------------------------------------------------------------------ statistics
     def stats(self) -> dict:

@@ -84,9 +84,46 @@ def beaver(sess, op: str, x, y, **kwargs) -> torch.Tensor:
             masks[i] = Mask(eps, a, MaskHandle(sess.dealer, mid))
             v.mask = masks[i]
     mx, my = masks
+    if _flat_weights(op, my):  # activations @ 2-D weights: one GEMM for all parties
+        z = _eps_times_weights(op, mx.eps, my)
+        if not mat.get("a_delta_done"):
+            z = z + a_times_delta(op, mx.a, my)
+        return z + mat["c"]
     rhs_b, rhs_delta = _right_operands(op, mx, my)
     z = _apply(op, mx.eps, rhs_b, kwargs)
     return z + _apply(op, _align(mx.a, my.eps.dim()), rhs_delta, kwargs) + mat["c"]
+
+
+def _flat_weights(op: str, my: Mask) -> bool:
+    return op in ("matmul", "linear") and my.eps.dim() == 2
+
+
+def _eps_times_weights(op: str, eps: torch.Tensor, my: Mask) -> torch.Tensor:
+    """``eps @ ([b] + delta on party 0)`` for all parties as ONE GEMM: the parties' weight shares are laid
+    side by side as columns (``[k, P*n]``), split into limbs once per run and cached on the mask."""
+    key = ("eps_rhs", op)
+    if key not in my.cache:
+        b0 = my.a.clone()
+        b0[0] += my.eps
+        if op == "linear":
+            b0 = b0.transpose(-1, -2)
+        p, k, n = b0.shape
+        my.cache[key] = LimbOperand(b0.permute(1, 0, 2).reshape(k, p * n))
+    rhs = my.cache[key]
+    p, n = my.a.shape[0], rhs.shape[-1] // my.a.shape[0]
+    out = ring_matmul(eps.reshape(-1, eps.shape[-1]), rhs).reshape(-1, p, n).transpose(0, 1)
+    return out.reshape((p,) + tuple(eps.shape[:-1]) + (n,))
+
+
+def a_times_delta(op: str, a: torch.Tensor, my: Mask) -> torch.Tensor:
+    """``[a] @ delta`` for all parties as ONE GEMM (rows of all parties stacked). Data-independent: when
+    the dealer material is preprocessed, the parties compute it offline (see Session.preprocess)."""
+    key = ("delta", op)
+    if key not in my.cache:
+        my.cache[key] = LimbOperand(my.eps.transpose(-1, -2) if op == "linear" else my.eps)
+    rhs = my.cache[key]
+    out = ring_matmul(a.reshape(-1, a.shape[-1]), rhs)
+    return out.reshape(tuple(a.shape[:-1]) + (rhs.shape[-1],))
 
 
 def _align(shares: torch.Tensor, other_dim: int) -> torch.Tensor:
