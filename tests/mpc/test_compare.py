@@ -1,0 +1,120 @@
+"""Comparison protocols (sign bit, ReLU, argmax/max) are exact at the edges: 0, +-1 and +-2 LSB, ties, and the
+range limits +-(2^compare_bits - 1) LSB; argmax ties go to the first index, as torch.argmax."""
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from lightning_smpc.mpc.protocols import compare_bit
+
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
+
+N_PARTIES = pytest.mark.parametrize("n", [2, 3], ids=["2pc", "3pc"])
+FB = 16
+
+
+def edge_lsbs(cb: int) -> list[int]:
+    """Edge values in LSB units for a comparison range of ``cb`` bits."""
+    top = (1 << cb) - 1
+    vals = [0, 1, -1, 2, -2, 3, -3, 255, 256, -256, 257, 65535, 65536, -65536, 1 << (cb - 1), -(1 << (cb - 1)),
+            top, -top, top - 1, -(top - 1), top - 255, -(top - 256)]
+    return sorted(set(vals))
+
+
+def as_real(lsbs, fb: int = FB) -> torch.Tensor:
+    return torch.as_tensor(lsbs).to(torch.float64) / 2**fb  # exact: |k| < 2^53
+
+
+@N_PARTIES
+@pytest.mark.parametrize("cb", [32, 24, 40])
+def test_sign_relu_and_public_comparisons(make_session, n, cb):
+    s = make_session(n, seed=cb, compare_bits=cb)
+    k = torch.tensor(edge_lsbs(cb), dtype=torch.int64)
+    x = as_real(k)
+    X = s.share(x)
+    assert torch.equal(X.reveal(), x)
+    # compare_bit directly on shares (mask-open mode) and through the operators
+    bit = s.from_shares(compare_bit(s, X.shares), 0).reveal()
+    assert torch.equal(bit, (k >= 0).double())
+    assert torch.equal((X >= 0).reveal(), (x >= 0).double())
+    assert torch.equal((X > 0).reveal(), (x > 0).double())
+    assert torch.equal((X <= 0).reveal(), (x <= 0).double())
+    assert torch.equal((X < 0).reveal(), (x < 0).double())
+    assert torch.equal(X.relu().reveal(), x.relu())
+    # truncation-fused mode: X * 1.0 carries 2f fractional bits (k * 2^32, an exact multiple of 2^16, so the
+    # probabilistic truncation is exact here) and the comparison opens the truncation's value
+    Y = X * 1.0
+    assert Y.frac_bits == 2 * FB
+    assert torch.equal((Y >= 0).reveal(), (x >= 0).double())
+    assert torch.equal(Y.relu().reveal(), x.relu())
+    assert torch.equal(s.from_shares(compare_bit(s, Y.shares, FB), 0).reveal(), (k >= 0).double())
+
+
+@N_PARTIES
+def test_pairwise_comparisons_and_ties(make_session, n):
+    """x >= y for every pair of edge values whose difference is in range (|x - y| < 2^32 LSB), ties included."""
+    s = make_session(n, seed=5)
+    vals = edge_lsbs(32)
+    pairs = [(a, b) for a, b in itertools.product(vals, vals) if abs(a - b) < (1 << 32)]
+    a = torch.tensor([p[0] for p in pairs], dtype=torch.int64)
+    b = torch.tensor([p[1] for p in pairs], dtype=torch.int64)
+    assert bool((a == b).any())  # ties present
+    A, B = s.share(as_real(a)), s.share(as_real(b))
+    assert torch.equal((A >= B).reveal(), (a >= b).double())
+    assert torch.equal((A > B).reveal(), (a > b).double())
+    assert torch.equal((A <= B).reveal(), (a <= b).double())
+    assert torch.equal((A < B).reveal(), (a < b).double())
+    # against public values (encoded on the same grid)
+    assert torch.equal((A >= as_real(b)).reveal(), (a >= b).double())
+    assert torch.equal((A < as_real(b)).reveal(), (a < b).double())
+
+
+@N_PARTIES
+def test_one_lsb_apart(make_session, n):
+    """Neighbouring grid values are distinguished everywhere in the range (random bases, +-1 and +-2 LSB)."""
+    s = make_session(n, seed=17)
+    g = torch.Generator().manual_seed(3)
+    base = torch.randint(-(1 << 31), 1 << 31, (2000,), generator=g)
+    for d in (1, -1, 2, -2, 0):
+        X, Y = s.share(as_real(base + d)), s.share(as_real(base))
+        assert torch.equal((X >= Y).reveal(), torch.full((2000,), float(d >= 0), dtype=torch.float64))
+        assert torch.equal((X > Y).reveal(), torch.full((2000,), float(d > 0), dtype=torch.float64))
+
+
+ARGMAX_ROWS = [
+    [0, 0, 0],
+    [5, 5],
+    [1, 2, 2],
+    [2, 1, 2],
+    [-1, -1, -2],
+    [-2, -1, -1, -1],
+    [0, 1, 0, 1],
+    [-1, 0, 1, -1, 1],
+    [(1 << 32) - 1, 0, (1 << 32) - 1],
+    [-((1 << 32) - 1), -((1 << 32) - 1), 0],
+    [(1 << 32) - 1, (1 << 32) - 2, (1 << 32) - 1, 3],
+    [-((1 << 32) - 1), -((1 << 32) - 2), -((1 << 32) - 2)],
+    [7, 7, 7, 7, 7, 7, 7, 7, 7, 7],
+    [0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+    [1, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+]
+
+
+@N_PARTIES
+@pytest.mark.parametrize("row", ARGMAX_ROWS, ids=lambda r: f"C{len(r)}")
+def test_argmax_ties_first_index(make_session, n, row):
+    """Within a row every pairwise difference is < 2^32 LSB (the comparison range)."""
+    s = make_session(n, seed=len(row))
+    k = torch.tensor([row, [-v for v in row]], dtype=torch.int64)
+    x = as_real(k)
+    X = s.share(x)
+    assert torch.equal(X.argmax(-1).reveal(), x.argmax(-1).double())
+    values, idx = X.max(-1)
+    assert torch.equal(values.reveal(), x.max(-1).values)
+    assert torch.equal(idx.reveal(), x.argmax(-1).double())
+    # the same along dim 0 (moved to the last axis internally)
+    assert torch.equal(X.t().argmax(0).reveal(), x.t().argmax(0).double())
+    # fused-truncation mode (2f fractional bits, exact multiples of 2^16)
+    assert torch.equal((X * 1.0).argmax(-1).reveal(), x.argmax(-1).double())
