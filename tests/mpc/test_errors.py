@@ -1,0 +1,174 @@
+"""Error paths: every misuse raises a specific, documented error with an actionable message."""
+from __future__ import annotations
+
+import math
+import pickle
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lightning_smpc.mpc import (
+    EncodingRangeError,
+    NonFiniteInputError,
+    PartyConfigError,
+    RevealNotAllowedError,
+    Session,
+    SessionMismatchError,
+    ShapeMismatchError,
+    SmpcError,
+    UnsupportedOpError,
+)
+
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
+
+
+# ---------------------------------------------------------------------------------------------- inputs
+def test_nan_and_inf_rejected_before_anything_is_sent(session):
+    x = torch.tensor([[1.0, math.nan], [math.inf, math.nan]])
+    with pytest.raises(ValueError) as ei:
+        session.share(x)
+    assert isinstance(ei.value, NonFiniteInputError) and isinstance(ei.value, SmpcError)
+    msg = str(ei.value)
+    assert "2 NaN" in msg and "1 inf" in msg and "out of 4" in msg
+    assert session.comm.rounds == 0 and session.comm.records == []
+    with pytest.raises(NonFiniteInputError, match="0 NaN and 1 inf"):
+        session.share(torch.tensor([-math.inf]))
+
+
+def test_overflow_rejected_with_limit_in_message(session):
+    with pytest.raises(ValueError) as ei:
+        session.share(torch.tensor([1.0, 70000.0, -65536.0, 3.0]))
+    assert isinstance(ei.value, EncodingRangeError)
+    msg = str(ei.value)
+    assert "65536" in msg and "2 value(s)" in msg and "70000" in msg
+    assert session.comm.rounds == 0
+    # integer inputs (frac_bits=0) have the range 2^32
+    with pytest.raises(EncodingRangeError, match="4.29497e"):
+        session.share(torch.tensor([2.0**32], dtype=torch.float64), frac_bits=0)
+    session.share(torch.tensor([65535.0]))  # just inside
+
+
+def test_bad_public_operands(session):
+    X = session.share(torch.ones(3))
+    with pytest.raises(NonFiniteInputError):
+        X + math.nan
+    with pytest.raises(NonFiniteInputError):
+        X * torch.tensor([1.0, math.inf, 2.0])
+    with pytest.raises(EncodingRangeError):
+        X + 1e6
+
+
+# ---------------------------------------------------------------------------------------------- shapes
+def test_shape_mismatch(session):
+    X, W = session.share(torch.ones(4, 5)), session.share(torch.ones(4, 3))
+    with pytest.raises(ShapeMismatchError, match=r"\(4, 5\) @ \(4, 3\)"):
+        X @ W
+    with pytest.raises(ShapeMismatchError):
+        X @ torch.ones(4, 3)
+    with pytest.raises(ShapeMismatchError):
+        torch.matmul(X, W)
+    with pytest.raises(ShapeMismatchError):
+        X * session.share(torch.ones(3))
+    with pytest.raises(ShapeMismatchError, match="input features 3"):
+        F.linear(X, session.share(torch.ones(2, 3)))
+    assert isinstance(ShapeMismatchError("x"), ValueError)
+
+
+# ---------------------------------------------------------------------------------------------- sessions
+def test_mixing_sessions(make_session):
+    s1, s2 = make_session(2, seed=1), make_session(2, seed=2)
+    a, b = s1.share(torch.ones(2, 2)), s2.share(torch.ones(2, 2))
+    for fn in (lambda: a + b, lambda: a - b, lambda: a * b, lambda: a @ b, lambda: torch.cat([a, b]),
+               lambda: a >= b, lambda: F.linear(a, b)):
+        with pytest.raises(SessionMismatchError, match="2 different sessions"):
+            fn()
+    with pytest.raises(SessionMismatchError):
+        s2.reveal(a)
+    with pytest.raises(SessionMismatchError):
+        s1.share(a)  # already shared
+    assert isinstance(SessionMismatchError("x"), ValueError)
+
+
+# ---------------------------------------------------------------------------------------------- ops
+@pytest.mark.parametrize("fn,name", [
+    (torch.exp, "exp"), (torch.sigmoid, "sigmoid"), (torch.tanh, "tanh"), (torch.log, "log"),
+    (torch.sqrt, "sqrt"), (F.gelu, "gelu"), (lambda x: x.exp(), "exp"), (lambda x: x.sigmoid(), "sigmoid"),
+    (lambda x: torch.maximum(x, x), "maximum"), (lambda x: x.abs(), "abs"),
+])
+def test_unsupported_ops_name_the_op(session, fn, name):
+    X = session.share(torch.ones(2, 3))
+    with pytest.raises(UnsupportedOpError) as ei:
+        fn(X)
+    assert isinstance(ei.value, NotImplementedError)
+    assert name in str(ei.value)
+
+
+def test_other_unsupported_uses(session):
+    X = session.share(torch.ones(1, 1, 4, 4))
+    with pytest.raises(UnsupportedOpError):
+        X / session.share(torch.ones(1))
+    with pytest.raises(UnsupportedOpError, match="padding=0"):
+        F.max_pool2d(X, 2, padding=1)
+    with pytest.raises(UnsupportedOpError, match="eval"):
+        F.dropout(X, 0.5, training=True)
+    assert F.dropout(X, 0.5, training=False) is X
+    with pytest.raises(UnsupportedOpError):
+        X.to(torch.int64)
+    with pytest.raises(UnsupportedOpError):
+        X.view(torch.int32)
+    with pytest.raises(UnsupportedOpError):
+        torch.cat([X, torch.ones(1, 1, 4, 4)])
+
+
+def test_shares_are_not_printed_or_pickled(session):
+    X = session.share(torch.tensor([123.456]))
+    assert "HIDDEN" in repr(X) and "123" not in repr(X)
+    with pytest.raises(TypeError):
+        pickle.dumps(X)
+
+
+# ---------------------------------------------------------------------------------------------- parties
+@pytest.mark.parametrize("parties,dealer", [
+    (("alice",), "crypto_provider"),
+    ((), "crypto_provider"),
+    (("alice", "alice"), "crypto_provider"),
+    (("alice", "bob", "alice"), "crypto_provider"),
+    (("alice", "bob"), "bob"),
+    (("alice", ""), "crypto_provider"),
+])
+def test_bad_party_configuration(parties, dealer):
+    with pytest.raises(PartyConfigError) as ei:
+        Session(parties=parties, crypto_provider=dealer, seed=0)
+    assert isinstance(ei.value, ValueError)
+    assert "Expected" in str(ei.value)
+
+
+def test_bad_owner_and_receiver(session):
+    with pytest.raises(PartyConfigError, match="crypto provider"):
+        session.share(torch.ones(2), owner=session.crypto_provider)
+    X = session.share(torch.ones(2))
+    with pytest.raises(PartyConfigError, match="mallory"):
+        X.reveal(to="mallory")
+    with pytest.raises(PartyConfigError):
+        session.reveal(X, to=("alice", "crypto_provider"))
+
+
+# ---------------------------------------------------------------------------------------------- reveal policy
+@pytest.mark.parametrize("fn", [
+    lambda x: F.softmax(x, dim=-1), lambda x: F.log_softmax(x, -1), lambda x: x.softmax(-1),
+    lambda x: torch.log_softmax(x, dim=1), lambda x: F.softmax(x, -1) * 2 + 1, lambda x: F.softmax(x, -1)[0],
+])
+def test_softmax_output_cannot_be_revealed(session, fn):
+    x = torch.tensor([[1.0, 3.0, 2.0], [0.5, -1.0, 0.25]])
+    P = fn(session.share(x))
+    n_records = len(session.comm.records)
+    with pytest.raises(RevealNotAllowedError, match="argmax"):
+        P.reveal()
+    assert len(session.comm.records) == n_records and session.ledger == []  # nothing was opened
+
+
+def test_softmax_argmax_is_allowed(session):
+    x = torch.tensor([[1.0, 3.0, 2.0], [0.5, -1.0, 0.25]])
+    P = F.softmax(session.share(x), dim=-1)
+    assert torch.equal(P.argmax(-1).reveal(), torch.tensor([1.0, 0.0], dtype=torch.float64))
