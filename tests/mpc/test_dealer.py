@@ -1,0 +1,116 @@
+"""The trusted dealer's preprocessing: record the plan of one batch, generate material for more batches ahead of
+time, then run them with no inline dealer work; a request that does not match the store is refused."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lightning_smpc.mpc import DealerStoreError
+
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
+
+N_PARTIES = pytest.mark.parametrize("n", [2, 3], ids=["2pc", "3pc"])
+BATCH, D_IN, D_HID, N_CLS = 8, 20, 16, 10
+
+
+def mlp_weights(seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(D_HID, D_IN, generator=g, dtype=torch.float64) / D_IN**0.5,
+            torch.randn(D_HID, generator=g, dtype=torch.float64) * 0.1,
+            torch.randn(N_CLS, D_HID, generator=g, dtype=torch.float64) / D_HID**0.5,
+            torch.randn(N_CLS, generator=g, dtype=torch.float64) * 0.1]
+
+
+def forward(x, w1, b1, w2, b2):
+    return F.linear(F.linear(x, w1, b1).relu(), w2, b2)
+
+
+def secure_batch(s, params, x):
+    """One batch as the strategy runs it: share the input, forward, argmax revealed; returns (logits, labels)."""
+    X = s.share(x)
+    logits = forward(X, *params)
+    return logits, logits.argmax(-1).reveal().long()
+
+
+def check_batch(logits, labels, x, plain_params):
+    want = forward(x, *plain_params)
+    # two layers of products: a loose sanity tolerance (the per-op bounds are asserted in test_protocols.py;
+    # here they add up to ~1e-3 at most)
+    assert (logits.reveal() - want).abs().max().item() < 1e-2
+    top2 = want.topk(2, -1).values
+    clear = (top2[:, 0] - top2[:, 1]) > 1e-2  # argmax is exact up to the truncation error; skip near-ties
+    assert torch.equal(labels[clear], want.argmax(-1)[clear])
+
+
+@N_PARTIES
+def test_preprocessed_batches_need_no_inline_dealer_work(make_session, n):
+    s = make_session(n, seed=21)
+    plain = mlp_weights()
+    params = [s.share(t, owner="alice") for t in plain]  # the model owner's weights, shared once
+    g = torch.Generator().manual_seed(1)
+
+    s.record_plan()
+    x = torch.randn(BATCH, D_IN, generator=g, dtype=torch.float64)
+    check_batch(*secure_batch(s, params, x), x, plain)
+    plan = s.dealer.stop_recording()
+    kinds = [e.request.kind for e in plan]
+    assert kinds[0] == "input_mask" and "beaver" in kinds and "cmp" in kinds
+
+    s.preprocess(plan, 3)
+    assert s.dealer.store_size == 3 * len(plan)
+    before = s.stats()["dealer"]
+    assert before["preprocess_seconds"] > 0
+    for _ in range(3):
+        x = torch.randn(BATCH, D_IN, generator=g, dtype=torch.float64)
+        check_batch(*secure_batch(s, params, x), x, plain)
+        assert s.stats()["dealer"]["requests_inline"] == before["requests_inline"]
+    after = s.stats()["dealer"]
+    assert after["requests_from_store"] - before["requests_from_store"] == 3 * len(plan)
+    assert s.dealer.store_size == 0
+    # store exhausted: the next batch falls back to inline generation, still correct
+    x = torch.randn(BATCH, D_IN, generator=g, dtype=torch.float64)
+    check_batch(*secure_batch(s, params, x), x, plain)
+    assert s.stats()["dealer"]["requests_inline"] == before["requests_inline"] + len(plan)
+
+
+@N_PARTIES
+def test_preprocessed_traffic_equals_inline_traffic(make_session, n):
+    """Preprocessing moves dealer work offline; the online protocol (rounds, bytes) is unchanged."""
+    s = make_session(n, seed=22)
+    plain = mlp_weights(1)
+    params = [s.share(t, owner="alice") for t in plain]
+    x = torch.randn(BATCH, D_IN, dtype=torch.float64)
+    s.record_plan()
+    r0, bytes0 = s.comm.rounds, s.comm.stats()["alice"]["bytes_sent"]
+    secure_batch(s, params, x)
+    inline = (s.comm.rounds - r0, s.comm.stats()["alice"]["bytes_sent"] - bytes0)
+    s.preprocess(s.dealer.stop_recording(), 1)
+    r0, bytes0 = s.comm.rounds, s.comm.stats()["alice"]["bytes_sent"]
+    secure_batch(s, params, x)
+    assert (s.comm.rounds - r0, s.comm.stats()["alice"]["bytes_sent"] - bytes0) == inline
+
+
+@N_PARTIES
+def test_mismatched_request_raises(make_session, n):
+    s = make_session(n, seed=23)
+    plain = mlp_weights(2)
+    params = [s.share(t, owner="alice") for t in plain]
+    s.record_plan()
+    secure_batch(s, params, torch.randn(BATCH, D_IN, dtype=torch.float64))
+    s.preprocess(s.dealer.stop_recording(), 1)
+    with pytest.raises(DealerStoreError, match="preprocessed store"):
+        secure_batch(s, params, torch.randn(BATCH + 1, D_IN, dtype=torch.float64))  # another batch shape
+    s.dealer.clear_store()
+    x = torch.randn(BATCH + 1, D_IN, dtype=torch.float64)
+    check_batch(*secure_batch(s, params, x), x, plain)  # inline again after clearing
+
+
+def test_mismatched_protocol_order_raises(make_session):
+    s = make_session(2, seed=24)
+    X = s.share(torch.randn(4, 5))
+    s.record_plan()
+    X.relu()
+    s.preprocess(s.dealer.stop_recording(), 1)
+    with pytest.raises(DealerStoreError):
+        X.argmax(-1)  # the store holds ReLU material for this shape, not argmax material
