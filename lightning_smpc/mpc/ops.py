@@ -225,7 +225,8 @@ def _add(x, y, sign: int = 1):
         pub = _public(x._session, y, frac)
         shape = torch.broadcast_shapes(_shape_of(x), tuple(pub.shape))
         out = _aligned(_lift(x, frac), len(shape)).expand((x._shares.shape[0],) + shape).clone()
-        out[0] += sign * pub
+        if x._session.holds_first:
+            out[0] += sign * pub
         return _wrap(x, out, frac)
     # public +/- shared
     return _add(_neg(y) if sign == -1 else y, x)
@@ -389,7 +390,8 @@ def _cmp(x, y, flip: bool, strict: bool):
     bit = P.compare_bit(d._session, shares, m)
     if strict:
         bit = -bit
-        bit[0] += 1
+        if d._session.holds_first:
+            bit[0] += 1
     return ShareTensor(bit, d._session, 0)
 
 

@@ -91,6 +91,9 @@ class Session:
         self.comm = Communicator(parties, record_views=record_views)
         self.dealer = TrustedDealer(crypto_provider, parties, self.prg, self.comm, compare_bits, self.device)
         self.ledger: list[RevealRecord] = []
+        # Row 0 of every local share tensor belongs to the first party, which alone adds public constants.
+        # In the simulated runtime all rows are here; in a per-process runtime only that party's process says True.
+        self.holds_first = True
         self.op_seconds: dict[str, float] = {}
         self._opened_masks: weakref.WeakValueDictionary = weakref.WeakValueDictionary()  # id -> Mask (parties' view)  # wall time per protocol (dealer work included when inline)
 

@@ -85,11 +85,11 @@ def beaver(sess, op: str, x, y, **kwargs) -> torch.Tensor:
             v.mask = masks[i]
     mx, my = masks
     if _flat_weights(op, my):  # activations @ 2-D weights: one GEMM for all parties
-        z = _eps_times_weights(op, mx.eps, my)
+        z = _eps_times_weights(op, mx.eps, my, sess.holds_first)
         if not mat.get("a_delta_done"):
             z = z + a_times_delta(op, mx.a, my)
         return z + mat["c"]
-    rhs_b, rhs_delta = _right_operands(op, mx, my)
+    rhs_b, rhs_delta = _right_operands(op, mx, my, sess.holds_first)
     z = _apply(op, mx.eps, rhs_b, kwargs)
     return z + _apply(op, _align(mx.a, my.eps.dim()), rhs_delta, kwargs) + mat["c"]
 
@@ -98,13 +98,14 @@ def _flat_weights(op: str, my: Mask) -> bool:
     return op in ("matmul", "linear") and my.eps.dim() == 2
 
 
-def _eps_times_weights(op: str, eps: torch.Tensor, my: Mask) -> torch.Tensor:
+def _eps_times_weights(op: str, eps: torch.Tensor, my: Mask, first: bool = True) -> torch.Tensor:
     """``eps @ ([b] + delta on party 0)`` for all parties as ONE GEMM: the parties' weight shares are laid
     side by side as columns (``[k, P*n]``), split into limbs once per run and cached on the mask."""
     key = ("eps_rhs", op)
     if key not in my.cache:
         b0 = my.a.clone()
-        b0[0] += my.eps
+        if first:
+            b0[0] += my.eps
         if op == "linear":
             b0 = b0.transpose(-1, -2)
         p, k, n = b0.shape
@@ -134,13 +135,14 @@ def _align(shares: torch.Tensor, other_dim: int) -> torch.Tensor:
     return shares.reshape((shares.shape[0],) + (1,) * missing + tuple(shares.shape[1:]))
 
 
-def _right_operands(op: str, mx: Mask, my: Mask):
+def _right_operands(op: str, mx: Mask, my: Mask, first: bool = True):
     """``([b] with delta added to party 0's row, delta)``; for (mat)mul/linear pre-split into limbs and
     cached on ``my`` (model weights are split once per run, not once per batch)."""
     key = ("rhs", op, mx.eps.dim())
     if key not in my.cache:
         b0 = my.a.clone()
-        b0[0] += my.eps
+        if first:
+            b0[0] += my.eps
         delta = my.eps
         if op == "linear":
             b0, delta = b0.transpose(-1, -2), delta.transpose(-1, -2)

@@ -46,7 +46,8 @@ def _and(sess, x: torch.Tensor, y: torch.Tensor, triple, tag: str) -> torch.Tens
     a, b, c = triple
     e, f = sess.comm.open([(x ^ a, "xor", 1), (y ^ b, "xor", 1)], tag=tag)
     z = c ^ (e & b) ^ (f & a)
-    z[0] ^= e & f
+    if sess.holds_first:
+        z[0] ^= e & f
     return z
 
 
@@ -60,9 +61,10 @@ def _open_value(sess, shares: torch.Tensor, mat, m: int | None, tag: str):
     """First round: open the masked value. Returns (y shares, pub, coef) with y = pub + dealer offset."""
     if m:
         masked = shares + mat["r"]
-        masked[0] += HALF
+        if sess.holds_first:
+            masked[0] += HALF
         (c,) = sess.comm.open([(masked, "arith", 64)], tag=tag)
-        return trunc_from_opened(c, mat, m)
+        return trunc_from_opened(c, mat, m, sess.holds_first)
     (c,) = sess.comm.open([(shares + mat["r"], "arith", 64)], tag=tag)
     return shares, c, None
 
@@ -77,7 +79,8 @@ def sign_bits(sess, q: torch.Tensor, mat, tag: str) -> torch.Tensor:
     gen = _table_bit(table, digits)
     top = (digits == 255).to(torch.uint8)  # G[256] = 1 is public: party 0 holds it, the others 0
     nxt = _table_bit(table, (digits + 1).clamp_max(255)) * (1 - top)
-    nxt[0] |= top
+    if sess.holds_first:
+        nxt[0] |= top
     prop = nxt ^ gen
     level = 0
     while gen.shape[-1] > 1:
@@ -92,7 +95,8 @@ def sign_bits(sess, q: torch.Tensor, mat, tag: str) -> torch.Tensor:
             new_p = torch.cat([new_p, prop[..., -1:]], -1)
         gen, prop, level = new_g, new_p, level + 1
     s = gen[..., 0] ^ mat["rj"]
-    s[0] ^= ((q >> j) & 1).to(torch.uint8)
+    if sess.holds_first:
+        s[0] ^= ((q >> j) & 1).to(torch.uint8)
     return s
 
 
@@ -115,7 +119,8 @@ def compare_bit(sess, shares: torch.Tensor, m: int | None = None) -> torch.Tenso
     s = sign_bits(sess, pub + (1 << sess.compare_bits), mat, "compare_bit")
     e = _b2a(sess, s, mat, "compare_bit")
     out = (1 - 2 * e) * mat["rho_a"]
-    out[0] += e
+    if sess.holds_first:
+        out[0] += e
     return out
 
 
@@ -183,9 +188,11 @@ def argmax_onehot(sess, shares: torch.Tensor, m: int | None = None, want_max: bo
     s = sign_bits(sess, q, mat, "argmax")
     e = _b2a(sess, s, mat, "argmax")
     wins = (1 - 2 * e) * mat["rho_a"]  # arithmetic [y_a >= y_b], party 0 adds e below
-    wins[0] += e
+    if sess.holds_first:
+        wins[0] += e
     losses = -wins
-    losses[0] += 1
+    if sess.holds_first:
+        losses[0] += 1
     count = torch.zeros(shares.shape, dtype=torch.int64, device=shares.device)
     count.index_add_(-1, idx_a, wins)
     count.index_add_(-1, idx_b, losses)

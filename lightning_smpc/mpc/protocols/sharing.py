@@ -29,7 +29,8 @@ def share(sess, encoded: torch.Tensor, owner: str):
     sess.comm.broadcast_input(owner, eps, tag="share")
     a = mat["a"]
     shares = a.clone()
-    shares[0] += eps
+    if sess.holds_first:
+        shares[0] += eps
     return shares, eps, a, mat.created[0]
 
 

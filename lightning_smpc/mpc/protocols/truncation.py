@@ -17,11 +17,12 @@ def trunc_public_part(c: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tens
     return pub, coef
 
 
-def trunc_from_opened(c: torch.Tensor, mat, m: int, prefix: str = "") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def trunc_from_opened(c: torch.Tensor, mat, m: int, first: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Shares of the truncated value, plus its public part and r_63 coefficient (for fused protocols)."""
     pub, coef = trunc_public_part(c, m)
     y = coef * mat["r63"] - mat["u"]
-    y[0] += pub
+    if first:
+        y[0] += pub
     return y, pub, coef
 
 
@@ -43,7 +44,8 @@ def truncate(sess, shares: torch.Tensor, m: int) -> torch.Tensor:
     """
     mat = sess.dealer.request(Request("trunc", (tuple(shares.shape[1:]), m)))
     masked = shares + mat["r"]
-    masked[0] += HALF
+    if sess.holds_first:
+        masked[0] += HALF
     (c,) = sess.comm.open([(masked, "arith", 64)], tag="trunc")
-    y, _, _ = trunc_from_opened(c, mat, m)
+    y, _, _ = trunc_from_opened(c, mat, m, sess.holds_first)
     return y
