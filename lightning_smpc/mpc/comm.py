@@ -111,7 +111,7 @@ class Communicator:
         """
         token = _OPENING.set(True)
         try:
-            values = [reconstruct(s, kind, bits) for s, kind, bits in items]
+            values = [reconstruct(self._exchange(s, kind, bits), kind, bits) for s, kind, bits in items]
         finally:
             _OPENING.reset(token)
         per_msg = sum(_nbytes(s[0], bits) for s, _, bits in items)
@@ -124,14 +124,17 @@ class Communicator:
 
     def reveal_to(self, shares: torch.Tensor, to: tuple[str, ...], tag: str, outside: str | None = None) -> torch.Tensor:
         """Reveal a secret to the parties in ``to`` (and/or an ``outside`` receiver such as the client)."""
-        token = _OPENING.set(True)
-        try:
-            value = reconstruct(shares)
-        finally:
-            _OPENING.reset(token)
+        receivers = list(to) + ([outside] if outside else [])
+        gathered = self._exchange_to(shares, receivers)
+        value = None
+        if gathered is not None:
+            token = _OPENING.set(True)
+            try:
+                value = reconstruct(gathered)
+            finally:
+                _OPENING.reset(token)
         nbytes = _nbytes(shares[0], 64)
         traffic = {}
-        receivers = list(to) + ([outside] if outside else [])
         for p in self.parties:
             others = [r for r in receivers if r != p]
             traffic[p] = (len(others), nbytes * len(others), 0)
@@ -140,14 +143,16 @@ class Communicator:
             s, m, _ = traffic.get(r, (0, 0, 0))
             traffic[r] = (s, m, nbytes * len(senders))
         self._round(tag, traffic)
-        self.records.append(OpenRecord(tag, (tuple(value.shape),), "reveal", tuple(receivers)))
-        if self.record_views:
+        self.records.append(OpenRecord(tag, (tuple(shares.shape[1:]),), "reveal", tuple(receivers)))
+        if self.record_views and value is not None:
             for r in to:
-                self.views[r].append((tag, value))
+                if r in self.views:
+                    self.views[r].append((tag, value))
         return value
 
     def broadcast_input(self, sender: str, value: torch.Tensor, tag: str, bits: int = 64) -> torch.Tensor:
         """``sender`` (a party or an outside input owner) sends a masked input to every compute party."""
+        value = self._broadcast(value, sender)
         nbytes = _nbytes(value, bits)
         receivers = [p for p in self.parties if p != sender]
         traffic = {sender: (len(receivers), nbytes * len(receivers), 0)}
@@ -158,6 +163,21 @@ class Communicator:
         if self.record_views:
             for p in receivers:
                 self.views[p].append((tag, value))
+        return value
+
+    # ------------------------------------------------------------------ transport hooks
+    # The simulated transport holds every party's row already; a per-process transport overrides these
+    # three methods (see distributed.py) and nothing else changes.
+    def _exchange(self, shares: torch.Tensor, kind: str, bits: int) -> torch.Tensor:
+        """All parties' shares of an opened value (each party sends its own row to the others)."""
+        return shares
+
+    def _exchange_to(self, shares: torch.Tensor, receivers: list[str]) -> torch.Tensor | None:
+        """All shares at the receivers; None in a process that is not a receiver."""
+        return shares
+
+    def _broadcast(self, value: torch.Tensor, sender: str) -> torch.Tensor:
+        """``value`` as sent by ``sender`` (already here in the simulated runtime)."""
         return value
 
     def dealer_send(self, sizes: dict[str, int], tag: str, dealer: str) -> None:

@@ -69,6 +69,7 @@ class Session:
         seed: int | None = None,
         device: str | torch.device = "cpu",
         record_views: bool = False,
+        runtime=None,
     ) -> None:
         parties = tuple(parties)
         if len(parties) < 2 or len(set(parties)) != len(parties) or not all(isinstance(p, str) and p for p in parties):
@@ -88,12 +89,17 @@ class Session:
         self.compare_bits = compare_bits
         self.device = torch.device(device)
         self.prg = make_prg(seed)
-        self.comm = Communicator(parties, record_views=record_views)
-        self.dealer = TrustedDealer(crypto_provider, parties, self.prg, self.comm, compare_bits, self.device)
+        if runtime is None:  # simulated: all parties (and the dealer) in this process
+            self.comm = Communicator(parties, record_views=record_views)
+            self.dealer = TrustedDealer(crypto_provider, parties, self.prg, self.comm, compare_bits, self.device)
+            self.local_party = None
+        else:  # one party per process (lightning_smpc.mpc.distributed)
+            self.comm, self.dealer = runtime.communicator(parties, record_views), runtime.dealer()
+            self.local_party = parties[runtime.rank]
         self.ledger: list[RevealRecord] = []
         # Row 0 of every local share tensor belongs to the first party, which alone adds public constants.
         # In the simulated runtime all rows are here; in a per-process runtime only that party's process says True.
-        self.holds_first = True
+        self.holds_first = runtime is None or runtime.rank == 0
         self.op_seconds: dict[str, float] = {}
         self._opened_masks: weakref.WeakValueDictionary = weakref.WeakValueDictionary()  # id -> Mask (parties' view)  # wall time per protocol (dealer work included when inline)
 
@@ -102,18 +108,27 @@ class Session:
         return len(self.parties)
 
     # ------------------------------------------------------------------ sharing
-    def share(self, value: torch.Tensor | float, owner: str = "client", frac_bits: int | None = None) -> ShareTensor:
+    def share(self, value: torch.Tensor | float | None, owner: str = "client", frac_bits: int | None = None,
+              shape: tuple[int, ...] | None = None) -> ShareTensor:
         """Secret-share a plaintext held by ``owner`` (an outside client by default, or a party name).
 
         Floats are encoded with ``precision_bits`` fractional bits (``frac_bits=0`` for integers such as
-        labels). Raises ``ValueError`` for NaN/inf or out-of-range values before anything is sent.
+        labels). Raises ``ValueError`` for NaN/inf or out-of-range values before anything is sent. In the
+        multi-process runtime only the owner's process passes ``value``; the others pass ``shape``.
         """
         if isinstance(value, ShareTensor):
             raise SessionMismatchError("The value is already shared; shares cannot be shared again.")
-        frac = self.precision_bits if frac_bits is None else frac_bits
-        encoded = self.encoder.encode(torch.as_tensor(value).detach().cpu(), frac)
         if owner == self.crypto_provider:
             raise PartyConfigError("The crypto provider never holds data; share from a client or a party.")
+        frac = self.precision_bits if frac_bits is None else frac_bits
+        if self.local_party is not None and owner not in self.parties:
+            raise PartyConfigError(f"In the multi-process runtime the input owner must be a compute party {self.parties}.")
+        if value is None:
+            if self.local_party is None or self.local_party == owner or shape is None:
+                raise ValueError("Expected the owner's value (or `shape` in a non-owner party's process).")
+            encoded = torch.zeros(tuple(shape), dtype=torch.int64)
+        else:
+            encoded = self.encoder.encode(torch.as_tensor(value).detach().cpu(), frac)
         shares, eps, a, mask_id = P.share(self, encoded, owner)
         mask = Mask(eps, a, MaskHandle(self.dealer, mask_id))
         self._opened_masks[mask_id] = mask
@@ -135,7 +150,7 @@ class Session:
         plain = P.reveal(self, x.shares, receivers, outside)
         shown = receivers + ((outside,) if outside else ())
         self.ledger.append(RevealRecord(name or "value", tuple(x.shape), shown))
-        return self.encoder.decode(plain, x.frac_bits)
+        return None if plain is None else self.encoder.decode(plain, x.frac_bits)
 
     def reveal_raw(self, shares: torch.Tensor, frac_bits: int, name: str, to: str | tuple[str, ...] | None = None,
                    outside: str | None = None) -> torch.Tensor:

@@ -25,8 +25,11 @@ def share(sess, encoded: torch.Tensor, owner: str):
     Returns ``(shares, eps, a_shares, mask_id)``.
     """
     mat = sess.dealer.request(Request("input_mask", (tuple(encoded.shape), owner)))
-    eps = encoded.to(sess.device) - mat["owner_mask"]  # computed by the owner
-    sess.comm.broadcast_input(owner, eps, tag="share")
+    if "owner_mask" in mat.data:  # only the owner's process holds the mask and the value
+        eps = encoded.to(sess.device) - mat["owner_mask"]
+    else:
+        eps = torch.empty(tuple(encoded.shape), dtype=torch.int64, device=sess.device)
+    eps = sess.comm.broadcast_input(owner, eps, tag="share")
     a = mat["a"]
     shares = a.clone()
     if sess.holds_first:
