@@ -295,7 +295,7 @@ class TrustedDealer:
         lanes = torch.arange(4, device=self.device)
         t_word, t_bit = (t >> 6).unsqueeze(-1), (t & 63).unsqueeze(-1)
         above = -(torch.full_like(t_bit, 2) << t_bit)  # bits strictly above t_bit within its word
-        words = torch.where(lanes > t_word, -1, torch.where(lanes == t_word, above, 0))
+        words = torch.where(lanes == t_word, above, -(lanes > t_word).to(torch.int64))
         data["gt_table"] = self._xor(words)
         data["rj"] = self._xor(((cmp_off >> j) & 1).to(torch.uint8))
         # AND triples of the carry tree, one per level

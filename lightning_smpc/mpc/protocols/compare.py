@@ -35,10 +35,23 @@ from .truncation import HALF, trunc_from_opened
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-def _table_bit(table: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """Bit ``idx`` (public, per element) of each party's 256-bit table share (4 int64 words)."""
-    word = torch.gather(table, -1, (idx >> 6).unsqueeze(-1).expand(table.shape[:-1] + (1,))).squeeze(-1)
-    return ((word >> (idx & 63)) & 1).to(torch.uint8)
+def _gen_prop(table: torch.Tensor, q: torch.Tensor, first: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """XOR shares of ``g = G[q]`` and ``p = G[q + 1] xor G[q]`` from each party's 256-bit table share
+    (4 int64 words; ``G[256] = 1`` is public). One gather: ``G[q + 1]`` sits in the same word unless
+    ``q mod 64 = 63``, and those few elements are fetched separately."""
+    word_idx, bit = q >> 6, q & 63
+    word = torch.gather(table, -1, word_idx.unsqueeze(-1).expand(table.shape[:-1] + (1,))).squeeze(-1)
+    gen = ((word >> bit) & 1).to(torch.uint8)
+    nxt = ((word >> (bit + 1).clamp_max(63)) & 1).to(torch.uint8)
+    edge = (bit == 63) & (q != 255)
+    if bool(edge.any()):
+        idx = edge.nonzero(as_tuple=True)
+        nxt[(slice(None),) + idx] = (table[(slice(None),) + idx + (word_idx[idx] + 1,)] & 1).to(torch.uint8)
+    top = q == 255
+    nxt[:, top] = 0
+    if first:
+        nxt[0][top] = 1
+    return gen, nxt ^ gen
 
 
 def _and(sess, x: torch.Tensor, y: torch.Tensor, triple, tag: str) -> torch.Tensor:
@@ -75,13 +88,7 @@ def sign_bits(sess, q: torch.Tensor, mat, tag: str) -> torch.Tensor:
     n_digits = j // DIGIT_BITS
     shifts = torch.arange(n_digits, device=q.device) * DIGIT_BITS
     digits = (q.unsqueeze(-1) >> shifts) & 0xFF  # [*, D]
-    table = mat["gt_table"]  # [P, *, D, 4] XOR shares of bit u = [u > t]
-    gen = _table_bit(table, digits)
-    top = (digits == 255).to(torch.uint8)  # G[256] = 1 is public: party 0 holds it, the others 0
-    nxt = _table_bit(table, (digits + 1).clamp_max(255)) * (1 - top)
-    if sess.holds_first:
-        nxt[0] |= top
-    prop = nxt ^ gen
+    gen, prop = _gen_prop(mat["gt_table"], digits, sess.holds_first)
     level = 0
     while gen.shape[-1] > 1:
         width = gen.shape[-1]
