@@ -78,6 +78,13 @@ def plaintext_predictions(model: MNISTClassifier, dm: MNISTDataModule) -> tuple[
     return torch.cat(preds), torch.cat(targets)
 
 
+@torch.inference_mode()
+def _top2_gaps(model: MNISTClassifier, dm: MNISTDataModule, indices: torch.Tensor) -> list[tuple[int, float]]:
+    logits = torch.cat([model(x.to(model.device)).cpu() for x, _ in dm.predict_dataloader()])
+    top = logits[indices].topk(2, dim=1).values
+    return [(int(i), float(t[0] - t[1])) for i, t in zip(indices, top)]
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     """Train, evaluate in plaintext, run secure inference, and print what was revealed and what it cost."""
     args = parse_args(argv)
@@ -107,6 +114,9 @@ def main(argv: Optional[list[str]] = None) -> None:
     print(format_secure_report(strategy))
     print(f"secure inference wall time: {wall:.1f} s ({total} images, {1000 * wall / total:.2f} ms/image, "
           f"{len(parties)} parties, {args.precision_bits} fractional bits)")
+    dealer = strategy.session.stats()["dealer"]
+    offline = strategy.timings["share_weights_seconds"] + dealer["inline_seconds"] + dealer["preprocess_seconds"]
+    print(f"  offline (weight sharing + dealer material): {offline:.1f} s, online: {wall - offline:.1f} s")
 
     if args.check_agreement:
         labels_strategy = SecurePredictStrategy(parties=parties, precision_bits=args.precision_bits, reveal="labels")
@@ -116,6 +126,10 @@ def main(argv: Optional[list[str]] = None) -> None:
         secure_pred = torch.cat([torch.as_tensor(b).reshape(-1).cpu() for b in batches])
         agree = int((secure_pred == plain_pred).sum())
         print(f"agreement: {agree}/{total}")
+        if agree < total:  # a disagreement must be a fixed-point near-tie: show the plaintext top-2 gaps
+            gaps = _top2_gaps(model, dm, (secure_pred != plain_pred).nonzero().flatten())
+            print("  disagreements (index: plaintext top-2 logit gap): "
+                  + ", ".join(f"{i}: {g:.2e}" for i, g in gaps))
         secure_correct = int((secure_pred == target).sum())
         print(f"secure-label accuracy: {secure_correct / total:.4f} ({secure_correct}/{total})")
 
