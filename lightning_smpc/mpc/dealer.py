@@ -88,6 +88,21 @@ def _bits_of(t: torch.Tensor) -> int:
     return 1 if t.dtype in (torch.uint8, torch.bool) else 8 * t.element_size()
 
 
+_GT_ROWS: dict = {}
+
+
+def _gt_rows(device) -> torch.Tensor:
+    """``[256, 4]`` int64: row ``t`` is the 256-bit table ``G[u] = [u > t]`` as four 64-bit words."""
+    key = str(device)
+    if key not in _GT_ROWS:
+        t = torch.arange(256).unsqueeze(-1)
+        lanes = torch.arange(4)
+        above = -(torch.full_like(t, 2) << (t & 63))  # bits strictly above t within its word
+        rows = torch.where(lanes == (t >> 6), above, -(lanes > (t >> 6)).to(torch.int64))
+        _GT_ROWS[key] = rows.to(device)
+    return _GT_ROWS[key]
+
+
 class TrustedDealer:
     """Crypto provider for ``n`` compute parties.
 
@@ -292,11 +307,7 @@ class TrustedDealer:
         n_digits = j // DIGIT_BITS
         shifts = torch.arange(n_digits, device=self.device) * DIGIT_BITS
         t = 255 - ((cmp_off.unsqueeze(-1) >> shifts) & 0xFF)  # [*, D]
-        lanes = torch.arange(4, device=self.device)
-        t_word, t_bit = (t >> 6).unsqueeze(-1), (t & 63).unsqueeze(-1)
-        above = -(torch.full_like(t_bit, 2) << t_bit)  # bits strictly above t_bit within its word
-        words = torch.where(lanes == t_word, above, -(lanes > t_word).to(torch.int64))
-        data["gt_table"] = self._xor(words)
+        data["gt_table"] = self._xor(_gt_rows(self.device)[t])
         data["rj"] = self._xor(((cmp_off >> j) & 1).to(torch.uint8))
         # AND triples of the carry tree, one per level
         width, level = n_digits, 0
