@@ -138,7 +138,11 @@ def print_table(rows: list[dict], out=sys.stderr) -> None:
 
 
 def plot(rows: list[dict], path: str) -> None:
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        print("--plot needs matplotlib: pip install -e '.[bench]'", file=sys.stderr)
+        return
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
