@@ -112,28 +112,37 @@ def _cmp_bytes(n: int, numel: int, j: int, extra_bits: int = 1) -> int:
     return (n - 1) * (per + nbytes(numel, extra_bits))
 
 
-# ---------------------------------------------------------------------------------------------- protocols
-@protocol(
-    "compare_bit",
-    rounds=lambda n, j=32, **s: 2 + len(tree_pairs(j // DIGIT_BITS)),
-    bytes_sent=lambda n, numel, j=32, **s: _cmp_bytes(n, numel, j),
-    offline="[r] (or truncation material), XOR one-hot digit tables, AND triples, daBit",
-)
-def compare_bit(sess, shares: torch.Tensor, m: int | None = None) -> torch.Tensor:
-    """Arithmetic shares of ``[y >= 0]`` (scale 0), ``y`` the value or its truncation by ``m`` bits."""
-    mat = sess.dealer.request(Request("cmp", (tuple(shares.shape[1:]), "trunc" if m else "mask", m or 0, None, "bit")))
-    _, pub, _ = _open_value(sess, shares, mat, m, "compare_bit")
-    s = sign_bits(sess, pub + (1 << sess.compare_bits), mat, "compare_bit")
-    e = _b2a(sess, s, mat, "compare_bit")
+def _cmp_rounds(n: int, j: int = 32, **sizes) -> int:
+    """Opening, one round per carry-tree level, the daBit opening."""
+    return 2 + len(tree_pairs(j // DIGIT_BITS))
+
+
+def _arith_bit(sess, e: torch.Tensor, mat) -> torch.Tensor:
+    """Arithmetic shares of ``e xor rho`` from the opened ``e`` and the daBit: ``e + rho - 2 e rho``."""
     out = (1 - 2 * e) * mat["rho_a"]
     if sess.holds_first:
         out[0] += e
     return out
 
 
+# ---------------------------------------------------------------------------------------------- protocols
+@protocol(
+    "compare_bit",
+    rounds=_cmp_rounds,
+    bytes_sent=lambda n, numel, j=32, **s: _cmp_bytes(n, numel, j),
+    offline="[r] (or truncation material), XOR greater-than digit tables, AND triples, daBit",
+)
+def compare_bit(sess, shares: torch.Tensor, m: int | None = None) -> torch.Tensor:
+    """Arithmetic shares of ``[y >= 0]`` (scale 0), ``y`` the value or its truncation by ``m`` bits."""
+    mat = sess.dealer.request(Request("cmp", (tuple(shares.shape[1:]), "trunc" if m else "mask", m or 0, None, "bit")))
+    _, pub, _ = _open_value(sess, shares, mat, m, "compare_bit")
+    s = sign_bits(sess, pub + (1 << sess.compare_bits), mat, "compare_bit")
+    return _arith_bit(sess, _b2a(sess, s, mat, "compare_bit"), mat)
+
+
 @protocol(
     "relu",
-    rounds=lambda n, j=32, **s: 2 + len(tree_pairs(j // DIGIT_BITS)),
+    rounds=_cmp_rounds,
     bytes_sent=lambda n, numel, j=32, **s: _cmp_bytes(n, numel, j),
     offline="as compare_bit, plus [off * rho] products for the local final multiplication",
 )
@@ -163,7 +172,7 @@ def _pairs(n_cls: int) -> tuple[tuple[int, int], ...]:
 
 @protocol(
     "argmax",
-    rounds=lambda n, j=32, **s: 3 + len(tree_pairs(j // DIGIT_BITS)),
+    rounds=lambda n, j=32, **s: 1 + _cmp_rounds(n, j),
     bytes_sent=lambda n, numel, n_cls, j=32, **s: (n - 1)
     * (
         nbytes(numel, 64)
@@ -193,10 +202,7 @@ def argmax_onehot(sess, shares: torch.Tensor, m: int | None = None, want_max: bo
     idx_b = torch.tensor([b for _, b in pairs], dtype=torch.long, device=pub.device)
     q = pub[..., idx_a] - pub[..., idx_b] + (1 << sess.compare_bits)
     s = sign_bits(sess, q, mat, "argmax")
-    e = _b2a(sess, s, mat, "argmax")
-    wins = (1 - 2 * e) * mat["rho_a"]  # arithmetic [y_a >= y_b], party 0 adds e below
-    if sess.holds_first:
-        wins[0] += e
+    wins = _arith_bit(sess, _b2a(sess, s, mat, "argmax"), mat)  # arithmetic [y_a >= y_b]
     losses = -wins
     if sess.holds_first:
         losses[0] += 1
