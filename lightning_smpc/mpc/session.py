@@ -56,8 +56,8 @@ class Session:
         tensor([[5.]], dtype=torch.float64)
         >>> x.argmax(dim=1).reveal(to="alice")
         tensor([2.], dtype=torch.float64)
-        >>> s.stats()["online"]["alice"]["rounds"]
-        7
+        >>> s.stats()["online"]["alice"]["rounds"]  # 2 inputs, ReLU 4, argmax 5, 2 reveals; x @ w needs none
+        13
     """
 
     def __init__(
