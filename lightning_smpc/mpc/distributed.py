@@ -6,8 +6,9 @@ the first party only (``Session.holds_first``), and the three transport hooks of
 :class:`~.comm.Communicator` become collectives over the parties' process group:
 
 * ``_exchange`` (opening a masked value): ``all_gather`` of each party's share; 1-bit XOR shares are
-  packed 8 per byte and values opened modulo ``2**bits <= 2**8`` travel as one byte, so the bytes on the
-  wire are the bytes the communicator counts;
+  packed 8 per byte, and a value opened modulo ``2**bits`` is reduced modulo ``2**bits`` before it leaves
+  the process (the full share would leak the unreduced sum) and sent in the smallest integer type that
+  holds it (the communicator counts ``bits`` per element);
 * ``_exchange_to`` (revealing to some parties): ``gather`` to each receiver only — the others never see
   the shares;
 * ``_broadcast`` (an input owner's masked input): ``broadcast`` from the owner's rank.
@@ -73,14 +74,18 @@ class DistributedCommunicator(Communicator):
         mine = shares[0]
         if kind == "xor" and bits == 1:
             parts = [_unpack_bits(p, tuple(mine.shape)) for p in self._all_gather(_pack_bits(mine))]
-        elif kind == "arith" and bits <= 8:
-            wire = (mine & ((1 << bits) - 1)).to(torch.uint8)
-            parts = [p.to(torch.int64) for p in self._all_gather(wire)]
+        elif kind == "arith" and bits < 64:  # a share mod 2^bits is all the others may see
+            dtype = torch.uint8 if bits <= 8 else torch.int16 if bits <= 15 else torch.int32 if bits <= 31 else torch.int64
+            wire = (mine & ((1 << bits) - 1)).to(dtype)
+            parts = [p.to(torch.int64) & ((1 << bits) - 1) for p in self._all_gather(wire)]
         else:
             parts = self._all_gather(mine)
         return torch.stack(parts)
 
     def _exchange_to(self, shares: torch.Tensor, receivers: list[str]):
+        outside = [r for r in receivers if r not in self.parties]
+        if outside:
+            raise ValueError(f"The multi-process runtime reveals to compute parties only, not to {outside}.")
         mine, out = shares[0].contiguous(), None
         for r in receivers:
             dst = self.parties.index(r)

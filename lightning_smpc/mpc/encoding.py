@@ -4,11 +4,14 @@ A real ``x`` is encoded as ``round(x * 2**precision_bits)`` (round half to even,
 stored in an int64 tensor; ring arithmetic wraps modulo 2^64 as int64 overflow does. Decoding divides by
 ``2**frac_bits`` in float64.
 
-Range. Every protocol of the core is exact (comparisons) or within 1 LSB (truncation) for values whose
-encoding satisfies ``|x * 2**precision_bits| < 2**compare_bits``; with the defaults (16, 32) that is
-``|x| < 65536``. :meth:`FixedPointEncoder.encode` refuses inputs outside that range, so every shared input
-is in range; intermediate values (sums, products) must stay in it too, and a product of two encoded
-values must stay below ``2**(62 - 2 * precision_bits)`` in magnitude before its truncation (2**30 at 16 bits).
+Range. A comparison of a value ``y`` (ReLU, ``y >= 0``) is exact for ``|y * 2**precision_bits| <
+2**compare_bits``; pairwise comparisons (``x >= y``, max, argmax) compare differences, so they are exact
+when ``|x - y|`` is in that range. :meth:`FixedPointEncoder.encode` therefore accepts
+``|x| < 2**(compare_bits - 1 - precision_bits)`` (32768 with the defaults 16 and 32): any two shared
+inputs and their difference are in range. Intermediate values (sums, products) must stay in range too,
+and a product of two encoded values must stay below ``2**(62 - 2 * precision_bits)`` before its
+truncation (2**30 at 16 bits). Truncation's +1 LSB rounding may carry a value at the very top of the
+range (``2**compare_bits - 1`` LSB) out of it.
 
 Example:
     >>> enc = FixedPointEncoder(precision_bits=16)
@@ -49,7 +52,7 @@ class FixedPointEncoder:
     @property
     def max_magnitude(self) -> float:
         """Largest magnitude (exclusive) that :meth:`encode` accepts."""
-        return float(2 ** (self.compare_bits - self.precision_bits))
+        return float(2 ** (self.compare_bits - 1 - self.precision_bits))
 
     def encode(self, x: torch.Tensor | float, frac_bits: int | None = None) -> torch.Tensor:
         """Encode ``x`` with ``frac_bits`` (default ``precision_bits``) fractional bits into int64.
@@ -71,11 +74,13 @@ class FixedPointEncoder:
                 f"Expected finite values to encode, but got {n_nan} NaN and {n_inf} inf value(s) out of "
                 f"{t.numel()}. Clean or clip the input before sharing it."
             )
-        limit = 2.0 ** (self.compare_bits - frac)
+        if not 0 <= frac <= self.precision_bits:
+            raise ValueError(f"Expected `frac_bits` in [0, {self.precision_bits}] (precision_bits), but got {frac}.")
+        limit = 2.0 ** (self.compare_bits - 1 - frac)
         if t.numel() and float(t.abs().max()) >= limit:
             n_bad = int((t.abs() >= limit).sum())
             raise EncodingRangeError(
-                f"Expected |x| < {limit:g} (2^{self.compare_bits - frac}: the fixed-point range for "
+                f"Expected |x| < {limit:g} (2^{self.compare_bits - 1 - frac}: the fixed-point range for "
                 f"precision_bits={frac}, compare_bits={self.compare_bits}), but {n_bad} value(s) reach "
                 f"{float(t.abs().max()):g}. Rescale the input or raise `compare_bits`."
             )

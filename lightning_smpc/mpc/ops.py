@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from . import protocols as P
 from . import transforms
 from .errors import ShapeMismatchError, UnsupportedOpError
-from .tensor import ShareTensor, check_same_session, implements
+from .tensor import ARGMAX_SAFE, ShareTensor, check_same_session, implements
 
 Tensor = torch.Tensor
 MaxResult = namedtuple("MaxResult", ["values", "indices"])
@@ -502,6 +502,21 @@ def _h_dropout(x, p=0.5, training=True, inplace=False):
 def _h_softmax(x, dim=None, *args, **kwargs):
     """Skipped: monotone, so argmax is unchanged. The result may only be argmax'ed, never revealed."""
     return _wrap(x, x._shares, x._frac, x.mask, argmax_only=True)
+
+
+ARGMAX_SAFE.update(
+    _META + [Tensor.argmax, torch.argmax, Tensor.max, torch.max, Tensor.amax, torch.amax, Tensor.view, Tensor.reshape,
+             torch.reshape, Tensor.flatten, torch.flatten, Tensor.unsqueeze, torch.unsqueeze, Tensor.squeeze,
+             torch.squeeze, Tensor.permute, torch.permute, Tensor.transpose, torch.transpose, Tensor.t, torch.t,
+             Tensor.T.__get__, Tensor.__getitem__, Tensor.contiguous, Tensor.clone, Tensor.detach, Tensor.to,
+             Tensor.cpu, Tensor.cuda, Tensor.float, F.softmax, F.log_softmax, torch.softmax, torch.log_softmax,
+             Tensor.softmax, Tensor.log_softmax, F.dropout, torch.dropout]
+)
+
+
+def to_precision(x: ShareTensor) -> ShareTensor:
+    """``x`` truncated to ``precision_bits`` fractional bits if it carries more (one round)."""
+    return _fixed(x)
 
 
 def supported_ops() -> list[str]:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from . import protocols as P
+from . import ops as _ops
 from . import transforms
 from .comm import Communicator
 from .dealer import TrustedDealer
@@ -139,7 +140,10 @@ class Session:
     ) -> torch.Tensor:
         """Decode ``x`` for ``to`` (a party, several, or all when None) or for an ``outside`` receiver.
 
-        Each call is recorded in :attr:`ledger` (name, shape, receivers).
+        A value that still carries a product's ``2 * precision_bits`` fractional bits is truncated first
+        (one round): the receiver learns it at the encoding's precision, not the exact product. Each call
+        is recorded in :attr:`ledger` (name, shape, receivers). Returns None in a party's process that is
+        not a receiver (multi-process runtime).
         """
         if not isinstance(x, ShareTensor) or x.session is not self:
             raise SessionMismatchError("Expected a ShareTensor of this session.")
@@ -147,6 +151,10 @@ class Session:
         unknown = [r for r in receivers if r not in self.parties]
         if unknown:
             raise PartyConfigError(f"Unknown party {unknown[0]!r}; expected one of {self.parties}.")
+        if not receivers and not outside:
+            raise ValueError("Expected at least one receiver: a party in `to` or an `outside` receiver.")
+        if x.frac_bits > self.precision_bits:
+            x = _ops.to_precision(x)
         plain = P.reveal(self, x.shares, receivers, outside)
         shown = receivers + ((outside,) if outside else ())
         self.ledger.append(RevealRecord(name or "value", tuple(x.shape), shown))

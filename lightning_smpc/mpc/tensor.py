@@ -20,6 +20,8 @@ from .errors import RevealNotAllowedError, SessionMismatchError, UnsupportedOpEr
 __all__ = ["ShareTensor", "OP_TABLE", "implements"]
 
 OP_TABLE: dict[Callable, Callable] = {}
+# Ops allowed on the output of a skipped softmax (its values are the logits, so only an argmax is valid).
+ARGMAX_SAFE: set[Callable] = set()
 
 
 def implements(*funcs: Callable):
@@ -98,6 +100,13 @@ class ShareTensor(torch.Tensor):
     @classmethod
     def __torch_function__(cls, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if func not in ARGMAX_SAFE and _any_argmax_only(args, kwargs):
+            name = torch.overrides.resolve_name(func) or getattr(func, "__name__", repr(func))
+            raise UnsupportedOpError(
+                f"`{name}` was applied to the output of a softmax/log_softmax that is skipped on shares (its "
+                "values are the logits, so only argmax/max of it is valid). Remove the softmax from forward() or "
+                "use only its argmax."
+            )
         handler = OP_TABLE.get(func)
         if handler is None:
             name = torch.overrides.resolve_name(func) or getattr(func, "__name__", repr(func))
@@ -111,6 +120,14 @@ class ShareTensor(torch.Tensor):
     @classmethod
     def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
         raise UnsupportedOpError(f"`{func}` reached the dispatcher on secret shares; it has no secure implementation.")
+
+
+def _any_argmax_only(args, kwargs) -> bool:
+    for a in list(args) + list(kwargs.values()):
+        items = a if isinstance(a, (list, tuple)) else (a,)
+        if any(isinstance(t, ShareTensor) and t._argmax_only for t in items):
+            return True
+    return False
 
 
 def check_same_session(*values) -> Any:

@@ -27,13 +27,24 @@ def as_real(lsbs, fb: int = FB) -> torch.Tensor:
     return torch.as_tensor(lsbs).to(torch.float64) / 2**fb  # exact: |k| < 2^53
 
 
+def share_wide(s, lsbs, fb: int = FB):
+    """Shares of values up to the comparison range (2^cb LSB), beyond what `share` accepts for one input
+    (2^(cb-1) LSB): the sum of three in-range inputs, computed on shares (exact, local)."""
+    k = torch.as_tensor(lsbs, dtype=torch.int64)
+    parts = (k // 3, k // 3, k - 2 * (k // 3))
+    total = s.share(as_real(parts[0], fb))
+    for p in parts[1:]:
+        total = total + s.share(as_real(p, fb))
+    return total
+
+
 @N_PARTIES
 @pytest.mark.parametrize("cb", [32, 24, 40])
 def test_sign_relu_and_public_comparisons(make_session, n, cb):
     s = make_session(n, seed=cb, compare_bits=cb)
     k = torch.tensor(edge_lsbs(cb), dtype=torch.int64)
     x = as_real(k)
-    X = s.share(x)
+    X = share_wide(s, k)
     assert torch.equal(X.reveal(), x)
     # compare_bit directly on shares (mask-open mode) and through the operators
     bit = s.from_shares(compare_bit(s, X.shares), 0).reveal()
@@ -61,14 +72,16 @@ def test_pairwise_comparisons_and_ties(make_session, n):
     a = torch.tensor([p[0] for p in pairs], dtype=torch.int64)
     b = torch.tensor([p[1] for p in pairs], dtype=torch.int64)
     assert bool((a == b).any())  # ties present
-    A, B = s.share(as_real(a)), s.share(as_real(b))
+    A, B = share_wide(s, a), share_wide(s, b)
     assert torch.equal((A >= B).reveal(), (a >= b).double())
     assert torch.equal((A > B).reveal(), (a > b).double())
     assert torch.equal((A <= B).reveal(), (a <= b).double())
     assert torch.equal((A < B).reveal(), (a < b).double())
-    # against public values (encoded on the same grid)
-    assert torch.equal((A >= as_real(b)).reveal(), (a >= b).double())
-    assert torch.equal((A < as_real(b)).reveal(), (a < b).double())
+    # against public values (encoded on the same grid; public operands obey the input range 2^31 LSB)
+    small = b.abs() < (1 << 31)
+    A_small, b_small, a_small = A[small], b[small], a[small]
+    assert torch.equal((A_small >= as_real(b_small)).reveal(), (a_small >= b_small).double())
+    assert torch.equal((A_small < as_real(b_small)).reveal(), (a_small < b_small).double())
 
 
 @N_PARTIES
@@ -78,7 +91,7 @@ def test_one_lsb_apart(make_session, n):
     g = torch.Generator().manual_seed(3)
     base = torch.randint(-(1 << 31), 1 << 31, (2000,), generator=g)
     for d in (1, -1, 2, -2, 0):
-        X, Y = s.share(as_real(base + d)), s.share(as_real(base))
+        X, Y = share_wide(s, base + d), share_wide(s, base)
         assert torch.equal((X >= Y).reveal(), torch.full((2000,), float(d >= 0), dtype=torch.float64))
         assert torch.equal((X > Y).reveal(), torch.full((2000,), float(d > 0), dtype=torch.float64))
 
@@ -109,7 +122,7 @@ def test_argmax_ties_first_index(make_session, n, row):
     s = make_session(n, seed=len(row))
     k = torch.tensor([row, [-v for v in row]], dtype=torch.int64)
     x = as_real(k)
-    X = s.share(x)
+    X = share_wide(s, k)
     assert torch.equal(X.argmax(-1).reveal(), x.argmax(-1).double())
     values, idx = X.max(-1)
     assert torch.equal(values.reveal(), x.max(-1).values)

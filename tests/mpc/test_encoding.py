@@ -25,7 +25,7 @@ def test_roundtrip_error_is_at_most_half_an_lsb(f):
     assert err <= 2.0 ** -(f + 1) * (1 + 1e-9)
 
 
-@given(st.integers(min_value=-(2**32) + 1, max_value=2**32 - 1))
+@given(st.integers(min_value=-(2**31) + 1, max_value=2**31 - 1))
 @settings(max_examples=50, deadline=None)
 def test_grid_values_are_exact(k):
     enc = FixedPointEncoder(precision_bits=16)
@@ -58,10 +58,10 @@ def test_integer_inputs_and_frac_bits():
 @pytest.mark.parametrize("f,cb", [(16, 32), (8, 32), (16, 40), (12, 24)])
 def test_range_limit_is_exclusive(f, cb):
     enc = FixedPointEncoder(precision_bits=f, compare_bits=cb)
-    limit = 2.0 ** (cb - f)
+    limit = 2.0 ** (cb - 1 - f)  # differences of two inputs stay below 2^cb LSB (the comparison range)
     assert enc.max_magnitude == limit
     inside = torch.tensor([limit - 2.0**-f, -(limit - 2.0**-f)], dtype=torch.float64)
-    assert enc.encode(inside).abs().max().item() == 2**cb - 1
+    assert enc.encode(inside).abs().max().item() == 2 ** (cb - 1) - 1
     for bad in (limit, -limit, limit * 4):
         with pytest.raises(EncodingRangeError) as ei:
             enc.encode(torch.tensor([0.0, bad], dtype=torch.float64))
@@ -72,9 +72,11 @@ def test_range_limit_is_exclusive(f, cb):
 
 def test_range_limit_with_integer_frac_bits():
     enc = FixedPointEncoder(precision_bits=16, compare_bits=32)
-    assert enc.encode(torch.tensor([2.0**32 - 1], dtype=torch.float64), frac_bits=0).item() == 2**32 - 1
+    assert enc.encode(torch.tensor([2.0**31 - 1], dtype=torch.float64), frac_bits=0).item() == 2**31 - 1
     with pytest.raises(EncodingRangeError):
-        enc.encode(torch.tensor([2.0**32]), frac_bits=0)
+        enc.encode(torch.tensor([2.0**31]), frac_bits=0)
+    with pytest.raises(ValueError, match="frac_bits"):
+        enc.encode(torch.tensor([1.0]), frac_bits=17)
 
 
 def test_non_finite_counts_in_message():
