@@ -40,8 +40,9 @@ class Session:
         parties: names of the compute parties (at least two, distinct).
         crypto_provider: name of the trusted dealer (not a compute party).
         precision_bits: fractional bits of the fixed-point encoding.
-        compare_bits: values entering comparisons must satisfy ``|x| < 2**(compare_bits - precision_bits)``
-            (multiple of 8; 32 by default: ``|x| < 65536``); more bits cost one more round per doubling.
+        compare_bits: a comparison of ``x`` is exact for ``|x| < 2**(compare_bits - precision_bits)`` and of
+            ``x >= y`` for ``|x - y|`` below that; ``share`` accepts ``|x| < 2**(compare_bits - 1 -
+            precision_bits)`` (32768 with the defaults). Multiple of 8; each doubling costs one round.
         seed: ``None`` for the cryptographically secure generator; an int for the deterministic
             (insecure) test generator.
         device: where shares live (``"cpu"`` or a CUDA device).
