@@ -380,12 +380,9 @@ def _h_relu(x, inplace=False):
     return _wrap(x, P.relu(x._session, shares, m), frac, None)
 
 
-def _cmp(x, y, flip: bool, strict: bool):
-    """[x >= y] (or [x > y] when strict, = 1 - [y >= x])."""
-    a, b = (y, x) if strict else (x, y)
-    d = _add(a, b, -1) if isinstance(a, ShareTensor) or isinstance(b, ShareTensor) else None
-    if not isinstance(d, ShareTensor):
-        raise UnsupportedOpError("comparison needs a shared operand")
+def _cmp(x, y, strict: bool):
+    """Shares of ``[x >= y]`` (``[x > y] = 1 - [y >= x]`` when strict); either operand may be public."""
+    d = _add(y, x, -1) if strict else _add(x, y, -1)
     shares, m, _ = _fused_m(d)
     bit = P.compare_bit(d._session, shares, m)
     if strict:
@@ -397,22 +394,22 @@ def _cmp(x, y, flip: bool, strict: bool):
 
 @implements(Tensor.__ge__, Tensor.ge, torch.ge)
 def _h_ge(x, y):
-    return _cmp(x, y, False, False)
+    return _cmp(x, y, strict=False)
 
 
 @implements(Tensor.__gt__, Tensor.gt, torch.gt)
 def _h_gt(x, y):
-    return _cmp(x, y, False, True)
+    return _cmp(x, y, strict=True)
 
 
 @implements(Tensor.__le__, Tensor.le, torch.le)
 def _h_le(x, y):
-    return _cmp(y, x, False, False) if isinstance(y, ShareTensor) else _cmp(_neg(x), -torch.as_tensor(y), False, False)
+    return _cmp(y, x, strict=False)
 
 
 @implements(Tensor.__lt__, Tensor.lt, torch.lt)
 def _h_lt(x, y):
-    return _cmp(y, x, False, True) if isinstance(y, ShareTensor) else _cmp(_neg(x), -torch.as_tensor(y), False, True)
+    return _cmp(y, x, strict=True)
 
 
 def _move_last(x: ShareTensor, dim: int) -> ShareTensor:
