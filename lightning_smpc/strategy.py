@@ -60,6 +60,8 @@ class SecurePredictStrategy(SingleDeviceStrategy):
             A bare tensor batch has no targets.
         preprocess: generate the dealer material for all full batches ahead of the online phase, from the
             plan recorded on the first batch (offline/online split). ``False`` generates it inline.
+        preprocess_ahead: how many batches of dealer material the store holds at most (~120 MB per party
+            per 1000 MNIST images); it is refilled between batches, so memory stays bounded.
         seed: ``None`` (cryptographically secure) or an int for the deterministic *insecure* test PRG.
         model_owner / client: names used in the reveal ledger.
 
@@ -83,6 +85,7 @@ class SecurePredictStrategy(SingleDeviceStrategy):
         input_key: Optional[Key] = None,
         target_key: Optional[Key] = None,
         preprocess: bool = True,
+        preprocess_ahead: int = 16,
         seed: Optional[int] = None,
         model_owner: str = "model owner",
         client: str = "client",
@@ -99,6 +102,9 @@ class SecurePredictStrategy(SingleDeviceStrategy):
         self.metrics: dict[str, Metric] = dict(metrics or {})
         self.input_key, self.target_key = input_key, target_key
         self.preprocess = preprocess
+        if preprocess_ahead < 1:
+            raise ValueError(f"Expected `preprocess_ahead` to be a positive integer, but got {preprocess_ahead}.")
+        self.preprocess_ahead = preprocess_ahead
         self.seed = seed
         self.model_owner, self.client = model_owner, client
         self.session: Optional[Session] = None
@@ -149,6 +155,7 @@ class SecurePredictStrategy(SingleDeviceStrategy):
                 metric.reveal_to = self.model_owner
         self.revealed_metrics, self.revealed_counts = {}, {}
         self._batches_seen, self._recording = 0, False
+        self._plan, self._full_batches_left = None, 0
         t0 = time.perf_counter()
         with torch.no_grad():
             self._shared_params = {
@@ -164,6 +171,8 @@ class SecurePredictStrategy(SingleDeviceStrategy):
         self._recording = self.preprocess and self._batches_seen == 0
         if self._recording:  # the plan of one batch starts with sharing it
             self.session.record_plan()
+        elif self._plan and self.session.dealer.store_size == 0 and self._full_batches_left > 0:
+            self._refill_store()  # offline work between batches: the store holds at most preprocess_ahead
         self._batches_seen += 1
         shared_inputs = self.session.share(inputs, owner=self.client)
         self._targets = None
@@ -203,7 +212,7 @@ class SecurePredictStrategy(SingleDeviceStrategy):
         return out
 
     def _preprocess_rest(self, batch_size: int) -> None:
-        """Generate dealer material for the remaining full batches from the plan of this one."""
+        """Keep the plan of this batch and preprocess the next full batches (at most ``preprocess_ahead``)."""
         plan = self.session.dealer.stop_recording()
         loaders = self.lightning_module.trainer.predict_dataloaders
         loader = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
@@ -211,11 +220,17 @@ class SecurePredictStrategy(SingleDeviceStrategy):
             n_items = len(loader.dataset)
         except (AttributeError, TypeError):
             return
-        remaining = n_items // batch_size - 1
-        if remaining > 0:
-            t0 = time.perf_counter()
-            self.session.preprocess(plan, remaining)
-            self.timings["preprocess_seconds"] = time.perf_counter() - t0
+        self._plan, self._full_batches_left = plan, n_items // batch_size - 1
+        self._refill_store()
+
+    def _refill_store(self) -> None:
+        repeats = min(self.preprocess_ahead, self._full_batches_left)
+        if repeats <= 0:
+            return
+        t0 = time.perf_counter()
+        self.session.preprocess(self._plan, repeats)
+        self._full_batches_left -= repeats
+        self.timings["preprocess_seconds"] = self.timings.get("preprocess_seconds", 0.0) + time.perf_counter() - t0
 
     def on_predict_end(self) -> None:
         for name, metric in self.metrics.items():

@@ -470,3 +470,32 @@ def test_preprocess_generates_all_but_first_batch_offline(tiny) -> None:
     assert dealer_pre["preprocess_seconds"] > 0 and "preprocess_seconds" in pre.timings
     assert torch.equal(out_pre, out_inline)
     assert torch.equal(pre.revealed_metrics["accuracy"], inline.revealed_metrics["accuracy"])
+
+
+def test_preprocess_store_is_bounded_and_refilled(tiny) -> None:
+    """With preprocess_ahead=1 the store never holds more than one batch of material, and every batch after
+    the first still gets its material from the store (refilled between batches)."""
+    model, x, y, _ = tiny
+    loader = DataLoader(TensorDataset(x[:64], y[:64]), batch_size=16)  # 4 equal batches
+
+    def run(**kwargs):
+        sizes = []
+
+        class StoreProbe(SecurePredictStrategy):
+            def predict_step(self, *args, **kw):
+                sizes.append(self.session.dealer.store_size)
+                return super().predict_step(*args, **kw)
+
+        strategy = StoreProbe(reveal="logits", seed=0, metrics=_accuracy(4), **kwargs)
+        return strategy, torch.cat(_secure(strategy, model, loader)), sizes
+
+    bounded, out_bounded, sizes_b = run(preprocess_ahead=1)
+    unbounded, out_unbounded, sizes_u = run()
+    assert sizes_b[0] == sizes_u[0] == 0  # the first batch records the plan
+    assert max(sizes_b[1:]) == sizes_b[1] < sizes_u[1]  # at most one batch held at a time
+    st_b, st_u = bounded.session.stats()["dealer"], unbounded.session.stats()["dealer"]
+    assert st_b["requests_inline"] == st_u["requests_inline"]
+    assert st_b["requests_from_store"] == st_u["requests_from_store"] > 0
+    assert torch.equal(out_bounded, out_unbounded)
+    with pytest.raises(ValueError, match="preprocess_ahead"):
+        SecurePredictStrategy(preprocess_ahead=0)
