@@ -313,8 +313,8 @@ class TrustedDealer:
         width, level = n_digits, 0
         while width > 1:
             npairs = width // 2
-            a = self.prg.bits(cmp_shape + (npairs, 2), self.device)
-            b = self.prg.bits(cmp_shape + (npairs, 2), self.device)
+            a = self.prg.bits(cmp_shape + (2 * npairs - 1,), self.device)  # G of each pair, P of all but the lowest
+            b = self.prg.bits(cmp_shape + (2 * npairs - 1,), self.device)
             data[f"and{level}"] = (self._xor(a), self._xor(b), self._xor(a & b))
             width, level = width - npairs, level + 1
         # daBit for the B2A step

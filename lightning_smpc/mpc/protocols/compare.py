@@ -95,8 +95,9 @@ def sign_bits(sess, q: torch.Tensor, mat, tag: str) -> torch.Tensor:
         k = width // 2
         g_lo, g_hi = gen[..., 0 : 2 * k : 2], gen[..., 1 : 2 * k : 2]
         p_lo, p_hi = prop[..., 0 : 2 * k : 2], prop[..., 1 : 2 * k : 2]
-        z = _and(sess, torch.stack([p_hi, p_hi], -1), torch.stack([g_lo, p_lo], -1), mat[f"and{level}"], tag)
-        new_g, new_p = g_hi ^ z[..., 0], z[..., 1]
+        # G of every pair; P of every pair but the lowest (nothing below digit 0 ever asks for its P)
+        z = _and(sess, torch.cat([p_hi, p_hi[..., 1:]], -1), torch.cat([g_lo, p_lo[..., 1:]], -1), mat[f"and{level}"], tag)
+        new_g, new_p = g_hi ^ z[..., :k], torch.cat([torch.zeros_like(z[..., :1]), z[..., k:]], -1)
         if width % 2:
             new_g = torch.cat([new_g, gen[..., -1:]], -1)
             new_p = torch.cat([new_p, prop[..., -1:]], -1)
@@ -108,7 +109,7 @@ def sign_bits(sess, q: torch.Tensor, mat, tag: str) -> torch.Tensor:
 
 
 def _cmp_bytes(n: int, numel: int, j: int, extra_bits: int = 1) -> int:
-    per = nbytes(numel, 64) + sum(2 * nbytes(numel * k * 2, 1) for k in tree_pairs(j // DIGIT_BITS))
+    per = nbytes(numel, 64) + sum(2 * nbytes(numel * (2 * k - 1), 1) for k in tree_pairs(j // DIGIT_BITS))
     return (n - 1) * (per + nbytes(numel, extra_bits))
 
 
@@ -135,7 +136,7 @@ def _arith_bit(sess, e: torch.Tensor, mat) -> torch.Tensor:
 def compare_bit(sess, shares: torch.Tensor, m: int | None = None) -> torch.Tensor:
     """Arithmetic shares of ``[y >= 0]`` (scale 0), ``y`` the value or its truncation by ``m`` bits.
 
-    Protocol and cost as :func:`relu` without the final product: 4 rounds, 77 bits per element to each
+    Protocol and cost as :func:`relu` without the final product: 4 rounds, 73 bits per element to each
     other party at the default 32-bit range.
     """
     mat = sess.dealer.request(Request("cmp", (tuple(shares.shape[1:]), "trunc" if m else "mask", m or 0, None, "bit")))
@@ -157,7 +158,7 @@ def relu(sess, shares: torch.Tensor, m: int | None = None) -> torch.Tensor:
     ``s`` (L rounds); 3. open ``e = s xor rho`` and compute ``y * s = e y + (1 - 2e)(y rho)`` locally, where
     ``y rho = pub rho + off rho`` uses the dealer's product ``[off * rho]``.
     Cost: ``2 + L`` rounds (4 at the default 32-bit range); per element, to each other party, 64 bits
-    (opening) + 12 bits (carry tree: 2 pairs x 2 ANDs x 2 bits, then 1 pair) + 1 bit (daBit) = 77 bits.
+    (opening) + 8 bits (carry tree: 3 ANDs then 1 AND, 2 opened bits each) + 1 bit (daBit) = 73 bits.
     """
     mode = "trunc" if m else "mask"
     mat = sess.dealer.request(Request("cmp", (tuple(shares.shape[1:]), mode, m or 0, None, "relu")))
@@ -181,7 +182,7 @@ def _pairs(n_cls: int) -> tuple[tuple[int, int], ...]:
     bytes_sent=lambda n, numel, n_cls, j=32, **s: (n - 1)
     * (
         nbytes(numel, 64)
-        + sum(2 * nbytes(numel // n_cls * (n_cls * (n_cls - 1) // 2) * k * 2, 1) for k in tree_pairs(j // DIGIT_BITS))
+        + sum(2 * nbytes(numel // n_cls * (n_cls * (n_cls - 1) // 2) * (2 * k - 1), 1) for k in tree_pairs(j // DIGIT_BITS))
         + nbytes(numel // n_cls * (n_cls * (n_cls - 1) // 2), 1)
         + nbytes(numel, max(1, (n_cls - 1).bit_length()))
     ),
@@ -196,7 +197,7 @@ def argmax_onehot(sess, shares: torch.Tensor, m: int | None = None, want_max: bo
     power of two >= C) and look up the dealer's one-time table ``T[v] = [v - sigma == C - 1]``; the max is
     ``sum_a T_a[v_a] y_a``, local with the dealer's ``[off * T]`` tables.
     Cost: ``3 + L`` rounds (5 at the default range) for any C; per row, to each other party,
-    ``64 C + 13 C(C-1)/2 + C log2(M)`` bits (1265 bits = 158 bytes for C = 10).
+    ``64 C + 9 C(C-1)/2 + C log2(M)`` bits (1085 bits = 136 bytes for C = 10).
     """
     shape = tuple(shares.shape[1:])
     n_cls = shape[-1]
