@@ -113,7 +113,6 @@ class SecurePredictStrategy(SingleDeviceStrategy):
         self.revealed_metrics: dict[str, torch.Tensor] = {}
         self.revealed_counts: dict[str, tuple[int, int]] = {}
         self.timings: dict[str, float] = {}
-        self._last_stats: dict = {}
 
     # ------------------------------------------------------------------ device handling
     @property
@@ -243,7 +242,6 @@ class SecurePredictStrategy(SingleDeviceStrategy):
         trainer = self.lightning_module.trainer
         if self.revealed_metrics and trainer.logger is not None:
             trainer.logger.log_metrics({f"secure_{k}": float(v.mean()) for k, v in self.revealed_metrics.items()}, step=0)
-        self._last_stats = self.session.stats()
         super().on_predict_end()
 
     def teardown(self) -> None:
