@@ -41,16 +41,16 @@ def _gen_prop(table: torch.Tensor, q: torch.Tensor, first: bool) -> tuple[torch.
     ``q mod 64 = 63``, and those few elements are fetched separately."""
     word_idx, bit = q >> 6, q & 63
     word = torch.gather(table, -1, word_idx.unsqueeze(-1).expand(table.shape[:-1] + (1,))).squeeze(-1)
-    gen = ((word >> bit) & 1).to(torch.uint8)
-    nxt = ((word >> (bit + 1).clamp_max(63)) & 1).to(torch.uint8)
-    edge = (bit == 63) & (q != 255)
+    two = ((word >> bit) & 3).to(torch.uint8)  # bits q and q + 1 of the word in one pass
+    gen, nxt = two & 1, two >> 1
+    edge = (bit == 63) & (q != 255)  # bit q + 1 is bit 0 of the next word
     if bool(edge.any()):
         idx = edge.nonzero(as_tuple=True)
         nxt[(slice(None),) + idx] = (table[(slice(None),) + idx + (word_idx[idx] + 1,)] & 1).to(torch.uint8)
-    top = q == 255
-    nxt[:, top] = 0
+    top = (q == 255).to(torch.uint8)
+    nxt = nxt * (1 - top)
     if first:
-        nxt[0][top] = 1
+        nxt[0] |= top
     return gen, nxt ^ gen
 
 
