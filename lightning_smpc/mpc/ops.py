@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from . import protocols as P
 from . import transforms
 from .errors import ShapeMismatchError, UnsupportedOpError
+from .ring import ring_conv2d, ring_matmul
 from .tensor import ARGMAX_SAFE, ShareTensor, check_same_session, implements
 
 Tensor = torch.Tensor
@@ -289,7 +290,6 @@ def _bilinear(op: str, x, w, **kwargs):
         sh = _fixed(sh)
         f = sh._session.precision_bits
         enc = _public(sh._session, pub, f)
-        from .ring import ring_conv2d, ring_matmul
         if op == "conv2d":
             out = torch.stack([ring_conv2d(s, enc, **kwargs) for s in sh._shares]) if left else torch.stack([ring_conv2d(enc, s, **kwargs) for s in sh._shares])
         elif op == "linear":
