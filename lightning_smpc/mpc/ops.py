@@ -206,18 +206,12 @@ implements(torch.stack)(_join("stack"))
 # ------------------------------------------------------------------------------------------ arithmetic
 
 
-def _aligned(shares: Tensor, nd: int) -> Tensor:
-    """Shares with singleton dims inserted after the party axis up to ``nd`` logical dims (broadcasting)."""
-    missing = nd - (shares.dim() - 1)
-    return shares if missing <= 0 else shares.reshape((shares.shape[0],) + (1,) * missing + tuple(shares.shape[1:]))
-
-
 def _add(x, y, sign: int = 1):
     if isinstance(x, ShareTensor) and isinstance(y, ShareTensor):
         sess = check_same_session(x, y)
         frac = max(x._frac, y._frac)
         nd = max(x.dim(), y.dim())
-        a, b = _aligned(_lift(x, frac), nd), _aligned(_lift(y, frac), nd)
+        a, b = transforms.align_party(_lift(x, frac), nd), transforms.align_party(_lift(y, frac), nd)
         return ShareTensor(a + b if sign == 1 else a - b, sess, frac, None, x._argmax_only or y._argmax_only)
     if isinstance(x, ShareTensor):
         frac = x._frac
@@ -225,7 +219,7 @@ def _add(x, y, sign: int = 1):
             frac = max(frac, x._session.precision_bits)  # an integer value (frac_bits=0) + a float: lift
         pub = _public(x._session, y, frac)
         shape = torch.broadcast_shapes(_shape_of(x), tuple(pub.shape))
-        out = _aligned(_lift(x, frac), len(shape)).expand((x._shares.shape[0],) + shape).clone()
+        out = transforms.align_party(_lift(x, frac), len(shape)).expand((x._shares.shape[0],) + shape).clone()
         if x._session.holds_first:
             out[0] += sign * pub
         return _wrap(x, out, frac)
@@ -296,7 +290,7 @@ def _bilinear(op: str, x, w, **kwargs):
             out = ring_matmul(sh._shares, enc.t()) if left else torch.stack([ring_matmul(enc, s.t()) for s in sh._shares])
         else:
             # align the party axis away from the public operand's batch dims ([P, M, K] @ [B, K, N])
-            out = ring_matmul(_aligned(sh._shares, enc.dim()), enc) if left else torch.stack([ring_matmul(enc, s) for s in sh._shares])
+            out = ring_matmul(transforms.align_party(sh._shares, enc.dim()), enc) if left else torch.stack([ring_matmul(enc, s) for s in sh._shares])
         return ShareTensor(out, sh._session, sh._frac + f)
     sess = check_same_session(x, w)
     x, w = _fixed(x), _fixed(w)

@@ -51,3 +51,10 @@ def apply(t: torch.Tensor, transform: Transform, party_axis: bool) -> torch.Tens
         else:  # pragma: no cover - programming error
             raise ValueError(f"unknown transform {name}")
     return t
+
+
+def align_party(shares: torch.Tensor, nd: int) -> torch.Tensor:
+    """Shares with singleton dims inserted after the party axis up to ``nd`` logical dims, so that
+    broadcasting against an operand without a party axis never pairs the party axis with a data dim."""
+    missing = nd - (shares.dim() - 1)
+    return shares if missing <= 0 else shares.reshape((shares.shape[0],) + (1,) * missing + tuple(shares.shape[1:]))

@@ -5,6 +5,7 @@ import torch
 
 from ..dealer import Request
 from ..mask import Mask, MaskHandle
+from ..transforms import align_party
 from ..ring import LimbOperand, ring_conv2d, ring_matmul
 from ._cost import COSTS, Cost, nbytes, protocol
 
@@ -91,7 +92,7 @@ def beaver(sess, op: str, x, y, **kwargs) -> torch.Tensor:
         return z + mat["c"]
     rhs_b, rhs_delta = _right_operands(op, mx, my, sess.holds_first)
     z = _apply(op, mx.eps, rhs_b, kwargs)
-    return z + _apply(op, _align(mx.a, my.eps.dim()), rhs_delta, kwargs) + mat["c"]
+    return z + _apply(op, align_party(mx.a, my.eps.dim()), rhs_delta, kwargs) + mat["c"]
 
 
 def _flat_weights(op: str, my: Mask) -> bool:
@@ -127,14 +128,6 @@ def a_times_delta(op: str, a: torch.Tensor, my: Mask) -> torch.Tensor:
     return out.reshape(tuple(a.shape[:-1]) + (rhs.shape[-1],))
 
 
-def _align(shares: torch.Tensor, other_dim: int) -> torch.Tensor:
-    """Insert singleton dims after the party axis so the party axis never meets a batch dim of the other operand."""
-    missing = other_dim - (shares.dim() - 1)
-    if missing <= 0:
-        return shares
-    return shares.reshape((shares.shape[0],) + (1,) * missing + tuple(shares.shape[1:]))
-
-
 def _right_operands(op: str, mx: Mask, my: Mask, first: bool = True):
     """``([b] with delta added to party 0's row, delta)``; for (mat)mul/linear pre-split into limbs and
     cached on ``my`` (model weights are split once per run, not once per batch)."""
@@ -147,7 +140,7 @@ def _right_operands(op: str, mx: Mask, my: Mask, first: bool = True):
         if op == "linear":
             b0, delta = b0.transpose(-1, -2), delta.transpose(-1, -2)
         if op != "conv2d":
-            b0 = _align(b0, mx.eps.dim())
+            b0 = align_party(b0, mx.eps.dim())
         if op in ("matmul", "linear"):
             my.cache[key] = (LimbOperand(b0), LimbOperand(delta))
         else:

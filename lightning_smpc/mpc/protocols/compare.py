@@ -118,6 +118,11 @@ def _cmp_rounds(n: int, j: int = 32, **sizes) -> int:
     return 2 + len(tree_pairs(j // DIGIT_BITS))
 
 
+def _cmp_bytes_sent(n: int, numel: int, j: int = 32, **sizes) -> int:
+    """Bytes each party sends for one comparison of ``numel`` values (compare_bit and relu alike)."""
+    return _cmp_bytes(n, numel, j)
+
+
 def _arith_bit(sess, e: torch.Tensor, mat) -> torch.Tensor:
     """Arithmetic shares of ``e xor rho`` from the opened ``e`` and the daBit: ``e + rho - 2 e rho``."""
     out = (1 - 2 * e) * mat["rho_a"]
@@ -130,7 +135,7 @@ def _arith_bit(sess, e: torch.Tensor, mat) -> torch.Tensor:
 @protocol(
     "compare_bit",
     rounds=_cmp_rounds,
-    bytes_sent=lambda n, numel, j=32, **s: _cmp_bytes(n, numel, j),
+    bytes_sent=_cmp_bytes_sent,
     offline="[r] (or truncation material), XOR greater-than digit tables, AND triples, daBit",
 )
 def compare_bit(sess, shares: torch.Tensor, m: int | None = None) -> torch.Tensor:
@@ -148,7 +153,7 @@ def compare_bit(sess, shares: torch.Tensor, m: int | None = None) -> torch.Tenso
 @protocol(
     "relu",
     rounds=_cmp_rounds,
-    bytes_sent=lambda n, numel, j=32, **s: _cmp_bytes(n, numel, j),
+    bytes_sent=_cmp_bytes_sent,
     offline="as compare_bit, plus [off * rho] products for the local final multiplication",
 )
 def relu(sess, shares: torch.Tensor, m: int | None = None) -> torch.Tensor:
