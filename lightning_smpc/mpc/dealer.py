@@ -58,10 +58,20 @@ class Request:
 
 @dataclass
 class Material:
-    """Shares (leading party axis) of one correlation; ``created`` lists the mask ids it issued."""
+    """Shares (leading party axis) of one correlation.
+
+    ``created`` lists the mask ids it issued and ``mask_keys`` (same order) the entry of ``data`` that holds
+    each one's shares: a Beaver triple issues its ``"a"`` and/or ``"b"`` operand mask, an input mask ``"a"``.
+    A later product that reuses a mask must take exactly that entry (never assume ``"a"``).
+    """
 
     data: dict[str, Any]
     created: tuple = ()
+    mask_keys: tuple = ()
+
+    def mask_shares(self, mask_id: int) -> torch.Tensor:
+        """The parties' shares of the mask ``mask_id`` that this material issued."""
+        return self.data[self.mask_keys[self.created.index(mask_id)]]
 
     def __getitem__(self, key: str) -> Any:
         return self.data[key]
@@ -244,18 +254,19 @@ class TrustedDealer:
         data = {"a": self._arith(a)}
         self._account(data, "input_mask", {owner: a.numel() * 8})
         data["owner_mask"] = a
-        return Material(data, (mid,))
+        return Material(data, (mid,), ("a",))
 
     def _gen_beaver(self, req: Request) -> Material:
         op, kwargs, shape_x, shape_y, tf_x, tf_y = req.params
         ref_x, ref_y = req.refs
-        created = []
+        created, keys = [], []
         data: dict[str, Any] = {}
         plains = []
         for key, shape, ref, tf in (("a", shape_x, ref_x, tf_x), ("b", shape_y, ref_y, tf_y)):
             if ref is None:
                 m = self._rand(shape)
                 created.append(self._new_mask(m))
+                keys.append(key)
                 data[key] = self._arith(m)
             else:
                 m = self._mask(ref, tf)
@@ -273,7 +284,7 @@ class TrustedDealer:
             raise ValueError(op)
         data["c"] = self._arith(c)
         self._account(data, f"beaver_{op}")
-        return Material(data, tuple(created))
+        return Material(data, tuple(created), tuple(keys))
 
     def _trunc_parts(self, shape, m: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         r = self._rand(shape)

@@ -114,9 +114,9 @@ class RemoteDealer:
             dist.send_object_list([req], dst=self.dealer_rank)
         box: list[Any] = [None]
         dist.recv_object_list(box, src=self.dealer_rank)
-        data, created = box[0]
+        data, created, keys = box[0]
         self.times.requests_inline += 1
-        return Material(data, created)
+        return Material(data, created, keys)
 
     def forget(self, mask_id: int) -> None:  # the dealer process keeps its masks for the run
         pass
@@ -155,7 +155,7 @@ def _dealer_loop(parties: tuple[str, ...], crypto_provider: str, compare_bits: i
         mat = dealer._generate(req)
         owner = req.params[1] if req.kind == "input_mask" else None
         for i, party in enumerate(parties):
-            dist.send_object_list([(_party_view(mat, i, party, owner, n), mat.created)], dst=i)
+            dist.send_object_list([(_party_view(mat, i, party, owner, n), mat.created, mat.mask_keys)], dst=i)
 
 
 @dataclass

@@ -58,13 +58,19 @@ class FixedPointEncoder:
         """Encode ``x`` with ``frac_bits`` (default ``precision_bits``) fractional bits into int64.
 
         Raises:
+            TypeError: ``x`` is complex (only real values can be encoded).
             NonFiniteInputError: ``x`` holds NaN or infinity (the message gives the counts).
-            EncodingRangeError: ``|x|`` reaches :attr:`max_magnitude`.
+            EncodingRangeError: ``|round(x * 2**frac_bits)|`` reaches ``2**(compare_bits - 1)`` (``|x|`` about
+                :attr:`max_magnitude` at ``frac_bits = precision_bits``).
         """
         frac = self.precision_bits if frac_bits is None else frac_bits
         t = torch.as_tensor(x)
-        if not t.is_floating_point():
-            t = t.to(torch.float64)
+        if t.is_complex():
+            raise TypeError(
+                f"Expected a real tensor to encode, but got dtype {t.dtype}: secret shares hold real fixed-point "
+                "values only, and dropping the imaginary part would silently change the value. Pass `x.real` (or "
+                "split real and imaginary parts into two tensors) explicitly."
+            )
         t = t.to(torch.float64)
         finite = torch.isfinite(t)
         if not bool(finite.all()):
@@ -76,15 +82,18 @@ class FixedPointEncoder:
             )
         if not 0 <= frac <= self.precision_bits:
             raise ValueError(f"Expected `frac_bits` in [0, {self.precision_bits}] (precision_bits), but got {frac}.")
-        limit = 2.0 ** (self.compare_bits - 1 - frac)
-        if t.numel() and float(t.abs().max()) >= limit:
-            n_bad = int((t.abs() >= limit).sum())
+        # The check is on the rounded integers that are actually encoded: a value just below the limit can
+        # round up onto it (32768 - 2**-17 encodes to 2**31 at 16 bits).
+        scaled = torch.round(t * float(1 << frac))
+        limit = 2.0 ** (self.compare_bits - 1)
+        if t.numel() and float(scaled.abs().max()) >= limit:
+            n_bad = int((scaled.abs() >= limit).sum())
             raise EncodingRangeError(
-                f"Expected |x| < {limit:g} (2^{self.compare_bits - 1 - frac}: the fixed-point range for "
-                f"precision_bits={frac}, compare_bits={self.compare_bits}), but {n_bad} value(s) reach "
-                f"{float(t.abs().max()):g}. Rescale the input or raise `compare_bits`."
+                f"Expected |x| < {limit / (1 << frac):g} (2^{self.compare_bits - 1 - frac}: the fixed-point range "
+                f"at {frac} fractional bits, compare_bits={self.compare_bits}, checked after rounding), but {n_bad} value(s) reach {float(t.abs().max()):g}. Rescale the "
+                "input or raise `compare_bits`."
             )
-        return torch.round(t * float(1 << frac)).to(torch.int64)
+        return scaled.to(torch.int64)
 
     def decode(self, v: torch.Tensor, frac_bits: int | None = None) -> torch.Tensor:
         """Decode int64 ring elements carrying ``frac_bits`` fractional bits to float64."""

@@ -3,6 +3,7 @@ and then call the protocols, so every byte sent is attributable to a protocol.""
 from __future__ import annotations
 
 import math
+import operator
 from collections import namedtuple
 
 import torch
@@ -12,7 +13,7 @@ from . import protocols as P
 from . import transforms
 from .errors import ShapeMismatchError, UnsupportedOpError
 from .ring import ring_conv2d, ring_matmul
-from .tensor import ARGMAX_SAFE, ShareTensor, check_same_session, implements
+from .tensor import ARGMAX_SAFE, ShareTensor, SkippedSoftmax, check_same_session, implements
 
 Tensor = torch.Tensor
 MaxResult = namedtuple("MaxResult", ["values", "indices"])
@@ -20,9 +21,12 @@ MaxResult = namedtuple("MaxResult", ["values", "indices"])
 # ------------------------------------------------------------------------------------------ helpers
 
 
-def _wrap(like: ShareTensor, shares: Tensor, frac: int, mask=None, argmax_only: bool | None = None) -> ShareTensor:
-    flag = like._argmax_only if argmax_only is None else argmax_only
-    return ShareTensor(shares, like._session, frac, mask, flag)
+_KEEP = object()
+
+
+def _wrap(like: ShareTensor, shares: Tensor, frac: int, mask=None, skipped=_KEEP) -> ShareTensor:
+    """A new value of ``like``'s session; it keeps ``like``'s skipped-softmax mark unless told otherwise."""
+    return ShareTensor(shares, like._session, frac, mask, like._skipped if skipped is _KEEP else skipped)
 
 
 def _fixed(x: ShareTensor) -> ShareTensor:
@@ -38,14 +42,12 @@ def _lift(x: ShareTensor, frac: int) -> Tensor:
 
 
 def _public(sess, v, frac: int) -> Tensor:
-    """Encode a public operand at ``frac`` fractional bits."""
-    t = torch.as_tensor(v, device=sess.device)
-    if t.is_floating_point():
-        # A value with more fractional bits than precision_bits (a pending product) still takes public
-        # operands in the normal range: encode at precision_bits, then shift (exact).
-        f = min(frac, sess.precision_bits)
-        return sess.encoder.encode(t, f).to(sess.device) * (1 << (frac - f))
-    return t.to(torch.int64) * (1 << frac)
+    """Encode a public operand at ``frac`` fractional bits, with the same range/NaN/dtype checks as an input
+    (integers too: ``x + 2**50`` would wrap around the ring silently)."""
+    # A value with more fractional bits than precision_bits (a pending product) still takes public
+    # operands in the normal range: encode at precision_bits, then shift (exact).
+    f = min(frac, sess.precision_bits)
+    return sess.encoder.encode(torch.as_tensor(v), f).to(sess.device) * (1 << (frac - f))
 
 
 def _is_int_public(v) -> bool:
@@ -131,15 +133,40 @@ def _view_as(x, other):
 
 
 def _norm(d: int, nd: int) -> int:
-    return d % nd if nd else 0
+    """A logical dim in ``[0, nd)`` (a 0-d value accepts 0 and -1, as torch does). Every op that takes a
+    dim goes through here (or :func:`_dims`), so no dim can ever reach the leading party axis."""
+    lim = max(nd, 1)
+    try:
+        d = operator.index(d)
+    except TypeError:
+        raise TypeError(f"Expected an integer dim, but got {type(d).__name__}.") from None
+    if not -lim <= d < lim:
+        raise IndexError(f"Dimension out of range (expected to be in range of [{-lim}, {lim - 1}], but got {d})")
+    return d % lim
+
+
+def _dims(x: ShareTensor, dim) -> tuple[int, ...]:
+    """The logical dims a reduction over ``dim`` covers: ``None`` and an empty list mean every dim (torch's
+    rule); a 0-d value has none. Callers add 1 to reach share dims, so the party axis is never reduced."""
+    nd = len(_shape_of(x))
+    if dim is None or (isinstance(dim, (tuple, list)) and len(dim) == 0):
+        return tuple(range(nd))
+    dims = tuple(_norm(d, nd) for d in ((dim,) if not isinstance(dim, (tuple, list)) else dim))
+    if len(set(dims)) != len(dims):
+        raise RuntimeError(f"dim {dims} has repeated entries: each dim may appear once.")
+    return dims if nd else ()
 
 
 @implements(Tensor.permute, torch.permute)
-def _permute(x, *dims):
-    if len(dims) == 1 and isinstance(dims[0], (tuple, list)):
+def _permute(x, *dims, **kw):
+    dims = kw.get("dims", dims)
+    if len(dims) == 1 and isinstance(dims[0], (tuple, list, torch.Size)):
         dims = tuple(dims[0])
     nd = len(_shape_of(x))
-    return _step(x, ("permute", tuple(_norm(d, nd) for d in dims)))
+    perm = tuple(_norm(d, nd) for d in dims)
+    if sorted(perm) != list(range(nd)):
+        raise RuntimeError(f"permute: expected a permutation of {nd} dims, but got {tuple(dims)}.")
+    return _step(x, ("permute", perm))
 
 
 @implements(Tensor.transpose, torch.transpose)
@@ -212,7 +239,7 @@ def _add(x, y, sign: int = 1):
         frac = max(x._frac, y._frac)
         nd = max(x.dim(), y.dim())
         a, b = transforms.align_party(_lift(x, frac), nd), transforms.align_party(_lift(y, frac), nd)
-        return ShareTensor(a + b if sign == 1 else a - b, sess, frac, None, x._argmax_only or y._argmax_only)
+        return ShareTensor(a + b if sign == 1 else a - b, sess, frac)
     if isinstance(x, ShareTensor):
         frac = x._frac
         if not _is_int_public(y) and torch.as_tensor(y).is_floating_point():
@@ -263,18 +290,53 @@ def _h_mul(x, y):
         except RuntimeError:
             raise ShapeMismatchError(f"Cannot multiply shapes {_shape_of(x)} and {_shape_of(y)}.") from None
         return ShareTensor(P.beaver(sess, "mul", x, y), sess, x._frac + y._frac)
-    if _is_int_public(y):
-        return _wrap(x, x._shares * torch.as_tensor(y, device=x._shares.device).to(torch.int64), x._frac, None)
+    if _is_int_public(y):  # exact, no truncation; checked like any public operand (``x * 2**50`` would wrap)
+        k = _public(x._session, y, x._session.precision_bits) >> x._session.precision_bits  # checked as a value
+        return _wrap(x, x._shares * k, x._frac, None)
     x = _fixed(x)
     f = x._session.precision_bits
     return _wrap(x, x._shares * _public(x._session, y, f), x._frac + f, None)
 
 
 @implements(Tensor.__truediv__, Tensor.div, torch.div)
-def _h_div(x, y):
+def _h_div(x, y, *, rounding_mode=None):
     if isinstance(y, ShareTensor):
         raise UnsupportedOpError("Division by a secret-shared value is not supported (only by public values).")
-    return _h_mul(x, 1.0 / torch.as_tensor(y, dtype=torch.float64))
+    if rounding_mode is not None:
+        raise UnsupportedOpError(f"div(rounding_mode={rounding_mode!r}) on shares is not supported; divide, then reveal.")
+    return _divide_public(x, y)
+
+
+def _divide_public(x: ShareTensor, divisor) -> ShareTensor:
+    """``x / d`` for a public ``d`` (a number or a tensor broadcasting against ``x``), at ``precision_bits``.
+
+    Encoding ``1/d`` with ``precision_bits`` fractional bits would lose it for large ``d`` (1/200000 encodes
+    to 0). Instead, with ``2^t <= min|d| < 2^(t+1)`` and ``s = 61 - compare_bits`` (29 at defaults):
+    1. truncate ``x`` by ``t`` bits (plus any pending product bits; skipped when there are none), so that
+    2. the local product with the public integer ``r = round(2^(s+t) / d)`` (``|r| <= 2^s``) holds
+       ``(x / d) * 2^(precision_bits + s)`` and stays below ``2^61`` in magnitude, and
+    3. truncate it by ``s`` bits.
+    Cost: 1 or 2 truncations (1 or 2 rounds, ``8 (n-1)`` bytes per element each); no dealer material beyond
+    their masks. Error bound (``q = x / d`` in LSB units ``2^-precision_bits``): ``|q_hat - q| <= 2 +
+    |q| * 2^(precision_bits - s)``, i.e. under 3 LSB for ``|q| < 2^(compare_bits - 1 - precision_bits)``.
+    Range: the quotient must lie in the comparison range ``|x / d| < 2^(compare_bits - precision_bits)``.
+    """
+    sess, f = x._session, x._session.precision_bits
+    d = torch.as_tensor(divisor, dtype=torch.float64) if not isinstance(divisor, Tensor) else divisor.detach().to(torch.float64).cpu()
+    if d.is_complex() or not bool(torch.isfinite(d).all()):
+        raise ValueError("Expected a finite, real public divisor.")
+    if bool((d == 0).any()):
+        raise ZeroDivisionError("Division of secret shares by zero.")
+    s = 61 - sess.compare_bits
+    t = max(0, math.floor(math.log2(float(d.abs().min()))))
+    r = torch.round(torch.ldexp(torch.ones(()), torch.tensor(s + t, dtype=torch.float64)) / d).to(torch.int64)
+    shares = _lift(x, f)  # integer values (frac_bits 0) are lifted to fixed point first: exact
+    pre = max(x._frac, f) - f + t
+    if pre:
+        shares = P.truncate(sess, shares, pre)
+    shape = torch.broadcast_shapes(_shape_of(x), tuple(r.shape))
+    prod = transforms.align_party(shares, len(shape)) * r.to(sess.device)
+    return _wrap(x, P.truncate(sess, prod, s), f, None)
 
 
 def _bilinear(op: str, x, w, **kwargs):
@@ -343,18 +405,23 @@ def _pair(v):
 
 @implements(Tensor.sum, torch.sum)
 def _h_sum(x, dim=None, keepdim=False, dtype=None):
-    if dim is None:
-        return _wrap(x, x._shares.reshape(x._shares.shape[0], -1).sum(1), x._frac, None)
-    dims = (dim,) if isinstance(dim, int) else tuple(dim)
-    nd = len(_shape_of(x))
-    return _wrap(x, x._shares.sum(tuple(_norm(d, nd) + 1 for d in dims), keepdim=keepdim), x._frac, None)
+    _no_dtype(dtype, "sum")
+    dims = _dims(x, dim)
+    if not dims:  # a 0-d value: nothing to reduce (``shares.sum(())`` would sum over the party axis)
+        return _wrap(x, x._shares.clone(), x._frac, None)
+    return _wrap(x, x._shares.sum(tuple(d + 1 for d in dims), keepdim=keepdim), x._frac, None)
 
 
 @implements(Tensor.mean, torch.mean)
 def _h_mean(x, dim=None, keepdim=False, dtype=None):
-    total = _h_sum(x, dim, keepdim)
-    count = x.numel() // max(1, total.numel())
-    return _h_mul(total, 1.0 / count)
+    total = _h_sum(x, dim, keepdim, dtype)
+    count = math.prod(_shape_of(x)[d] for d in _dims(x, dim))
+    return _divide_public(total, count)
+
+
+def _no_dtype(dtype, name: str) -> None:
+    if dtype is not None and not dtype.is_floating_point:
+        raise UnsupportedOpError(f"{name}(dtype={dtype}) on shares: integer result dtypes are not supported.")
 
 
 # ------------------------------------------------------------------------------------------ nonlinear
@@ -414,6 +481,7 @@ def _move_last(x: ShareTensor, dim: int) -> ShareTensor:
 
 
 def _argmax_parts(x: ShareTensor, dim, keepdim: bool, want_max: bool):
+    _check_skipped_argmax(x, dim)
     if dim is None:
         x, dim = _reshape_to(x, (1, x.numel())), -1
     nd = len(_shape_of(x))
@@ -448,12 +516,23 @@ def argmax_onehot(x: ShareTensor, dim: int = -1) -> ShareTensor:
     return ShareTensor(onehot, x._session, 0)
 
 
-@implements(Tensor.max, torch.max, Tensor.amax, torch.amax)
+@implements(Tensor.amax, torch.amax)
+def _h_amax(x, dim=(), keepdim=False):
+    dims = _dims(x, dim)
+    if len(dims) == 1:
+        return _h_max(x, dims[0], keepdim).values
+    if len(dims) == len(_shape_of(x)) and not keepdim:
+        return _h_max(x)
+    raise UnsupportedOpError("amax over several (but not all) dims is not supported on shares; reshape first.")
+
+
+@implements(Tensor.max, torch.max)
 def _h_max(x, dim=None, keepdim=False):
     if isinstance(dim, ShareTensor) or (dim is not None and not isinstance(dim, int)):
         raise UnsupportedOpError("max(x, y) elementwise is not supported; use torch.maximum-free code or relu(x-y)+y.")
     _, index, mx, frac = _argmax_parts(x, dim, keepdim, True)
-    values = ShareTensor(mx, x._session, frac)
+    # the max of a skipped softmax is the logits' maximum, not a probability: mark it unusable
+    values = ShareTensor(mx, x._session, frac, None, None if x._skipped is None else SkippedSoftmax(None))
     if dim is None:
         return _reshape_to(values, ())
     return MaxResult(values, ShareTensor(index, x._session, 0))
@@ -479,7 +558,7 @@ def _h_avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count
     if _pair(padding) != (0, 0) or ceil_mode:
         raise UnsupportedOpError("avg_pool2d on shares supports padding=0, ceil_mode=False only.")
     win = x._shares.unfold(-2, kh, sh).unfold(-2, kw, sw).sum((-1, -2))
-    return _h_mul(_wrap(x, win, x._frac), 1.0 / (divisor_override or kh * kw))
+    return _divide_public(_wrap(x, win, x._frac), divisor_override or kh * kw)
 
 
 @implements(F.dropout, torch.dropout)
@@ -491,17 +570,51 @@ def _h_dropout(x, p=0.5, training=True, inplace=False):
 
 @implements(F.softmax, F.log_softmax, torch.softmax, torch.log_softmax, Tensor.softmax, Tensor.log_softmax)
 def _h_softmax(x, dim=None, *args, **kwargs):
-    """Skipped: monotone, so argmax is unchanged. The result may only be argmax'ed, never revealed."""
-    return _wrap(x, x._shares, x._frac, x.mask, argmax_only=True)
+    """Skipped: monotone along ``dim``, so an argmax over ``dim`` is unchanged. The result is marked with
+    that dim: only an argmax over it (or the indices of a max over it) may use it; nothing reveals it."""
+    nd = len(_shape_of(x))
+    d = _norm(_legacy_softmax_dim(nd) if dim is None else dim, nd)
+    if x._skipped is not None and x._skipped.dim != d:
+        raise UnsupportedOpError(
+            f"softmax over dim {d} of a value whose softmax over dim {x._skipped.dim} was skipped on shares: "
+            "only one skipped softmax (or several over the same dim) can be followed by an argmax."
+        )
+    return _wrap(x, x._shares, x._frac, x.mask, skipped=SkippedSoftmax(d))
 
 
+def _legacy_softmax_dim(nd: int) -> int:
+    """torch's choice when softmax is called without ``dim`` (deprecated there, kept for equal results)."""
+    return 0 if nd in (0, 1, 3) else 1
+
+
+def _check_skipped_argmax(x: ShareTensor, dim) -> None:
+    """An argmax of a skipped softmax equals the real one only over the softmax's own dim."""
+    mark = x._skipped
+    if mark is None:
+        return
+    shape = _shape_of(x)
+    if mark.dim is None:
+        raise UnsupportedOpError(
+            "argmax/max of the values of a max over a skipped softmax: those values are the logits' maximum, "
+            "not probabilities. Use the indices of the max, or remove the softmax from forward()."
+        )
+    if dim is None:  # over the flattened value: fine only when every other dim has size 1
+        ok = all(n == 1 for i, n in enumerate(shape) if i != mark.dim)
+    else:
+        ok = _norm(dim, len(shape)) == mark.dim
+    if not ok:
+        raise UnsupportedOpError(
+            f"argmax/max over dim {dim} of a softmax over dim {mark.dim}: the softmax is skipped on shares, "
+            "and only an argmax over its own dim equals the real one. Use the same dim, or remove the softmax "
+            "from forward()."
+        )
+
+
+# Shape ops are not safe: they move the softmax dim (the mark would have to follow it); argmax/max check it.
 ARGMAX_SAFE.update(
-    _META + [Tensor.argmax, torch.argmax, Tensor.max, torch.max, Tensor.amax, torch.amax, Tensor.view, Tensor.reshape,
-             torch.reshape, Tensor.flatten, torch.flatten, Tensor.unsqueeze, torch.unsqueeze, Tensor.squeeze,
-             torch.squeeze, Tensor.permute, torch.permute, Tensor.transpose, torch.transpose, Tensor.t, torch.t,
-             Tensor.T.__get__, Tensor.__getitem__, Tensor.contiguous, Tensor.clone, Tensor.detach, Tensor.to,
-             Tensor.cpu, Tensor.cuda, Tensor.float, F.softmax, F.log_softmax, torch.softmax, torch.log_softmax,
-             Tensor.softmax, Tensor.log_softmax, F.dropout, torch.dropout]
+    _META + [Tensor.argmax, torch.argmax, Tensor.max, torch.max, Tensor.amax, torch.amax, Tensor.contiguous,
+             Tensor.clone, Tensor.detach, Tensor.to, Tensor.cpu, Tensor.cuda, Tensor.float, F.softmax, F.log_softmax,
+             torch.softmax, torch.log_softmax, Tensor.softmax, Tensor.log_softmax, F.dropout, torch.dropout]
 )
 
 

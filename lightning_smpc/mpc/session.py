@@ -193,10 +193,10 @@ class Session:
         my = self._opened_masks.get(req.refs[1])
         if my is None or tf_y or not P.beaver_module._flat_weights(op, my):
             return
-        if req.refs[0] is None:
+        if req.refs[0] is None:  # a fresh left mask: this triple's own "a"
             a = mat["a"]
-        elif req.refs[0] in created and "a" in created[req.refs[0]].data:
-            a = transforms.apply(created[req.refs[0]]["a"], tf_x, party_axis=True)
+        elif req.refs[0] in created:  # a mask issued earlier in this batch: as "a" OR "b" of that material
+            a = transforms.apply(created[req.refs[0]].mask_shares(req.refs[0]), tf_x, party_axis=True)
         else:
             return
         mat.data["c"] = mat["c"] + P.beaver_module.a_times_delta(op, a, my)

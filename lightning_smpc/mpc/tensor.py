@@ -11,6 +11,7 @@ or by the truncation protocol before the next product. Reveal decodes at whateve
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
@@ -20,8 +21,21 @@ from .errors import RevealNotAllowedError, SessionMismatchError, UnsupportedOpEr
 __all__ = ["ShareTensor", "OP_TABLE", "implements"]
 
 OP_TABLE: dict[Callable, Callable] = {}
-# Ops allowed on the output of a skipped softmax (its values are the logits, so only an argmax is valid).
+# Ops allowed on the output of a skipped softmax (its values are the logits): metadata and ops that keep the
+# value and its layout unchanged. argmax/max are allowed too and check the dim themselves (see ops._argmax_parts).
 ARGMAX_SAFE: set[Callable] = set()
+
+
+@dataclass(frozen=True)
+class SkippedSoftmax:
+    """Marks a value whose softmax/log_softmax was skipped on shares (it holds the logits).
+
+    ``dim`` is the (non-negative) dim the softmax normalised over: only an argmax over that dim equals the
+    argmax of the real softmax. ``dim=None`` marks the *values* of a max over such a tensor (the logits'
+    maximum, not the maximal probability): nothing may use them.
+    """
+
+    dim: int | None
 
 
 def implements(*funcs: Callable):
@@ -53,13 +67,13 @@ class ShareTensor(torch.Tensor):
     _frac: int
 
     @staticmethod
-    def __new__(cls, shares: torch.Tensor, session, frac_bits: int, mask=None, argmax_only: bool = False):
+    def __new__(cls, shares: torch.Tensor, session, frac_bits: int, mask=None, skipped: SkippedSoftmax | None = None):
         r = torch.Tensor._make_wrapper_subclass(cls, tuple(shares.shape[1:]), dtype=torch.float32, device=shares.device)
         r._shares = shares
         r._session = session
         r._frac = frac_bits
         r.mask = mask
-        r._argmax_only = argmax_only
+        r._skipped = skipped
         r._cache = {}  # results of secure ops on this (immutable) value, e.g. its argmax
         return r
 
@@ -79,11 +93,11 @@ class ShareTensor(torch.Tensor):
 
     def reveal(self, to: str | tuple[str, ...] | None = None, name: str | None = None) -> torch.Tensor:
         """Decode the value for ``to`` (a party name, several, or all parties when None); float64."""
-        if self._argmax_only:
+        if self._skipped is not None:
             raise RevealNotAllowedError(
                 "This value went through a softmax/log_softmax that was skipped on shares (it is monotone, so "
-                "only its argmax is meaningful). Reveal `.argmax(dim)` instead, or remove the softmax from "
-                "forward() to reveal logits."
+                "only its argmax over the softmax dim is meaningful; the tensor holds the logits, or their "
+                "maximum). Reveal `.argmax(dim)` instead, or remove the softmax from forward() to reveal logits."
             )
         return self._session.reveal(self, to=to, name=name)
 
@@ -100,12 +114,12 @@ class ShareTensor(torch.Tensor):
     @classmethod
     def __torch_function__(cls, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if func not in ARGMAX_SAFE and _any_argmax_only(args, kwargs):
+        if func not in ARGMAX_SAFE and _any_skipped(args, kwargs):
             name = torch.overrides.resolve_name(func) or getattr(func, "__name__", repr(func))
             raise UnsupportedOpError(
                 f"`{name}` was applied to the output of a softmax/log_softmax that is skipped on shares (its "
-                "values are the logits, so only argmax/max of it is valid). Remove the softmax from forward() or "
-                "use only its argmax."
+                "values are the logits, so only an argmax over the softmax dim, or the indices of a max over "
+                "it, are valid). Remove the softmax from forward() or use only its argmax."
             )
         handler = OP_TABLE.get(func)
         if handler is None:
@@ -122,10 +136,10 @@ class ShareTensor(torch.Tensor):
         raise UnsupportedOpError(f"`{func}` reached the dispatcher on secret shares; it has no secure implementation.")
 
 
-def _any_argmax_only(args, kwargs) -> bool:
+def _any_skipped(args, kwargs) -> bool:
     for a in list(args) + list(kwargs.values()):
         items = a if isinstance(a, (list, tuple)) else (a,)
-        if any(isinstance(t, ShareTensor) and t._argmax_only for t in items):
+        if any(isinstance(t, ShareTensor) and t._skipped is not None for t in items):
             return True
     return False
 
