@@ -211,15 +211,16 @@ class SecurePredictStrategy(SingleDeviceStrategy):
         return out
 
     def _preprocess_rest(self, batch_size: int) -> None:
-        """Keep the plan of this batch and preprocess the next full batches (at most ``preprocess_ahead``)."""
+        """Keep the plan of this batch and preprocess the next full batches (at most ``preprocess_ahead``).
+
+        How many batches follow comes from what the predict loop will run (``trainer.num_predict_batches``,
+        which honours samplers and ``limit_predict_batches``), not from the dataset's length. A batch that
+        does not match the plan anyway (a short last batch) finds the store mismatched: the dealer then drops
+        the store and works inline for it instead of failing.
+        """
         plan = self.session.dealer.stop_recording()
-        loaders = self.lightning_module.trainer.predict_dataloaders
-        loader = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
-        try:
-            n_items = len(loader.dataset)
-        except (AttributeError, TypeError):
-            return
-        self._plan, self._full_batches_left = plan, n_items // batch_size - 1
+        self.session.dealer.fallback_inline = True
+        self._plan, self._full_batches_left = plan, _full_batches_after_first(self.lightning_module.trainer, batch_size)
         self._refill_store()
 
     def _refill_store(self) -> None:
@@ -307,6 +308,24 @@ def _split_batch(batch: Any, input_key: Optional[Key], target_key: Optional[Key]
 
         return batch[ik], (batch[tk] if tk is not None else None), rebuild_seq
     raise TypeError(f"Unsupported batch type {type(batch).__name__}: expected a tensor, a tuple/list or a dict.")
+
+
+def _full_batches_after_first(trainer, batch_size: int) -> int:
+    """Batches after the first that the predict loop will run at ``batch_size`` (a short last batch excluded)."""
+    counts = getattr(trainer, "num_predict_batches", None) or [0]
+    n_batches = counts[0]
+    if not isinstance(n_batches, int) or n_batches <= 1:  # unknown (iterable loader, inf) or a single batch
+        return 0
+    loaders = trainer.predict_dataloaders
+    loader = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
+    try:  # items the sampler yields: a short last batch exists when the loop reaches its end
+        n_items = len(loader.batch_sampler.sampler) if loader.batch_sampler is not None else None
+        drop_last = bool(getattr(loader.batch_sampler, "drop_last", False))
+    except (AttributeError, TypeError):
+        n_items, drop_last = None, False
+    short_last = (n_items is not None and not drop_last and n_items % batch_size != 0
+                  and n_batches >= -(-n_items // batch_size))
+    return n_batches - 1 - int(short_last)
 
 
 def _num_classes(metrics: dict[str, Metric]) -> int:

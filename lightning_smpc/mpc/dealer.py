@@ -92,6 +92,7 @@ class _DealerTimes:
     preprocess_seconds: float = 0.0
     requests_inline: int = 0
     requests_from_store: int = 0
+    store_discards: int = 0
 
 
 def _bits_of(t: torch.Tensor) -> int:
@@ -137,22 +138,34 @@ class TrustedDealer:
         self._next_id = 0
         self._store: deque[tuple[Request, Material]] = deque()
         self._recording: list[_PlanEntry] | None = None
+        self.fallback_inline = False  # on a store mismatch: raise (False) or drop the store and go inline
         self.times = _DealerTimes()
 
     # ------------------------------------------------------------------ public API
     def request(self, req: Request) -> Material:
-        """Material for ``req``: from the preprocessed store if it holds any, else generated now."""
+        """Material for ``req``: from the preprocessed store if it holds any, else generated now.
+
+        A request that does not match the store front raises :class:`DealerStoreError`, or, with
+        :attr:`fallback_inline` set, drops the whole store (its masks are never used: nothing leaks) and
+        generates the material inline; ``times.store_discards`` counts such drops.
+        """
+        mat = None
         if self._store:
-            want, mat = self._store[0]
-            if want != req:
+            want, front = self._store[0]
+            if want == req:
+                self._store.popleft()
+                self.times.requests_from_store += 1
+                mat = front
+            elif self.fallback_inline:
+                self.times.store_discards += 1
+                self.clear_store()
+            else:
                 raise DealerStoreError(
                     f"Expected the online phase to ask for {want.kind}{want.params[:2]} (next in the "
                     f"preprocessed store), but it asked for {req.kind}{req.params[:2]}. Preprocess with the plan "
                     "recorded for this batch shape, or clear the store with dealer.clear_store()."
                 )
-            self._store.popleft()
-            self.times.requests_from_store += 1
-        else:
+        if mat is None:
             t0 = time.perf_counter()
             mat = self._generate(req)
             self.times.inline_seconds += time.perf_counter() - t0
@@ -194,6 +207,10 @@ class TrustedDealer:
         return len(self._store)
 
     def clear_store(self) -> None:
+        """Drop the preprocessed material (and the dealer's copies of the masks it issued)."""
+        for _, mat in self._store:
+            for mid in mat.created:
+                self.forget(mid)
         self._store.clear()
 
     def forget(self, mask_id: int) -> None:

@@ -216,6 +216,7 @@ class Session:
                 "preprocess_seconds": t.preprocess_seconds,
                 "requests_inline": t.requests_inline,
                 "requests_from_store": t.requests_from_store,
+                "store_discards": getattr(t, "store_discards", 0),
             },
             "prg_bytes": self.prg.bytes_generated,
         }
