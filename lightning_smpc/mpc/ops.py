@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import operator
+import warnings
 from collections import namedtuple
 
 import torch
@@ -178,9 +179,18 @@ def _transpose(x, dim0, dim1):
     return _step(x, ("permute", tuple(perm)))
 
 
-@implements(Tensor.t, torch.t, Tensor.T.__get__)
+@implements(Tensor.t, torch.t)
 def _t(x):
-    return x if len(_shape_of(x)) < 2 else _transpose(x, 0, 1)
+    nd = len(_shape_of(x))
+    if nd > 2:
+        raise RuntimeError(f"t() expects a tensor with <= 2 dimensions, but self is {nd}D")
+    return x if nd < 2 else _transpose(x, 0, 1)
+
+
+@implements(Tensor.T.__get__)
+def _T(x):  # torch: all dims reversed (deprecated for nd != 2, but that is what it computes)
+    nd = len(_shape_of(x))
+    return x if nd < 2 else _permute(x, tuple(reversed(range(nd))))
 
 
 @implements(Tensor.__getitem__)
@@ -573,6 +583,9 @@ def _h_softmax(x, dim=None, *args, **kwargs):
     """Skipped: monotone along ``dim``, so an argmax over ``dim`` is unchanged. The result is marked with
     that dim: only an argmax over it (or the indices of a max over it) may use it; nothing reveals it."""
     nd = len(_shape_of(x))
+    if dim is None:
+        warnings.warn("Implicit dimension choice for softmax has been deprecated. Change the call to include dim=X "
+                      "as an argument.", UserWarning, stacklevel=3)
     d = _norm(_legacy_softmax_dim(nd) if dim is None else dim, nd)
     if x._skipped is not None and x._skipped.dim != d:
         raise UnsupportedOpError(

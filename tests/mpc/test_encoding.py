@@ -101,3 +101,46 @@ def test_empty_tensor():
 def test_invalid_configuration(kwargs):
     with pytest.raises(ValueError):
         FixedPointEncoder(**kwargs)
+
+
+# ---------------------------------------------------------------------------------------------- issue 8.5, 8.6, 8.8
+def test_range_is_checked_on_the_rounded_integers() -> None:
+    """32768 - 2**-17 is below the float limit but rounds onto 2**31 (out of range): refused."""
+    enc = FixedPointEncoder(16, 32)
+    with pytest.raises(EncodingRangeError):
+        enc.encode(torch.tensor([32768 - 2**-17], dtype=torch.float64))
+    assert int(enc.encode(torch.tensor([32768 - 2**-16], dtype=torch.float64))) == 2**31 - 1  # the largest accepted
+
+
+@pytest.mark.parametrize("dtype", [torch.complex64, torch.complex128])
+def test_complex_values_are_refused(make_session, dtype) -> None:
+    s = make_session(2, seed=0)
+    z = torch.tensor([1.0 + 2.0j], dtype=dtype)
+    with pytest.raises(TypeError, match="real"):
+        s.share(z)
+    x = s.share(torch.ones(1))
+    with pytest.raises(TypeError):  # torch refuses before dispatch, or the encoder does
+        x + z
+    with pytest.raises(TypeError):
+        x * z
+    assert s.ledger == [] and s.comm.stats()["alice"]["bytes_sent"] == 0
+
+
+@pytest.mark.parametrize("op", [
+    lambda x: x + 2**50, lambda x: 2**50 - x, lambda x: x * 2**50, lambda x: x >= 2**40,
+    lambda x: x + torch.tensor([2**50]), lambda x: x * torch.tensor([2**40]), lambda x: x + 40000.0,
+])
+def test_public_operands_are_range_checked_like_inputs(make_session, op) -> None:
+    """``x + 2**50`` and friends wrapped around the ring silently (the float versions raised)."""
+    s = make_session(2, seed=0)
+    with pytest.raises(EncodingRangeError):
+        op(s.share(torch.tensor([1.0, -2.0])))
+
+
+def test_public_integers_in_range_still_work(make_session) -> None:
+    s = make_session(3, seed=0)
+    x = s.share(torch.tensor([1.5, -2.0]))
+    assert torch.equal((x + 3).reveal(), torch.tensor([4.5, 1.0], dtype=torch.float64))
+    assert torch.equal((x * torch.tensor([2, -3])).reveal(), torch.tensor([3.0, 6.0], dtype=torch.float64))
+    labels = s.share(torch.tensor([7.0]), frac_bits=0)
+    assert torch.equal((labels + 2**30).reveal(), torch.tensor([2.0**30 + 7], dtype=torch.float64))  # integer range

@@ -1,0 +1,163 @@
+"""Every entry of the op table on edge-case arguments: same shape and values as torch, party axis intact.
+
+Defect guarded (issue 8.2): ``x.sum(dim=())``, ``x.sum(dim=[])`` and ``x.mean(dim=())`` reduced over the party
+axis, so the plaintext landed in ``.shares`` without passing the communicator. Here every registered torch
+callable runs on empty dim lists, negative dims, ``keepdim``, 0-d values and out-of-range dims; each shared result
+must keep a party axis of length n, have torch's shape, and reveal torch's values; an out-of-range dim raises
+torch's error type. A callable added to the table without cases here fails ``test_every_op_has_cases``.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lightning_smpc.mpc import ShareTensor, UnsupportedOpError
+from lightning_smpc.mpc.tensor import OP_TABLE
+
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
+T = torch.Tensor
+
+X = torch.tensor([[[0.5, -1.25, 2.0, 0.75], [1.5, 0.25, -0.5, 3.0], [-2.0, 1.0, 0.125, -0.375]],
+                  [[2.5, 0.5, -1.5, 1.25], [-0.25, 2.25, 1.75, -1.0], [0.0, -2.5, 3.5, 0.625]]])  # [2, 3, 4]
+Y = X.flip(-1) * 0.5
+SCALAR = torch.tensor(1.75)
+IMG = torch.arange(2 * 1 * 4 * 4, dtype=torch.float32).reshape(2, 1, 4, 4) / 8 - 2
+KERNEL = torch.tensor([[[[0.5, -0.25], [0.125, 1.0]]]])
+
+# (function of (x, y, scalar, img) -> result); the same lambda runs on plain tensors and on shares.
+CASES: dict = {
+    T.size: [lambda x, *_: x.size(), lambda x, *_: x.size(-1)],
+    T.dim: [lambda x, *_: x.dim()], T.numel: [lambda x, *_: x.numel()], T.nelement: [lambda x, *_: x.nelement()],
+    T.__len__: [lambda x, *_: len(x)], T.is_floating_point: [lambda x, *_: x.is_floating_point()],
+    T.is_complex: [lambda x, *_: x.is_complex()], T.element_size: [lambda x, *_: x.element_size()],
+    T.ndimension: [lambda x, *_: x.ndimension()],
+    T.view: [lambda x, *_: x.view(-1), lambda x, *_: x.view(3, -1), lambda x, *_: x.view((4, 6))],
+    T.reshape: [lambda x, *_: x.reshape(6, 4), lambda x, *_: x.reshape(-1, 2)],
+    torch.reshape: [lambda x, *_: torch.reshape(x, (2, -1))],
+    T.flatten: [lambda x, *_: x.flatten(), lambda x, *_: x.flatten(1), lambda x, *_: x.flatten(-2, -1)],
+    torch.flatten: [lambda x, *_: torch.flatten(x, 0, -2)],
+    T.unsqueeze: [lambda x, *_: x.unsqueeze(0), lambda x, *_: x.unsqueeze(-1)],
+    torch.unsqueeze: [lambda x, *_: torch.unsqueeze(x, -4)],
+    T.squeeze: [lambda x, *_: x.unsqueeze(1).squeeze(), lambda x, *_: x.unsqueeze(-1).squeeze(-1)],
+    torch.squeeze: [lambda x, *_: torch.squeeze(x.unsqueeze(0), 0)],
+    T.view_as: [lambda x, y, *_: x.view_as(y.reshape(4, 6))], T.reshape_as: [lambda x, y, *_: x.reshape_as(y.reshape(6, 4))],
+    T.permute: [lambda x, *_: x.permute(-1, 0, 1), lambda x, *_: x.permute((2, 1, 0))],
+    torch.permute: [lambda x, *_: torch.permute(x, (1, -1, 0))],
+    T.transpose: [lambda x, *_: x.transpose(-1, -2), lambda x, *_: x.transpose(0, 0)],
+    torch.transpose: [lambda x, *_: torch.transpose(x, 0, -1)],
+    T.t: [lambda x, *_: x[0].t(), lambda x, *_: x[0, 0].t()], torch.t: [lambda x, *_: torch.t(x[1])],
+    T.T.__get__: [lambda x, *_: x[0].T, lambda x, *_: x.T],
+    T.__getitem__: [lambda x, *_: x[0], lambda x, *_: x[..., -1], lambda x, *_: x[None, :, 1:], lambda x, *_: x[:, -1, ::2],
+                    lambda x, *_: x[torch.tensor([1, 0])], lambda x, *_: x[x.new_ones(2, 3, 4).bool() if False else torch.ones(2, 3, 4, dtype=torch.bool)]],
+    T.contiguous: [lambda x, *_: x.contiguous()], T.clone: [lambda x, *_: x.clone()], T.detach: [lambda x, *_: x.detach()],
+    T.requires_grad_: [lambda x, *_: x.requires_grad_(False)],
+    T.to: [lambda x, *_: x.to("cpu"), lambda x, *_: x.to(torch.float32)], T.cpu: [lambda x, *_: x.cpu()],
+    T.float: [lambda x, *_: x.float()], T.type_as: [lambda x, y, *_: x.type_as(y)],
+    torch.cat: [lambda x, y, *_: torch.cat([x, y], -1), lambda x, y, *_: torch.cat([x, y])],
+    torch.concat: [lambda x, y, *_: torch.concat([x, y], dim=1)],
+    torch.stack: [lambda x, y, *_: torch.stack([x, y], -1), lambda x, y, *_: torch.stack([x, y])],
+    T.__add__: [lambda x, y, *_: x + y, lambda x, *_: x + 2], T.__radd__: [lambda x, *_: 1.5 + x],
+    T.add: [lambda x, y, *_: x.add(y, alpha=2)], torch.add: [lambda x, y, *_: torch.add(x, y[0])],
+    T.__sub__: [lambda x, y, *_: x - y], T.sub: [lambda x, y, *_: x.sub(y)], torch.sub: [lambda x, y, *_: torch.sub(x, 0.5)],
+    T.__rsub__: [lambda x, *_: 3 - x], T.neg: [lambda x, *_: x.neg(), lambda x, *_: -x], torch.neg: [lambda x, *_: torch.neg(x)],
+    T.__mul__: [lambda x, y, *_: x * y, lambda x, *_: x * 3], T.__rmul__: [lambda x, *_: 0.5 * x],
+    T.mul: [lambda x, y, *_: x.mul(y[:, :1])], torch.mul: [lambda x, y, s, *_: torch.mul(x, s)],
+    T.__truediv__: [lambda x, *_: x / 3, lambda x, *_: x / torch.tensor([1.0, 2.0, 4.0, 1000.0])],
+    T.div: [lambda x, *_: x.div(7)], torch.div: [lambda x, *_: torch.div(x, 0.25)],
+    T.__matmul__: [lambda x, y, *_: x @ y.transpose(-1, -2), lambda x, y, *_: x[0, 0] @ y[0, 0]],
+    T.matmul: [lambda x, y, *_: x.matmul(y[0].t())], torch.matmul: [lambda x, y, *_: torch.matmul(x[0], y[0, 0])],
+    T.mm: [lambda x, y, *_: x[0].mm(y[1].t())], torch.mm: [lambda x, y, *_: torch.mm(x[1], y[0].t())],
+    F.linear: [lambda x, y, *_: F.linear(x, y[0]), lambda x, y, *_: F.linear(x[0, 0], y[1], y[0, 0, :3])],
+    F.conv2d: [lambda x, y, s, img: F.conv2d(img, KERNEL), lambda x, y, s, img: F.conv2d(img, KERNEL, torch.tensor([0.5]), padding=1, stride=2)],
+    T.sum: [lambda x, *_: x.sum(), lambda x, *_: x.sum(dim=()), lambda x, *_: x.sum(dim=[]), lambda x, *_: x.sum(-1, keepdim=True),
+            lambda x, *_: x.sum((0, -1)), lambda x, *_: x.sum(dim=(), keepdim=True), lambda x, y, s, *_: s.sum(0),
+            lambda x, y, s, *_: s.sum(), lambda x, y, s, *_: s.sum(dim=())],
+    torch.sum: [lambda x, *_: torch.sum(x, dim=[]), lambda x, *_: torch.sum(x, -2)],
+    T.mean: [lambda x, *_: x.mean(), lambda x, *_: x.mean(dim=()), lambda x, *_: x.mean(dim=[]), lambda x, *_: x.mean(-1, True),
+             lambda x, *_: x.mean((1, 2)), lambda x, y, s, *_: s.mean(), lambda x, y, s, *_: s.mean(dim=())],
+    torch.mean: [lambda x, *_: torch.mean(x, dim=(-1, 0))],
+    F.relu: [lambda x, *_: F.relu(x)], torch.relu: [lambda x, y, s, *_: torch.relu(s)], T.relu: [lambda x, *_: x.relu()],
+    T.__ge__: [lambda x, y, *_: x >= y], T.ge: [lambda x, *_: x.ge(0.5)], torch.ge: [lambda x, y, *_: torch.ge(x, y)],
+    T.__gt__: [lambda x, y, *_: x > y], T.gt: [lambda x, *_: x.gt(0)], torch.gt: [lambda x, y, *_: torch.gt(x, y)],
+    T.__le__: [lambda x, y, *_: x <= y], T.le: [lambda x, *_: x.le(1)], torch.le: [lambda x, y, *_: torch.le(x, y)],
+    T.__lt__: [lambda x, y, *_: x < y], T.lt: [lambda x, *_: x.lt(-0.5)], torch.lt: [lambda x, y, *_: torch.lt(x, y)],
+    T.argmax: [lambda x, *_: x.argmax(), lambda x, *_: x.argmax(-1), lambda x, *_: x.argmax(0, keepdim=True),
+               lambda x, *_: x.argmax(keepdim=True)],
+    torch.argmax: [lambda x, *_: torch.argmax(x, dim=1)],
+    T.amax: [lambda x, *_: x.amax(-1), lambda x, *_: x.amax(), lambda x, *_: x.amax(dim=()), lambda x, *_: x.amax(1, True)],
+    torch.amax: [lambda x, *_: torch.amax(x, (0, 1, 2))],
+    T.max: [lambda x, *_: x.max(), lambda x, *_: x.max(-1).values, lambda x, *_: x.max(0, keepdim=True).indices],
+    torch.max: [lambda x, *_: torch.max(x, 1)[0]],
+    F.max_pool2d: [lambda x, y, s, img: F.max_pool2d(img, 2), lambda x, y, s, img: F.max_pool2d(img, 2, 1)],
+    F.avg_pool2d: [lambda x, y, s, img: F.avg_pool2d(img, 2), lambda x, y, s, img: F.avg_pool2d(img, 3, 1)],
+    F.dropout: [lambda x, *_: F.dropout(x, 0.5, training=False)], torch.dropout: [lambda x, *_: torch.dropout(x, 0.5, False)],
+    F.softmax: [lambda x, *_: F.softmax(x, -1).argmax(-1)], F.log_softmax: [lambda x, *_: F.log_softmax(x, 0).argmax(0)],
+    torch.softmax: [lambda x, *_: torch.softmax(x, 1).argmax(1)], torch.log_softmax: [lambda x, *_: torch.log_softmax(x, -2).argmax(1)],
+    T.softmax: [lambda x, *_: x.softmax(-1).max(-1).indices], T.log_softmax: [lambda x, *_: x.log_softmax(2).argmax(-1, keepdim=True)],
+}
+# Metadata that has no comparable value (addresses, hashes, autograd/device flags): must run and not be shares.
+NO_VALUE = {T.data_ptr, T.__hash__, T.cuda, getattr(F, "_max_pool2d", None)}
+META_GETTERS = {f for f in OP_TABLE if getattr(f, "__name__", "") == "__get__" and f != T.T.__get__}
+
+# Out-of-range dims: torch's error type, never a wrap-around onto another (or the party) axis.
+BAD_DIMS = [
+    lambda x, *_: x.sum(3), lambda x, *_: x.sum((0, 5)), lambda x, *_: x.mean(-4), lambda x, *_: x.argmax(3),
+    lambda x, *_: x.max(-4), lambda x, *_: x.permute(0, 1, 3), lambda x, *_: x.transpose(0, 3), lambda x, y, *_: torch.cat([x, y], 3),
+    lambda x, *_: x.unsqueeze(4), lambda x, *_: x.sum((1, 1)), lambda x, y, s, *_: s.sum(1), lambda x, *_: x.t(),
+]
+
+
+def test_every_op_has_cases() -> None:
+    covered = set(CASES) | NO_VALUE | META_GETTERS
+    missing = [torch.overrides.resolve_name(f) or repr(f) for f in OP_TABLE if f not in covered]
+    assert not missing, f"ops without edge cases in this test: {missing}"
+
+
+def _flat(results):
+    return list(results) if isinstance(results, tuple) else [results]
+
+
+@pytest.mark.parametrize("func", list(CASES), ids=lambda f: torch.overrides.resolve_name(f) or repr(f))
+def test_op_matches_torch_and_keeps_the_party_axis(session, func) -> None:
+    n = session.n_parties
+    plain_args = (X, Y, SCALAR, IMG)
+    shared_args = tuple(session.share(a) for a in plain_args)
+    for i, case in enumerate(CASES[func]):
+        expected, got = case(*plain_args), case(*shared_args)
+        for e, g in zip(_flat(expected), _flat(got)):
+            if not isinstance(e, torch.Tensor):
+                assert not isinstance(g, ShareTensor) and g == e, f"case {i}: {g!r} != {e!r}"
+                continue
+            assert isinstance(g, ShareTensor), f"case {i}: a plain {type(g).__name__} came out of an op on shares"
+            assert g.shares.shape == (n,) + tuple(e.shape), f"case {i}: shares {tuple(g.shares.shape)} for torch {tuple(e.shape)}"
+            value = g.reveal()
+            assert torch.allclose(value, e.double(), atol=2e-3), f"case {i}: {value} != {e}"
+
+
+def test_metadata_without_a_value_runs_on_shares(session) -> None:
+    x = session.share(X)
+    for f in META_GETTERS | {T.data_ptr, T.__hash__}:
+        assert not isinstance(f(x), ShareTensor)
+
+
+@pytest.mark.parametrize("case", range(len(BAD_DIMS)))
+def test_out_of_range_dims_raise_like_torch(session, case) -> None:
+    fn = BAD_DIMS[case]
+    plain_args = (X, Y, SCALAR, IMG)
+    with pytest.raises((IndexError, RuntimeError)) as plain_err:
+        fn(*plain_args)
+    shared_args = tuple(session.share(a) for a in plain_args)
+    n_records = len(session.comm.records)
+    with pytest.raises(plain_err.type):
+        fn(*shared_args)
+    assert len(session.comm.records) == n_records  # refused before anything was opened
+
+
+def test_no_reduction_reaches_the_party_axis(session) -> None:
+    """The reported leak: each of these summed the parties' shares into the plaintext."""
+    x = session.share(X)
+    for r in (x.sum(dim=()), x.sum(dim=[]), x.mean(dim=()), torch.sum(x, dim=[]), session.share(SCALAR).sum(dim=())):
+        assert r.shares.shape[0] == session.n_parties
+    with pytest.raises(UnsupportedOpError):
+        x.sum(dtype=torch.int64)

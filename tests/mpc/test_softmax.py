@@ -1,0 +1,67 @@
+"""A softmax/log_softmax skipped on shares is bound to its dim (issue 8.3).
+
+Before: the skip ignored ``dim``, so ``argmax(softmax(x, dim=0), dim=1)`` returned the logits' argmax (wrong), and
+``softmax(x, 1).max(1).values`` returned (and revealed) the logits' maximum. Now only an argmax over the softmax's
+own dim (or the indices of a max over it) may use it; everything else is refused before anything is opened.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lightning_smpc.mpc import RevealNotAllowedError, UnsupportedOpError
+
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
+
+# argmax over dim 1 of softmax over dim 0 differs from argmax over dim 1 of the logits here
+X = torch.tensor([[5.0, 0.0, 1.0], [6.0, 3.0, -1.0]])
+
+
+@pytest.mark.parametrize("fn", [
+    lambda x: F.softmax(x, dim=1).argmax(1), lambda x: F.log_softmax(x, -1).argmax(-1, keepdim=True),
+    lambda x: torch.softmax(x, 0).argmax(0), lambda x: x.softmax(1).max(1).indices, lambda x: torch.max(x.softmax(-1), 1)[1],
+    lambda x: F.softmax(x, 1).contiguous().detach().argmax(dim=1), lambda x: F.softmax(F.softmax(x, 1), 1).argmax(1),
+    lambda x: F.softmax(x[:1], 1).argmax(),  # flattened argmax: fine, every other dim has size 1
+])
+def test_argmax_over_the_softmax_dim_equals_plaintext(session, fn) -> None:
+    assert torch.equal(fn(session.share(X)).reveal(), fn(X).double())
+
+
+@pytest.mark.parametrize("fn", [
+    lambda x: F.softmax(x, dim=0).argmax(1), lambda x: F.softmax(x, 0).argmax(-1), lambda x: F.log_softmax(x, 1).argmax(0),
+    lambda x: F.softmax(x, 1).argmax(), lambda x: F.softmax(x, 1).max(0), lambda x: F.softmax(F.softmax(x, 0), 1),
+    lambda x: F.softmax(x, 1).reshape(3, 2).argmax(1), lambda x: F.softmax(x, 1).t().argmax(0),
+    lambda x: F.softmax(x, 1)[0].argmax(), lambda x: F.softmax(x, 1) * 2,
+])
+def test_anything_else_is_refused_before_opening(session, fn) -> None:
+    x = session.share(X)
+    n_records = len(session.comm.records)
+    with pytest.raises(UnsupportedOpError, match="softmax"):
+        fn(x)
+    assert len(session.comm.records) == n_records
+
+
+@pytest.mark.parametrize("fn", [
+    lambda x: torch.softmax(x, 1).max(1).values * 2, lambda x: torch.softmax(x, 1).max(1).values.argmax(0),
+    lambda x: F.softmax(x, 1).amax(1) + 1,
+])
+def test_using_the_max_values_of_a_skipped_softmax_is_refused(session, fn) -> None:
+    with pytest.raises(UnsupportedOpError, match="softmax"):
+        fn(session.share(X))
+
+
+@pytest.mark.parametrize("fn", [lambda x: F.softmax(x, 1).max(1).values, lambda x: F.softmax(x, 1).amax(1), lambda x: F.softmax(x[:1], -1).max()])
+def test_max_values_of_a_skipped_softmax_are_never_revealed(session, fn) -> None:
+    values = fn(session.share(X))  # computing the max is fine (its indices are valid) ...
+    with pytest.raises(RevealNotAllowedError):  # ... but the values are the logits' maximum, not a probability
+        values.reveal()
+
+
+def test_softmax_without_dim_uses_torchs_legacy_choice(session) -> None:
+    x3 = torch.tensor([[[1.0, 2.0], [3.0, -1.0]], [[0.5, 4.0], [2.0, 2.5]]])  # 3-D: torch picks dim 0
+    with pytest.warns(UserWarning):
+        expected = F.softmax(x3).argmax(0)
+    with pytest.warns(UserWarning):
+        got = F.softmax(session.share(x3)).argmax(0).reveal()
+    assert torch.equal(got, expected.double())
