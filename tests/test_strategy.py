@@ -235,12 +235,19 @@ def test_metrics_mode_returns_shares_and_reveals_only_accuracy(mnist, labels_run
 
 @needs_data
 def test_metrics_mode_communicator_audit(metrics_run) -> None:
-    _, _, records, ledger = metrics_run
-    reveals = [r for r in records if r.kind == "reveal"]
-    assert len(reveals) == 1
-    assert reveals[0].shapes == ((),) and reveals[0].to == ("model owner",)
+    from lightning_smpc.mpc import COSTS
+
+    strategy, _, records, ledger = metrics_run
+    # the communicator revealed exactly what the ledger lists: the accuracy (a scalar) to the model owner
     assert ledger == ["accuracy (scalar) to model owner"]
-    assert all(r.kind in ("masked", "reveal") for r in records)
+    assert [(r.tag, r.shapes, r.to) for r in records if r.kind == "reveal"] == [("reveal", ((),), ("model owner",))]
+    # every other record is an opening among the compute parties by a protocol with a declared cost: no one
+    # outside (client, model owner) received anything else, and no traffic escapes the cost accounting
+    masked = [r for r in records if r.kind != "reveal"]
+    assert {r.to for r in masked} == {strategy.parties}
+    tags = {r.tag for r in masked}
+    assert tags <= set(COSTS) - {"reveal"}, tags - set(COSTS)
+    assert {"share", "beaver_linear", "relu", "argmax"} <= tags  # the MLP's protocols (linear -> relu -> linear)
 
 
 @needs_data

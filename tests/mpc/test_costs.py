@@ -1,26 +1,41 @@
 """Measured online traffic equals the declared ``COSTS`` (rounds, and bytes sent by each compute party).
 
-Measured with ``s.comm.snapshot()`` deltas around one call. Numbers at the shapes used here (default
-``precision_bits=16``, ``compare_bits=32``, so the carry tree has L = 2 levels); bytes are sent by EACH compute
-party (the 3-party numbers are twice the 2-party ones: every opening goes to n - 1 = 2 others):
+One test, parametrized over EVERY entry of :data:`lightning_smpc.mpc.COSTS` and over 2 and 3 parties: each
+declared protocol needs a measured scenario in :data:`SCENARIOS` (a newly declared protocol without one fails
+here). A scenario runs the protocol through its real entry points (torch ops on ``ShareTensor`` where there is
+one) and, for each call, compares the traffic measured by the communicator (``s.comm.snapshot()`` deltas: only
+the protocol's tag moved, its rounds, and the bytes every compute party sent) with the declaration evaluated at
+that call's sizes. Where the module table below gives a hand-computed number, the declaration is also pinned to
+it (``literal``), so that a declaration and an implementation cannot drift together unnoticed.
+
+Numbers at the shapes used here (default ``precision_bits=16``, ``compare_bits=32``, so the carry tree has
+L = 2 levels); bytes are sent by EACH compute party (the 3-party numbers are twice the 2-party ones: every
+opening goes to n - 1 = 2 others):
 
 =====================================================  ======  =============  =============
 protocol (shape)                                       rounds  bytes 2 pc     bytes 3 pc
 =====================================================  ======  =============  =============
-matmul, fresh operands [16,64] @ [64,10]               1       13 312         26 624        (8 B x (1024 + 640))
-matmul, both operands client inputs (masks cached)     0       0              0
+matmul/linear, fresh operands [16,64] x [64,10]        1       13 312         26 624        (8 B x (1024 + 640))
+matmul/linear, both operands' masks already opened     0       0              0
+mul, fresh [5,7] * [5,7]                               1       560            1 120
+conv2d, fresh [2,3,6,6] * [4,3,3,3]                    1       2 592          5 184         (8 B x (216 + 108))
 ReLU, 1024 elements                                    4       9 344          18 688        (73 bits/element)
 compare_bit, 1024 elements                             4       9 344          18 688
 argmax over 10 classes, 16 rows                        5       2 170          4 340
 truncation, 1024 elements                              1       8 192          16 384
+share, 32 elements (outside owner)                     1       0              0             (owner: n x 256)
+reveal, 32 elements, to one other receiver             1       256            256
 =====================================================  ======  =============  =============
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import pytest
 import torch
+import torch.nn.functional as F
 
-from lightning_smpc.mpc import COSTS
+from lightning_smpc.mpc import COSTS, ops
 from lightning_smpc.mpc.protocols import compare_bit, truncate
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
@@ -44,154 +59,174 @@ def measure(s, fn):
     return out, r1 - r0, delta
 
 
-def check(s, delta, total_rounds, tag, rounds, bytes_sent):
-    """Only ``tag`` moved; it took ``rounds`` rounds and every compute party sent ``bytes_sent``."""
+def check(s, delta, total_rounds, tag, rounds, bytes_sent: dict):
+    """Only ``tag`` moved; it took ``rounds`` rounds and compute party ``p`` sent ``bytes_sent[p]``."""
     assert set(delta) == ({tag} if rounds else set()), delta
     if not rounds:
         assert total_rounds == 0
+        assert all(b == 0 for b in bytes_sent.values()), f"declared bytes {bytes_sent} for a call of 0 rounds"
         return
     got_rounds, sent, prounds = delta[tag]
-    assert total_rounds == got_rounds == rounds
+    assert total_rounds == got_rounds == rounds, (total_rounds, got_rounds, rounds)
     for p in s.parties:
-        assert sent[p] == bytes_sent, (p, sent[p], bytes_sent)
-        assert prounds[p] == rounds
+        assert sent.get(p, 0) == bytes_sent[p], (p, sent.get(p, 0), bytes_sent[p])
+        assert prounds[p] == rounds, (p, prounds[p], rounds)
 
 
-@N_PARTIES
-def test_matmul_fresh_operands(make_session, n):
-    s = make_session(n, seed=1)
-    x, w = s.share(torch.randn(16, 64)) * 1, s.share(torch.randn(64, 10)) * 1  # results of ops: no cached mask
-    assert x.mask is None and w.mask is None
-    _, total, delta = measure(s, lambda: x @ w)
-    c = COSTS["beaver_matmul"]
-    sizes = dict(shape_x=(16, 64), shape_y=(64, 10))
-    check(s, delta, total, "beaver_matmul", c.rounds(n, **sizes), c.bytes_sent(n, **sizes))
-    assert c.rounds(n, **sizes) == 1 and c.bytes_sent(n, **sizes) == (n - 1) * 13_312
-    # the same operands again: the opened masks are cached, nothing is sent
-    _, total, delta = measure(s, lambda: x @ w)
-    assert c.rounds(n, fresh_x=False, fresh_y=False, **sizes) == 0
-    check(s, delta, total, "beaver_matmul", 0, 0)
+# ---------------------------------------------------------------------------------------------- scenarios
+# ``scenario(make, n, expect)``: ``make(**session_kwargs)`` gives a fresh n-party session; ``expect(s, fn,
+# literal=None, per_party=None, **sizes)`` runs ``fn`` once, checks the traffic against the declaration at
+# ``sizes`` (``per_party(p)`` may override sizes per compute party, e.g. reveal's receivers), and pins the
+# declaration to ``literal = (rounds, bytes)`` when given: ``bytes`` is what every compute party sends, or
+# ``{party: bytes}``, at this n (hand-computed, see the table above). It returns (result, delta) for extra checks.
 
 
-@N_PARTIES
-def test_matmul_one_fresh_operand(make_session, n):
-    s = make_session(n, seed=2)
-    x, w = s.share(torch.randn(8, 32)), s.share(torch.randn(32, 4)) + 0.0  # x: client input, w: fresh
-    c = COSTS["beaver_matmul"]
-    sizes = dict(shape_x=(8, 32), shape_y=(32, 4), fresh_x=False, fresh_y=True)
-    _, total, delta = measure(s, lambda: x @ w)
-    check(s, delta, total, "beaver_matmul", c.rounds(n, **sizes), c.bytes_sent(n, **sizes))
-    assert c.bytes_sent(n, **sizes) == (n - 1) * 8 * 32 * 4
+def _beaver_bilinear(op: str):
+    def scenario(make, n, expect):
+        s = make(seed=1)
+        apply = {"matmul": lambda a, b: a @ b, "linear": F.linear}[op]
+        right = (64, 10) if op == "matmul" else (10, 64)  # linear takes the weight as [out, in]
+        x, w = s.share(torch.randn(16, 64)) * 1, s.share(torch.randn(*right)) * 1  # results of ops: no opened mask
+        assert x.mask is None and w.mask is None
+        sizes = dict(shape_x=(16, 64), shape_y=right)
+        expect(s, lambda: apply(x, w), literal=(1, (n - 1) * 13_312), **sizes)
+        # the same operands again: their opened masks are cached on them, nothing is sent
+        expect(s, lambda: apply(x, w), literal=(0, 0), fresh_x=False, fresh_y=False, **sizes)
+        # a client input (masked when shared) times a fresh operand: only the fresh one is opened
+        xi, wf = s.share(torch.randn(8, 32)), s.share(torch.randn(*((32, 4) if op == "matmul" else (4, 32)))) + 0.0
+        expect(s, lambda: apply(xi, wf), literal=(1, (n - 1) * 8 * 32 * 4), shape_x=(8, 32), shape_y=tuple(wf.shape),
+               fresh_x=False, fresh_y=True)
+        # two client inputs: both masks were opened by the sharing, 0 rounds
+        xi2, wi = s.share(torch.randn(16, 64)), s.share(torch.randn(*right))
+        expect(s, lambda: apply(xi2, wi), literal=(0, 0), fresh_x=False, fresh_y=False, **sizes)
+
+    return scenario
 
 
-@N_PARTIES
-def test_elementwise_mul_and_conv(make_session, n):
-    s = make_session(n, seed=3)
+def _beaver_mul(make, n, expect):
+    s = make(seed=3)
     a, b = s.share(torch.randn(5, 7)) * 1, s.share(torch.randn(5, 7)) * 1
-    c = COSTS["beaver_mul"]
-    sizes = dict(shape_x=(5, 7), shape_y=(5, 7))
-    _, total, delta = measure(s, lambda: a * b)
-    check(s, delta, total, "beaver_mul", c.rounds(n, **sizes), c.bytes_sent(n, **sizes))
+    expect(s, lambda: a * b, literal=(1, (n - 1) * 560), shape_x=(5, 7), shape_y=(5, 7))
+    expect(s, lambda: a * b, literal=(0, 0), shape_x=(5, 7), shape_y=(5, 7), fresh_x=False, fresh_y=False)
+    # broadcasting: each operand is opened at its own shape
+    c, d = s.share(torch.randn(6, 9)) * 1, s.share(torch.randn(9)) * 1
+    expect(s, lambda: c * d, literal=(1, (n - 1) * 8 * (54 + 9)), shape_x=(6, 9), shape_y=(9,))
+
+
+def _beaver_conv2d(make, n, expect):
+    s = make(seed=3)
     x, k = s.share(torch.randn(2, 3, 6, 6)) * 1, s.share(torch.randn(4, 3, 3, 3)) * 1
-    c = COSTS["beaver_conv2d"]
     sizes = dict(shape_x=(2, 3, 6, 6), shape_y=(4, 3, 3, 3))
-    _, total, delta = measure(s, lambda: torch.nn.functional.conv2d(x, k))
-    check(s, delta, total, "beaver_conv2d", c.rounds(n, **sizes), c.bytes_sent(n, **sizes))
+    expect(s, lambda: F.conv2d(x, k), literal=(1, (n - 1) * 2_592), **sizes)
+    expect(s, lambda: F.conv2d(x, k, padding=1), literal=(0, 0), fresh_x=False, fresh_y=False, **sizes)
 
 
-@N_PARTIES
-@pytest.mark.parametrize("fused", [False, True], ids=["fresh", "fused-trunc"])
-def test_relu(make_session, n, fused):
-    s = make_session(n, seed=4)
-    h = s.share(torch.randn(16, 64))
-    if fused:
-        h = h * 0.5  # 2f fractional bits: the truncation is fused into the ReLU's first opening
-        assert h.frac_bits == 32
-    c = COSTS["relu"]
-    _, total, delta = measure(s, lambda: h.relu())
-    check(s, delta, total, "relu", c.rounds(n, numel=1024), c.bytes_sent(n, numel=1024))
-    assert c.rounds(n, numel=1024) == 4 and c.bytes_sent(n, numel=1024) == (n - 1) * 9_344
-    assert total <= 4
-
-
-@N_PARTIES
-@pytest.mark.parametrize("cb,levels", [(16, 1), (24, 2), (40, 3), (48, 3)])
-def test_relu_rounds_grow_with_log_of_range(make_session, n, cb, levels):
-    s = make_session(n, seed=cb, compare_bits=cb, precision_bits=8)
-    h = s.share(torch.randn(3, 5))
-    c = COSTS["relu"]
-    _, total, delta = measure(s, lambda: h.relu())
-    assert c.rounds(n, numel=15, j=cb) == 2 + levels
-    check(s, delta, total, "relu", c.rounds(n, numel=15, j=cb), c.bytes_sent(n, numel=15, j=cb))
-
-
-@N_PARTIES
-def test_compare_bit(make_session, n):
-    s = make_session(n, seed=5)
-    h = s.share(torch.randn(16, 64))
-    c = COSTS["compare_bit"]
-    _, total, delta = measure(s, lambda: compare_bit(s, h.shares))
-    check(s, delta, total, "compare_bit", c.rounds(n, numel=1024), c.bytes_sent(n, numel=1024))
-    assert c.rounds(n, numel=1024) == 4 and c.bytes_sent(n, numel=1024) == (n - 1) * 9_344
-    # the operators use the same protocol
-    _, total, delta = measure(s, lambda: h >= 0.25)
-    check(s, delta, total, "compare_bit", c.rounds(n, numel=1024), c.bytes_sent(n, numel=1024))
-
-
-@N_PARTIES
-@pytest.mark.parametrize("n_cls", [2, 3, 10, 17])
-def test_argmax(make_session, n, n_cls):
-    s = make_session(n, seed=6)
-    logits = s.share(torch.randn(16, n_cls))
-    c = COSTS["argmax"]
-    sizes = dict(numel=16 * n_cls, n_cls=n_cls)
-    _, total, delta = measure(s, lambda: logits.argmax(-1))
-    check(s, delta, total, "argmax", c.rounds(n, **sizes), c.bytes_sent(n, **sizes))
-    assert c.rounds(n, **sizes) == 5  # constant in the number of classes
-    if n_cls == 10:
-        assert c.bytes_sent(n, **sizes) == (n - 1) * 2_170
-        assert total <= 10
-
-
-@N_PARTIES
-def test_argmax_fused_with_truncation(make_session, n):
-    s = make_session(n, seed=7)
-    x, w = s.share(torch.randn(16, 20)), s.share(torch.randn(20, 10))
-    logits = x @ w  # client inputs: 0 rounds; 2f fractional bits
-    c = COSTS["argmax"]
-    _, total, delta = measure(s, lambda: logits.argmax(-1))
-    check(s, delta, total, "argmax", c.rounds(n, numel=160, n_cls=10), c.bytes_sent(n, numel=160, n_cls=10))
-
-
-@N_PARTIES
-def test_truncation(make_session, n):
-    s = make_session(n, seed=8)
-    p = s.share(torch.randn(16, 64)) * 0.5
-    c = COSTS["trunc"]
-    _, total, delta = measure(s, lambda: truncate(s, p.shares, 16))
-    check(s, delta, total, "trunc", c.rounds(n, numel=1024), c.bytes_sent(n, numel=1024))
-    assert c.rounds(n, numel=1024) == 1 and c.bytes_sent(n, numel=1024) == (n - 1) * 8_192
-    # a product followed by another product truncates first (one "trunc" round, then the Beaver opening)
-    q = s.share(torch.randn(16, 64))
-    _, total, delta = measure(s, lambda: p * q)
-    assert delta["trunc"][0] == 1 and delta["beaver_mul"][0] == 1 and total == 2
-
-
-@N_PARTIES
-def test_share_and_reveal(make_session, n):
-    s = make_session(n, seed=9)
-    c = COSTS["share"]
-    X, total, delta = measure(s, lambda: s.share(torch.randn(4, 8)))
-    assert total == c.rounds(n, numel=32) == 1 and set(delta) == {"share"}
+def _share(make, n, expect):
+    s = make(seed=9)
+    _, delta = expect(s, lambda: s.share(torch.randn(4, 8)), literal=(1, 0), numel=32)
     _, sent, _ = delta["share"]
     assert sent["client"] == n * 8 * 32  # the input owner sends one masked copy to each party
-    assert all(sent.get(p, 0) == c.bytes_sent(n, numel=32) == 0 for p in s.parties)
-    c = COSTS["reveal"]
-    _, total, delta = measure(s, lambda: X.reveal(to="alice"))
-    _, sent, _ = delta["reveal"]
-    assert total == c.rounds(n, numel=32) == 1
-    assert sent["alice"] == 0
-    assert all(sent[p] == c.bytes_sent(n, numel=32, receivers=1) for p in s.parties[1:])
-    _, total, delta = measure(s, lambda: X.reveal())
-    _, sent, _ = delta["reveal"]
-    assert all(sent[p] == c.bytes_sent(n, numel=32, receivers=n - 1) for p in s.parties)
+
+
+def _reveal(make, n, expect):
+    s = make(seed=9)
+    X = s.share(torch.randn(4, 8))
+    # to one party: it sends nothing, every other party sends its share to it
+    expect(s, lambda: X.reveal(to="alice"), literal=(1, {p: 0 if p == "alice" else 256 for p in s.parties}),
+           numel=32, per_party=lambda p: dict(receivers=0 if p == "alice" else 1))
+    # to all parties: each sends to the n - 1 others
+    expect(s, lambda: X.reveal(), literal=(1, (n - 1) * 256), numel=32, receivers=n - 1)
+    # to an outside receiver only: every party sends to it
+    expect(s, lambda: s.reveal(X, to=(), outside="client"), literal=(1, 256), numel=32, receivers=1)
+
+
+def _trunc(make, n, expect):
+    s = make(seed=8)
+    p = s.share(torch.randn(16, 64)) * 0.5
+    assert p.frac_bits == 32
+    expect(s, lambda: truncate(s, p.shares, 16), literal=(1, (n - 1) * 8_192), numel=1024)
+    # the lazy path: a pending product brought to precision_bits (as before a product or a reveal)
+    out, _ = expect(s, lambda: ops.to_precision(p), literal=(1, (n - 1) * 8_192), numel=1024)
+    assert out.frac_bits == 16
+
+
+def _compare_bit(make, n, expect):
+    s = make(seed=5)
+    h = s.share(torch.randn(16, 64))
+    expect(s, lambda: compare_bit(s, h.shares), literal=(4, (n - 1) * 9_344), numel=1024)
+    # the operators use the same protocol, also with the truncation of a product fused into the opening
+    expect(s, lambda: h >= 0.25, literal=(4, (n - 1) * 9_344), numel=1024)
+    expect(s, lambda: (h * 0.5) < 0.1, literal=(4, (n - 1) * 9_344), numel=1024)
+
+
+def _relu(make, n, expect):
+    s = make(seed=4)
+    h = s.share(torch.randn(16, 64))
+    expect(s, lambda: h.relu(), literal=(4, (n - 1) * 9_344), numel=1024)
+    p = h * 0.5  # 2f fractional bits: the truncation is fused into the ReLU's first opening (no extra round)
+    assert p.frac_bits == 32
+    expect(s, lambda: p.relu(), literal=(4, (n - 1) * 9_344), numel=1024)
+    # rounds grow with log2 of the comparison range (one carry-tree level per doubling of the digits)
+    for cb, levels in [(16, 1), (24, 2), (40, 3), (48, 3)]:
+        s = make(seed=cb, compare_bits=cb, precision_bits=8)
+        h = s.share(torch.randn(3, 5))
+        _, delta = expect(s, lambda: h.relu(), numel=15, j=cb)
+        assert delta["relu"][0] == 2 + levels
+
+
+def _argmax(make, n, expect):
+    s = make(seed=6)
+    for n_cls in (2, 3, 10, 17):
+        logits = s.share(torch.randn(16, n_cls))
+        literal = (5, (n - 1) * 2_170) if n_cls == 10 else None
+        _, delta = expect(s, lambda: logits.argmax(-1), literal=literal, numel=16 * n_cls, n_cls=n_cls)
+        assert delta["argmax"][0] == 5  # constant in the number of classes
+    x, w = s.share(torch.randn(16, 20)), s.share(torch.randn(20, 10))
+    logits = x @ w  # client inputs: 0 rounds; 2f fractional bits, truncation fused into the argmax opening
+    expect(s, lambda: logits.argmax(-1), literal=(5, (n - 1) * 2_170), numel=160, n_cls=10)
+
+
+SCENARIOS: dict[str, Callable] = {
+    "beaver_mul": _beaver_mul,
+    "beaver_matmul": _beaver_bilinear("matmul"),
+    "beaver_linear": _beaver_bilinear("linear"),
+    "beaver_conv2d": _beaver_conv2d,
+    "share": _share,
+    "reveal": _reveal,
+    "trunc": _trunc,
+    "compare_bit": _compare_bit,
+    "relu": _relu,
+    "argmax": _argmax,
+}
+
+
+# ---------------------------------------------------------------------------------------------- the test
+@N_PARTIES
+@pytest.mark.parametrize("name", sorted(COSTS))
+def test_declared_cost_matches_measured(make_session, n, name):
+    assert name in SCENARIOS, (
+        f"protocol {name!r} declares a cost in COSTS but has no measured scenario: add one to SCENARIOS in "
+        "tests/mpc/test_costs.py"
+    )
+    cost = COSTS[name]
+    calls = []
+
+    def expect(s, fn, literal=None, per_party=None, **sizes):
+        declared_rounds = cost.rounds(n, **sizes)
+        declared = {p: cost.bytes_sent(n, **{**sizes, **(per_party(p) if per_party else {})}) for p in s.parties}
+        if literal is not None:
+            rounds, nbytes = literal
+            nbytes = nbytes if isinstance(nbytes, dict) else {p: nbytes for p in s.parties}
+            assert (declared_rounds, declared) == (rounds, nbytes), f"{name}: declaration at {sizes} vs hand-computed"
+        out, total, delta = measure(s, fn)
+        check(s, delta, total, name, declared_rounds, declared)
+        calls.append(total)
+        return out, delta
+
+    SCENARIOS[name](lambda **kw: make_session(n, **kw), n, expect)
+    assert any(calls), f"the scenario of {name} never measured a call that sends anything"
+
+
+def test_every_scenario_is_a_declared_protocol():
+    """A scenario for a protocol that no longer declares a cost is stale (its checks would never run)."""
+    assert sorted(set(SCENARIOS) - set(COSTS)) == []

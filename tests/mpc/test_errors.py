@@ -62,32 +62,42 @@ def test_bad_public_operands(session):
 # ---------------------------------------------------------------------------------------------- shapes
 def test_shape_mismatch(session):
     X, W = session.share(torch.ones(4, 5)), session.share(torch.ones(4, 3))
-    with pytest.raises(ShapeMismatchError, match=r"\(4, 5\) @ \(4, 3\)"):
+    # results of ops carry no opened mask: a Beaver product of them would open both before computing
+    Xf, Wf, v, L = X * 1, W * 1, session.share(torch.ones(3)) * 1, session.share(torch.ones(2, 3)) * 1
+    rounds, n_records = session.comm.rounds, len(session.comm.records)
+    with pytest.raises(ShapeMismatchError, match=r"Expected matching inner dims for matmul, but got \(4, 5\) @ \(4, 3\)"):
         X @ W
-    with pytest.raises(ShapeMismatchError):
+    with pytest.raises(ShapeMismatchError, match=r"\(4, 5\) @ \(4, 3\)"):
+        Xf @ Wf
+    with pytest.raises(ShapeMismatchError, match=r"\(4, 5\) @ \(4, 3\)"):
         X @ torch.ones(4, 3)
-    with pytest.raises(ShapeMismatchError):
-        torch.matmul(X, W)
-    with pytest.raises(ShapeMismatchError):
-        X * session.share(torch.ones(3))
-    with pytest.raises(ShapeMismatchError, match="input features 3"):
-        F.linear(X, session.share(torch.ones(2, 3)))
-    assert isinstance(ShapeMismatchError("x"), ValueError)
+    with pytest.raises(ShapeMismatchError, match=r"\(4, 5\) @ \(4, 3\)"):
+        torch.matmul(Xf, Wf)
+    with pytest.raises(ShapeMismatchError, match=r"\(4, 5\) and \(3,\)"):
+        Xf * v
+    with pytest.raises(ShapeMismatchError, match=r"Expected input features 3 for linear, but got shape \(4, 5\)"):
+        F.linear(Xf, L)
+    # refused by the op before any protocol ran: nothing was opened, no dealer material was used
+    assert session.comm.rounds == rounds and len(session.comm.records) == n_records
 
 
 # ---------------------------------------------------------------------------------------------- sessions
 def test_mixing_sessions(make_session):
     s1, s2 = make_session(2, seed=1), make_session(2, seed=2)
-    a, b = s1.share(torch.ones(2, 2)), s2.share(torch.ones(2, 2))
+    # results of ops (no opened mask): a product would open them in ONE session's communicator if not refused
+    a, b = s1.share(torch.ones(2, 2)) * 1, s2.share(torch.ones(2, 2)) * 1
+    before = [(s.comm.rounds, len(s.comm.records)) for s in (s1, s2)]
     for fn in (lambda: a + b, lambda: a - b, lambda: a * b, lambda: a @ b, lambda: torch.cat([a, b]),
-               lambda: a >= b, lambda: F.linear(a, b)):
-        with pytest.raises(SessionMismatchError, match="2 different sessions"):
+               lambda: a >= b, lambda: F.linear(a, b), lambda: b * a):
+        with pytest.raises(SessionMismatchError, match="2 different sessions. Share every input with one Session"):
             fn()
-    with pytest.raises(SessionMismatchError):
+    with pytest.raises(SessionMismatchError, match="of this session"):
         s2.reveal(a)
-    with pytest.raises(SessionMismatchError):
-        s1.share(a)  # already shared
-    assert isinstance(SessionMismatchError("x"), ValueError)
+    with pytest.raises(SessionMismatchError, match="already shared"):
+        s1.share(a)
+    # refused before anything was opened, revealed or shared, in either session
+    assert [(s.comm.rounds, len(s.comm.records)) for s in (s1, s2)] == before
+    assert s1.ledger == [] and s2.ledger == []
 
 
 # ---------------------------------------------------------------------------------------------- ops

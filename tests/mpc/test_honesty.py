@@ -2,8 +2,10 @@
 
 (a) a party's shares of a secret look uniform; (b) each party's recorded view of a whole inference
 (share -> linear -> relu -> linear -> argmax) has the same distribution for two very different secret inputs;
-(c) only the final argmax is ever revealed, every other opening is masked; (d) cheating protocols are caught:
-a local ``reconstruct`` raises ProtocolViolation, and an unmasked opening is flagged by the view check of (b).
+(c) only the final argmax is ever revealed (the communicator's reveal records are exactly the session's ledger),
+and every other value a party learns looks uniform on its own (bit frequencies, top-byte chi-square); (d) cheating
+protocols are caught: a local ``reconstruct`` raises ProtocolViolation, and an unmasked or weakly masked opening is
+flagged by both the view comparison of (b) and the uniformity check of (c).
 
 All randomness is seeded (inputs: torch generators; shares and dealer material: the seeded test PRG), so the
 statistical checks are deterministic; their thresholds are generous (5-6 sigma), so they are not flaky either.
@@ -68,6 +70,55 @@ def view_differences(view_a, view_b, exclude=("reveal",)) -> list[tuple[str, int
         z = torch.where(se > 0, (p1 - p2).abs() / se.clamp_min(1e-300), torch.where(p1 == p2, 0.0, math.inf))
         for bit in torch.nonzero(z > Z_FLAG).flatten().tolist():
             flagged.append((tag, i, bit, float(z[bit])))
+    return flagged
+
+
+def view_layout(s, party: str) -> list[tuple[str, str, tuple]]:
+    """(tag, record kind, shape) of each value ``party`` learned, in order, as the communicator recorded it."""
+    return [(r.tag, r.kind, shape) for r in s.comm.records if party in r.to for shape in r.shapes]
+
+
+def split_view(s, party: str) -> tuple[list, list]:
+    """``party``'s view split into (masked openings, reveals), after checking it matches the records."""
+    view, layout = s.comm.views[party], view_layout(s, party)
+    assert [(t, tuple(v.shape)) for t, v in view] == [(t, shape) for t, _, shape in layout]
+    masked = [(t, v) for (t, v), (_, kind, _) in zip(view, layout) if kind == "masked"]
+    revealed = [(t, v) for (t, v), (_, kind, _) in zip(view, layout) if kind == "reveal"]
+    return masked, revealed
+
+
+def _chi2_z(counts: torch.Tensor) -> float:
+    """Wilson-Hilferty z-score of the chi-square statistic of ``counts`` against the uniform distribution."""
+    k = counts.numel() - 1
+    expected = counts.sum().item() / counts.numel()
+    x = float(((counts.double() - expected) ** 2 / expected).sum())
+    return ((x / k) ** (1 / 3) - (1 - 2 / (9 * k))) / math.sqrt(2 / (9 * k))
+
+
+def non_uniform_openings(values: list[tuple[str, torch.Tensor]]) -> list[tuple[str, int, str, float]]:
+    """Masked openings that do not look uniform on their own: ``(tag, index, test, z)`` with z > Z_FLAG.
+
+    An opening of ``w`` bits (64 for an arithmetic one, which then has negative words; otherwise the width of
+    its largest value: 1 for a XOR-shared bit, log2(M) for argmax's count) must have each of its w bits set with
+    frequency 1/2, and its top min(8, w) bits must be uniform over their 2^min(8, w) values (chi-square, when
+    every value is expected at least 5 times). A hidden activation opened without its mask fails: its high
+    bits are copies of the sign bit (top byte 0x00 or 0xFF), or one bit is constant (``z + 2^62``).
+    """
+    flagged = []
+    for i, (tag, v) in enumerate(values):
+        flat = v.reshape(-1).to(torch.int64)
+        n = flat.numel()
+        width = 64 if bool((flat < 0).any()) else max(1, int(flat.max()).bit_length())
+        ones = ((flat.unsqueeze(1) >> torch.arange(width)) & 1).sum(0).double()
+        z_bits = ((ones - n / 2).abs() / (math.sqrt(n) / 2)).max().item()
+        if z_bits > Z_FLAG:
+            flagged.append((tag, i, "bits", z_bits))
+        top = min(8, width)
+        if n >= 5 * (1 << top):
+            counts = torch.bincount((flat >> (width - top)) & ((1 << top) - 1), minlength=1 << top)
+            z_top = _chi2_z(counts)
+            if z_top > Z_FLAG:
+                flagged.append((tag, i, "top bits", z_top))
     return flagged
 
 
@@ -141,15 +192,19 @@ def test_views_do_not_depend_on_the_input(make_session, n):
 @N_PARTIES
 def test_only_the_final_argmax_is_revealed(make_session, n):
     s = inference(make_session, n, X_WILD, 7, reveal=True)
-    reveals = [r for r in s.comm.records if r.kind == "reveal"]
-    assert len(reveals) == 1
-    assert reveals[0].to == ("alice",) and reveals[0].shapes == ((128,),)
-    assert all(r.kind == "masked" for r in s.comm.records if r is not reveals[0])
-    assert len(s.comm.records) > 10
     assert [(r.name, r.shape, r.to) for r in s.ledger] == [("value", (128,), ("alice",))]
-    # the revealed value is in alice's view only
-    assert any(tag == "reveal" for tag, _ in s.comm.views["alice"])
-    assert not any(tag == "reveal" for p in s.parties[1:] for tag, _ in s.comm.views[p])
+    # every reveal the communicator performed is a ledgered one (same shape and receivers), and nothing else
+    reveals = [(r.tag, r.shapes, r.to) for r in s.comm.records if r.kind == "reveal"]
+    assert reveals == [("reveal", (r.shape,), r.to) for r in s.ledger]
+    # the other openings come from the protocols of this computation, and nothing else
+    assert {r.tag for r in s.comm.records if r.kind == "masked"} == {"share", "beaver_linear", "relu", "argmax"}
+    for party in s.parties:
+        masked, revealed = split_view(s, party)
+        assert len(masked) > 10  # share, Beaver, relu (opening, 2 AND levels, daBit), argmax, ...
+        # every value a party learned other than the ledgered reveal is uniformly masked
+        assert non_uniform_openings(masked) == [], party
+        # the revealed argmax is in alice's view only
+        assert [(t, tuple(v.shape)) for t, v in revealed] == ([("reveal", (128,))] if party == "alice" else [])
 
 
 # ---------------------------------------------------------------------------------------------- (d)
@@ -183,8 +238,10 @@ def test_unmasked_opening_is_detected_by_the_view_check(make_session, n):
         flagged = view_differences(runs[0].comm.views[party], runs[1].comm.views[party])
         assert flagged, party
         assert {tag for tag, _, _, _ in flagged} == {"cheat"}
-        # the opening is recorded as "masked" by the communicator: only the view check catches it
-        assert all(r.kind == "masked" for r in runs[0].comm.records)
+        # the uniformity check of (c) flags it too, in a single run, for either input
+        for s in runs:
+            masked, _ = split_view(s, party)
+            assert {tag for tag, _, _, _ in non_uniform_openings(masked)} == {"cheat"}, party
 
 
 @N_PARTIES
@@ -200,3 +257,6 @@ def test_weakly_masked_opening_is_detected(make_session, n):
     runs = [inference(make_session, n, x, seed, cheat=cheat) for x, seed in ((X_ZERO, 101), (X_WILD, 202))]
     flagged = view_differences(runs[0].comm.views["bob"], runs[1].comm.views["bob"])
     assert {tag for tag, _, _, _ in flagged} == {"weak"}
+    for s in runs:
+        masked, _ = split_view(s, "bob")
+        assert {tag for tag, _, _, _ in non_uniform_openings(masked)} == {"weak"}

@@ -1,4 +1,5 @@
-"""Probabilistic truncation (Escudero et al. 2020, dealer-assisted), called directly on raw shares.
+"""Probabilistic truncation (Escudero et al. 2020, dealer-assisted): the protocol called directly on raw shares,
+and the lazy truncation of products through the ShareTensor ops (at the end of the file).
 
 Claim under test (protocols/truncation.py): for ``|z| < 2^62`` the result is ``floor(z / 2^m)`` or that plus one
 (never a wrap-around error), for any number of parties; and the +1 happens with probability
@@ -98,13 +99,100 @@ def test_out_of_range_inputs_do_break(make_session):
     assert bool(((err < 0) | (err > 1)).any())
 
 
-def test_via_share_tensor_product(make_session):
-    """The lazy truncation of a product (ShareTensor API) agrees: reveal(trunc(x*y)) - floor(x~ y~ 2^16) in {0, 1}."""
-    s = make_session(3, seed=11)
-    g = torch.Generator().manual_seed(4)
-    x, y = torch.randn(5000, generator=g, dtype=torch.float64) * 50, torch.randn(5000, generator=g, dtype=torch.float64)
-    prod = s.share(x) * s.share(y)  # 32 fractional bits, not yet truncated
-    z = prod.shares.sum(0)  # test oracle only: the ring value of the product (never done by protocols)
-    out = truncate(s, prod.shares, 16)
-    err = reveal(s, out, s.parties) - (z >> 16)
-    assert int(err.min()) >= 0 and int(err.max()) <= 1
+# ---------------------------------------------------------------------------------------------- the lazy path
+# A product of two shared values carries 2 * precision_bits fractional bits and is NOT truncated where it is
+# formed: the truncation protocol runs when the value is revealed or enters another product (``ops._fixed``),
+# or is fused into the first opening of a ReLU/argmax/comparison. These tests go through the ShareTensor ops
+# only; the plaintext oracle is the exact ring product of the encoded inputs (z = enc(x) * enc(y)).
+
+
+def lazy_inputs(s, n_values: int, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n_values, generator=g, dtype=torch.float64) * 50
+    y = torch.randn(n_values, generator=g, dtype=torch.float64)
+    z = s.encoder.encode(x) * s.encoder.encode(y)  # exact: |z| < 2^42
+    return s.share(x), s.share(y), z
+
+
+def trunc_rounds(s) -> int:
+    return s.comm.stats_by_tag().get("trunc", {"rounds": 0})["rounds"]
+
+
+def lsb(revealed: torch.Tensor) -> torch.Tensor:
+    """A revealed value (float64, precision_bits = 16) as an integer number of LSBs; it must be one exactly."""
+    scaled = revealed * 2**16
+    assert torch.equal(scaled, scaled.round()), "the revealed value is not on the 2^-16 grid (not truncated)"
+    return scaled.to(torch.int64)
+
+
+def assert_stochastic_rounding(err: torch.Tensor, z: torch.Tensor, m: int = 16) -> None:
+    """err = result - floor(z / 2^m) is in {0, 1}, both occur, and is +1 with probability frac(z / 2^m)."""
+    assert set(err.unique().tolist()) == {0, 1}, err.unique()
+    frac = (z & ((1 << m) - 1)).double() / 2**m
+    assert abs((err.double() - frac).mean().item()) < 5 * 0.5 / err.numel() ** 0.5
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_product_is_truncated_lazily_at_reveal(make_session, n):
+    s = make_session(n, seed=11)
+    X, Y, z = lazy_inputs(s, 1 << 14, seed=4)
+    prod = X * Y
+    assert prod.frac_bits == 32  # the product carries 2f fractional bits ...
+    assert trunc_rounds(s) == 0 and "trunc" not in s.op_seconds  # ... and was not truncated yet
+    got = lsb(prod.reveal())
+    assert trunc_rounds(s) == 1 and "trunc" in s.op_seconds  # the reveal ran the truncation protocol once
+    assert_stochastic_rounding(got - (z >> 16), z)
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_product_of_a_product_truncates_first(make_session, n):
+    """(x * y) * k: the pending product is truncated (one "trunc" round) before the Beaver opening, so the
+    result carries 2f fractional bits, not 3f. With integer k (encoded exactly as k * 2^16) the final reveal
+    of t * k * 2^16 is exact, so it shows the truncated t itself: t - floor(z / 2^16) in {0, 1}."""
+    s = make_session(n, seed=12)
+    X, Y, z = lazy_inputs(s, 1 << 14, seed=5)
+    g = torch.Generator().manual_seed(6)
+    k = torch.randint(1, 4, z.shape, generator=g) * (torch.randint(0, 2, z.shape, generator=g) * 2 - 1)
+    K = s.share(k.double())
+    prod = X * Y
+    tags_before = {t: v["rounds"] for t, v in s.comm.stats_by_tag().items()}
+    prod2 = prod * K
+    moved = {t: v["rounds"] - tags_before.get(t, 0) for t, v in s.comm.stats_by_tag().items()}
+    assert {t: r for t, r in moved.items() if r} == {"trunc": 1, "beaver_mul": 1}
+    assert prod2.frac_bits == 32
+    got = lsb(prod2.reveal())
+    assert bool((got % k == 0).all())
+    assert_stochastic_rounding(got // k - (z >> 16), z)
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_relu_fuses_the_truncation(make_session, n):
+    """relu(x * y): no separate "trunc" round (fused into the ReLU's opening), the result has precision_bits
+    fractional bits and equals relu(t) for a t with t - floor(z / 2^16) in {0, 1}."""
+    s = make_session(n, seed=13)
+    X, Y, z = lazy_inputs(s, 1 << 14, seed=7)
+    r0 = s.comm.rounds
+    out = (X * Y).relu()
+    assert out.frac_bits == 16
+    assert trunc_rounds(s) == 0 and s.comm.rounds - r0 == 4  # the ReLU's 4 rounds, nothing else
+    got = lsb(out.reveal())
+    floor = z >> 16
+    err = got - floor.clamp_min(0)
+    assert set(err.unique().tolist()) == {0, 1}
+    assert bool((got[floor < -1] == 0).all())  # t <= floor + 1 < 0 there
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_argmax_fuses_the_truncation(make_session, n):
+    """argmax of a pending product: no "trunc" round; agrees with the argmax of floor(z / 2^16) wherever the
+    top two differ by more than the 1 LSB that the truncation may add."""
+    s = make_session(n, seed=14)
+    X, Y, z = lazy_inputs(s, 4000, seed=8)
+    logits = (X * Y).reshape(400, 10)
+    got = logits.argmax(-1).reveal()
+    assert trunc_rounds(s) == 0
+    floor = (z >> 16).reshape(400, 10)
+    top2 = floor.topk(2, dim=-1).values
+    clear = (top2[:, 0] - top2[:, 1]) > 1
+    assert int(clear.sum()) > 350
+    assert torch.equal(got.to(torch.int64)[clear], floor.argmax(-1)[clear])
