@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import importlib
-from typing import Any, Literal
+from typing import Any, Literal, Optional
 
 import torch
 from torchmetrics import Metric
@@ -115,7 +115,8 @@ class SecureAccuracy(Metric):
     Args:
         num_classes: number of classes (> 1).
         average: ``"micro"`` (default) or ``"macro"``.
-        reveal_to: who learns the result (an outside receiver; default the model owner).
+        reveal_to: who learns the result: an outside receiver (default the model owner) or, with parties as
+            processes, a compute party's name (SecurePredictStrategy sets its ``model_owner_party``).
         reveal_per_class: macro only: reveal the per-class counts instead of computing the mean on shares.
 
     Example:
@@ -143,6 +144,12 @@ class SecureAccuracy(Metric):
 
     def __init__(self, num_classes: int, average: Literal["micro", "macro"] = "micro", reveal_to: str = "model owner",
                  reveal_per_class: bool = False, **kwargs: Any) -> None:
+        if kwargs.get("dist_sync_on_step"):
+            raise ValueError("SecureAccuracy states are secret shares: torchmetrics' distributed sync would hand one "
+                             "party's shares to the others. Leave dist_sync_on_step off.")
+        # Parties as processes: each process holds only its own party's share; torchmetrics must never gather them
+        # (its default sync_on_compute=True is overridden, and sync() below is a no-op).
+        kwargs["sync_on_compute"] = False
         super().__init__(**kwargs)
         _check_args(num_classes, average, reveal_per_class)
         self.num_classes = num_classes
@@ -174,16 +181,31 @@ class SecureAccuracy(Metric):
         super().reset()
         self.session = None
 
+    def sync(self, *args: Any, **kwargs: Any) -> None:  # never gather shares across processes (see __init__)
+        return None
+
     def forward(self, *args, **kwargs) -> None:  # no per-batch value is ever revealed
         self.update(*args, **kwargs)
 
-    def compute(self) -> torch.Tensor:
+    def _reveal(self, shares: torch.Tensor, frac_bits: int, name: str) -> Optional[torch.Tensor]:
+        """Reveal to ``reveal_to``: a compute party (parties as processes) or an outside receiver (simulated).
+        None in a process that is not the receiver."""
+        sess = self.session
+        if self.reveal_to in sess.parties:
+            return sess.reveal_raw(shares, frac_bits, name, to=self.reveal_to)
+        return sess.reveal_raw(shares, frac_bits, name, to=(), outside=self.reveal_to)
+
+    def compute(self) -> Optional[torch.Tensor]:
+        """The accuracy, revealed to ``reveal_to`` (None in a party's process that is not the receiver)."""
         if self.session is None:
             return torch.tensor(0.0)
-        reveal = self.session.reveal_raw
+        reveal = self._reveal
         total = int(self.total)
         if self.average == "micro":
-            correct = reveal(self.tp.sum(1), 0, self.name, to=(), outside=self.reveal_to).round().to(torch.int64)
+            correct = reveal(self.tp.sum(1), 0, self.name)
+            if correct is None:
+                return None
+            correct = correct.round().to(torch.int64)
             self.correct = int(correct)
             return _reduce(correct.reshape(1), correct.reshape(1), torch.full((1,), total), total, "micro")
         if not self.reveal_per_class:
@@ -197,10 +219,14 @@ class SecureAccuracy(Metric):
                     f"compare_bits={sess.compare_bits}. Use a Session with larger compare_bits."
                 )
             mean = _macro_on_shares(sess, self.tp, self.pred_count, self.target_count)
-            return reveal(mean.shares, f, self.name, to=(), outside=self.reveal_to).to(torch.float32)
-        tp = reveal(self.tp, 0, f"{self.name}.true_positives", to=(), outside=self.reveal_to).round().to(torch.int64)
-        pc = reveal(self.pred_count, 0, f"{self.name}.predicted_per_class", to=(), outside=self.reveal_to).round().to(torch.int64)
-        tc = reveal(self.target_count, 0, f"{self.name}.targets_per_class", to=(), outside=self.reveal_to).round().to(torch.int64)
+            value = reveal(mean.shares, f, self.name)
+            return None if value is None else value.to(torch.float32)
+        tp = reveal(self.tp, 0, f"{self.name}.true_positives")
+        pc = reveal(self.pred_count, 0, f"{self.name}.predicted_per_class")
+        tc = reveal(self.target_count, 0, f"{self.name}.targets_per_class")
+        if tp is None:
+            return None
+        tp, pc, tc = (v.round().to(torch.int64) for v in (tp, pc, tc))
         self.correct = int(tp.sum())
         return _reduce(tp, pc, tc, total, "macro")
 

@@ -13,14 +13,18 @@ from typing import Any, Literal, Mapping, Optional, Sequence, Union
 
 import torch
 from lightning.pytorch import LightningModule
-from lightning.pytorch.strategies import SingleDeviceStrategy, StrategyRegistry
+from lightning.pytorch.strategies import ParallelStrategy, StrategyRegistry
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.signature_utils import is_param_in_hook_signature
 from torch import nn
 from torchmetrics import Metric
 
+from . import party_runtime
+from .batches import ClientLoader, PlaceholderBatch, PlaceholderLoader, split_batch
+from .launcher import PartyLauncher
 from .mpc import Session, ShareTensor, UnsupportedOpError
-from .mpc.errors import SmpcError
+from .mpc.errors import PartyConfigError, SmpcError
 from .validate import validate_module
 
 __all__ = ["SecurePredictStrategy", "StrategyUsageError"]
@@ -43,7 +47,7 @@ class _PredictStepCaller(nn.Module):
         return self.inner.predict_step(*args, **kwargs)
 
 
-class SecurePredictStrategy(SingleDeviceStrategy):
+class SecurePredictStrategy(ParallelStrategy):
     """Secure inference: weights and batches become additive shares; the user's forward runs on them.
 
     Args:
@@ -51,25 +55,36 @@ class SecurePredictStrategy(SingleDeviceStrategy):
         crypto_provider: the trusted dealer's name.
         precision_bits: fixed-point fractional bits.
         compare_bits: range of values entering comparisons, ``|x| < 2**(compare_bits - precision_bits)``.
-        reveal: ``"metrics"`` (default: predictions stay secret, ``predict`` returns :class:`ShareTensor`
-            objects; only the metrics are revealed, to the model owner), ``"labels"`` (argmax class indices
-            revealed to the client) or ``"logits"`` (the model output revealed to the client).
+        reveal: ``"metrics"`` (default: predictions stay secret; only the metrics are revealed, to the model
+            owner; the simulated runtime's ``predict`` returns :class:`ShareTensor` objects, the distributed one
+            returns nothing), ``"labels"`` (argmax class indices revealed to the client) or ``"logits"`` (the
+            model output revealed to the client).
         metrics: ``{name: metric}`` of secure metrics, e.g. ``{"accuracy": SecureAccuracy(num_classes=10)}``.
         input_key / target_key: where inputs and targets sit in a batch: an index for tuples/lists
             (default 0 and 1), a key for dicts (default "x"/"input"/"image" and "y"/"target"/"label").
             A bare tensor batch has no targets.
         preprocess: generate the dealer material for all full batches ahead of the online phase, from the
             plan recorded on the first batch (offline/online split). ``False`` generates it inline.
+            Simulated runtime only (the distributed runtime generates material inline for now).
         preprocess_ahead: how many batches of dealer material the store holds at most (~120 MB per party
             per 1000 MNIST images); it is refilled between batches, so memory stays bounded.
         seed: ``None`` (cryptographically secure) or an int for the deterministic *insecure* test PRG.
-        model_owner / client: names used in the reveal ledger.
+        model_owner / client: names used in the reveal ledger (simulated runtime).
+        runtime: ``"simulated"`` (default: every party in this process — a demonstration) or ``"distributed"``
+            (one process per compute party plus one for the crypto provider, over ``torch.distributed`` gloo;
+            spawned on this machine by ``predict``, or joined when launched by torchrun / SLURM / env vars).
+        model_owner_party / client_party: with ``runtime="distributed"``, the compute parties whose processes
+            hold the model (default the first party) and the client's data (default the last party); only
+            those processes read them, the others learn shapes only.
+        timeout: seconds a party waits for a peer before the run fails (distributed runtime).
 
     Example:
         >>> from lightning.pytorch import Trainer
         >>> from lightning_smpc import SecurePredictStrategy, SecureAccuracy
         >>> strategy = SecurePredictStrategy(metrics={"accuracy": SecureAccuracy(num_classes=10)})
         >>> trainer = Trainer(strategy=strategy, logger=False)  # then: trainer.predict(model, datamodule=dm)
+        >>> SecurePredictStrategy(runtime="distributed").num_processes  # alice, bob and the crypto provider
+        3
     """
 
     strategy_name = "secure_predict"
@@ -89,10 +104,16 @@ class SecurePredictStrategy(SingleDeviceStrategy):
         seed: Optional[int] = None,
         model_owner: str = "model owner",
         client: str = "client",
+        runtime: Literal["simulated", "distributed"] = "simulated",
+        model_owner_party: Optional[str] = None,
+        client_party: Optional[str] = None,
+        timeout: float = 60.0,
     ) -> None:
-        super().__init__(device="cpu")
+        super().__init__()
         if reveal not in ("metrics", "labels", "logits"):
             raise ValueError(f"Expected `reveal` to be one of 'metrics', 'labels', 'logits', but got {reveal!r}.")
+        if runtime not in ("simulated", "distributed"):
+            raise ValueError(f"Expected `runtime` to be 'simulated' or 'distributed', but got {runtime!r}.")
         Session(tuple(parties), crypto_provider, precision_bits, compare_bits)  # validates the configuration now
         self.parties = tuple(parties)
         self.crypto_provider = crypto_provider
@@ -101,26 +122,118 @@ class SecurePredictStrategy(SingleDeviceStrategy):
         self.reveal = reveal
         self.metrics: dict[str, Metric] = dict(metrics or {})
         self.input_key, self.target_key = input_key, target_key
-        self.preprocess = preprocess
+        self.preprocess = preprocess and runtime == "simulated"
         if preprocess_ahead < 1:
             raise ValueError(f"Expected `preprocess_ahead` to be a positive integer, but got {preprocess_ahead}.")
         self.preprocess_ahead = preprocess_ahead
         self.seed = seed
         self.model_owner, self.client = model_owner, client
+        self.runtime = runtime
+        self.model_owner_party = model_owner_party or self.parties[0]
+        self.client_party = client_party or self.parties[-1]
+        for role, name in (("model_owner_party", self.model_owner_party), ("client_party", self.client_party)):
+            if name not in self.parties:
+                raise PartyConfigError(f"Expected `{role}` to be one of the compute parties {self.parties}, but got {name!r}.")
+        if timeout <= 0:
+            raise ValueError(f"Expected a positive `timeout` in seconds, but got {timeout}.")
+        self.timeout = float(timeout)
+        self._num_nodes = 1
         self.session: Optional[Session] = None
+        self._world = None  # this process's handle on the distributed runtime
         self._shared_params: dict[str, ShareTensor] = {}
         self._targets: Optional[ShareTensor] = None
+        self._client_loader: Optional[Union[ClientLoader, PlaceholderLoader]] = None
+        self._reports: dict[int, dict] = {}
         self.revealed_metrics: dict[str, torch.Tensor] = {}
         self.revealed_counts: dict[str, tuple[int, int]] = {}
         self.timings: dict[str, float] = {}
 
-    # ------------------------------------------------------------------ device handling
+    # ------------------------------------------------------------------ roles and processes
+    @property
+    def distributed(self) -> bool:
+        return self.runtime == "distributed"
+
+    @property
+    def num_processes(self) -> int:
+        """Processes of one run: 1 (simulated) or one per compute party plus the crypto provider."""
+        return len(self.parties) + 1 if self.distributed else 1
+
+    @property
+    def num_nodes(self) -> int:
+        return self._num_nodes
+
+    @num_nodes.setter
+    def num_nodes(self, num_nodes: int) -> None:
+        self._num_nodes = num_nodes
+
+    @property
+    def is_distributed(self) -> bool:  # no DistributedSampler: the client's process iterates the whole loader
+        return False
+
+    @property
+    def distributed_sampler_kwargs(self) -> dict[str, Any]:
+        return {"num_replicas": 1, "rank": 0}
+
+    def role_name(self, rank: int) -> str:
+        """The role of process ``rank``: a compute party, or the crypto provider (the last rank)."""
+        return self.parties[rank] if rank < len(self.parties) else self.crypto_provider
+
+    @property
+    def role(self) -> str:
+        return self.role_name(self.global_rank) if self.distributed else "all (simulated)"
+
+    @property
+    def is_dealer(self) -> bool:
+        return self.distributed and self.global_rank == len(self.parties)
+
+    def _configure_launcher(self) -> None:
+        env = self.cluster_environment
+        external = env is not None and env.creates_processes_externally
+        self._launcher = PartyLauncher(self) if self.distributed and not external else None
+
+    def set_world_ranks(self) -> None:
+        if self.cluster_environment is None or not self.distributed:
+            return
+        self.cluster_environment.set_global_rank(self.node_rank * self.num_processes + self.local_rank)
+        self.cluster_environment.set_world_size(self.num_nodes * self.num_processes)
+        rank_zero_only.rank = self.cluster_environment.global_rank()
+
+    def setup_environment(self) -> None:
+        if self.distributed:
+            self.set_world_ranks()
+            if self.world_size != self.num_processes:
+                raise PartyConfigError(
+                    f"Expected a world of {self.num_processes} processes (parties {self.parties} and the crypto "
+                    f"provider), but the launcher started {self.world_size}. Launch one process per role."
+                )
+            self._world = party_runtime.join(self.cluster_environment, self.global_rank, self.parties, self.crypto_provider, self.timeout)
+        super().setup_environment()
+
+    # ------------------------------------------------------------------ device handling and (local) collectives
     @property
     def root_device(self) -> torch.device:
         acc = getattr(self, "_accelerator", None)
         if acc is not None and type(acc).__name__ == "CUDAAccelerator" and torch.cuda.is_available():
             return torch.device("cuda", torch.cuda.current_device())
         return torch.device("cpu")
+
+    def model_to_device(self) -> None:
+        assert self.model is not None
+        self.model.to(self.root_device)
+
+    # Lightning's own collectives stay local: the roles differ, and every byte between parties goes through the
+    # MPC runtime (no plaintext broadcast of one rank's state to the others, no pickled objects between parties).
+    def reduce(self, tensor: Any, group: Optional[Any] = None, reduce_op: Optional[Any] = "mean") -> Any:
+        return tensor
+
+    def barrier(self, name: Optional[str] = None) -> None:
+        return None
+
+    def broadcast(self, obj: Any, src: int = 0) -> Any:
+        return obj
+
+    def all_gather(self, tensor: torch.Tensor, group: Optional[Any] = None, sync_grads: bool = False) -> torch.Tensor:
+        return tensor
 
     # ------------------------------------------------------------------ lifecycle
     def connect(self, model: LightningModule) -> None:
@@ -144,50 +257,86 @@ class SecurePredictStrategy(SingleDeviceStrategy):
         model = self.lightning_module
         model.eval()
         validate_module(model)
-        self.session = Session(self.parties, self.crypto_provider, self.precision_bits, self.compare_bits, self.seed, self.root_device)
+        self.revealed_metrics, self.revealed_counts = {}, {}
+        self._batches_seen, self._recording = 0, False
+        self._plan, self._full_batches_left = None, 0
+        if self.is_dealer:  # the crypto provider answers requests until the first party says the run is over
+            t0 = time.perf_counter()
+            self._dealer_stats = party_runtime.serve_dealer(self._world, self.crypto_provider, self.compare_bits, self.seed)
+            self.timings = {"dealer_seconds": time.perf_counter() - t0}
+            return
+        if self.distributed:
+            self.session = party_runtime.party_session(
+                self._world, self.crypto_provider, precision_bits=self.precision_bits, compare_bits=self.compare_bits
+            )
+        else:
+            self.session = Session(self.parties, self.crypto_provider, self.precision_bits, self.compare_bits, self.seed, self.root_device)
         for name, metric in self.metrics.items():
             metric.to(self.root_device)
             metric.reset()
             if hasattr(metric, "name"):
                 metric.name = name
             if hasattr(metric, "reveal_to"):
-                metric.reveal_to = self.model_owner
-        self.revealed_metrics, self.revealed_counts = {}, {}
-        self._batches_seen, self._recording = 0, False
-        self._plan, self._full_batches_left = None, 0
+                metric.reveal_to = self.model_owner_party if self.distributed else self.model_owner
         t0 = time.perf_counter()
         with torch.no_grad():
-            self._shared_params = {
-                name: self.session.share(t.detach(), owner=self.model_owner)
-                for name, t in list(model.named_parameters()) + [(n, b) for n, b in model.named_buffers() if b.is_floating_point()]
-                if not _inside_metric(model, name)
-            }
+            self._shared_params = {name: self._share_weight(t) for name, t in _weights(model)}
         self.timings = {"share_weights_seconds": time.perf_counter() - t0}
 
+    def _share_weight(self, t: torch.Tensor) -> ShareTensor:
+        if not self.distributed:
+            return self.session.share(t.detach(), owner=self.model_owner)
+        mine = self.session.local_party == self.model_owner_party  # only the model owner's process reads weights
+        return self.session.share(t.detach() if mine else None, owner=self.model_owner_party, shape=tuple(t.shape))
+
+    def process_dataloader(self, dataloader: Any) -> Any:
+        if not self.distributed:
+            return dataloader
+        if self.is_dealer:
+            return []
+        if self.session.local_party == self.client_party:  # only the client's process reads the data
+            self._client_loader = ClientLoader(dataloader, lambda data: party_runtime.announce(self._world, data),
+                                               self.input_key, self.target_key)
+            return self._client_loader
+        self._client_loader = PlaceholderLoader(lambda: party_runtime.receive(self._world, self.parties.index(self.client_party)))
+        return self._client_loader
+
     def batch_to_device(self, batch: Any, device: Optional[torch.device] = None, dataloader_idx: int = 0) -> Any:
-        batch = super().batch_to_device(batch, device, dataloader_idx)
-        inputs, targets, rebuild = _split_batch(batch, self.input_key, self.target_key)
+        if self.is_dealer:
+            return batch
+        if not isinstance(batch, PlaceholderBatch):
+            batch = super().batch_to_device(batch, device, dataloader_idx)
+        inputs, targets, rebuild = split_batch(batch, self.input_key, self.target_key)
         self._recording = self.preprocess and self._batches_seen == 0
         if self._recording:  # the plan of one batch starts with sharing it
             self.session.record_plan()
         elif self._plan and self.session.dealer.store_size == 0 and self._full_batches_left > 0:
             self._refill_store()  # offline work between batches: the store holds at most preprocess_ahead
         self._batches_seen += 1
-        shared_inputs = self.session.share(inputs, owner=self.client)
+        shared_inputs = self._share_input(inputs, frac_bits=None)
         self._targets = None
         if targets is not None and self.metrics:
             n_cls = _num_classes(self.metrics)
-            onehot = torch.nn.functional.one_hot(targets.to(torch.int64), n_cls).to(torch.float32)
-            self._targets = self.session.share(onehot, owner=self.client, frac_bits=0)
+            onehot = targets if isinstance(targets, PlaceholderBatch) else \
+                torch.nn.functional.one_hot(targets.to(torch.int64), n_cls).to(torch.float32)
+            self._targets = self._share_input(onehot, frac_bits=0, shape=(shared_inputs.shape[0], n_cls))
         return rebuild(shared_inputs, self._targets)
 
+    def _share_input(self, value: Any, frac_bits: Optional[int], shape: Optional[tuple] = None) -> ShareTensor:
+        if not self.distributed:
+            return self.session.share(value, owner=self.client, frac_bits=frac_bits)
+        if isinstance(value, PlaceholderBatch):  # another party's process: shapes only
+            return self.session.share(None, owner=self.client_party, frac_bits=frac_bits, shape=shape or value.input_shape)
+        return self.session.share(value, owner=self.client_party, frac_bits=frac_bits)
+
     def predict_step(self, *args: Any, **kwargs: Any) -> Any:
+        if self.is_dealer:
+            return None
         model = self.lightning_module
         batch = kwargs.get("batch", args[0] if args else None)
-        batch_idx = kwargs.get("batch_idx", args[1] if len(args) > 1 else 0)
         with _layer_names(model):
             if type(model).predict_step is LightningModule.predict_step:
-                inputs, _, _ = _split_batch(batch, self.input_key, self.target_key)
+                inputs, _, _ = split_batch(batch, self.input_key, self.target_key)
                 out = torch.func.functional_call(model, self._shared_params, (inputs,), strict=False)
             else:
                 params = {f"inner.{k}": v for k, v in self._shared_params.items()}
@@ -204,11 +353,14 @@ class SecurePredictStrategy(SingleDeviceStrategy):
         return result
 
     def _released(self, out: ShareTensor) -> Any:
+        receiver = dict(to=self.client_party) if self.distributed else dict(to=(), outside=self.client)
         if self.reveal == "labels":
-            return self.session.reveal(out.argmax(dim=-1), to=(), outside=self.client, name="predicted labels").round().to(torch.int64)
+            labels = self.session.reveal(out.argmax(dim=-1), name="predicted labels", **receiver)
+            return None if labels is None else labels.round().to(torch.int64)
         if self.reveal == "logits":
-            return self.session.reveal(out, to=(), outside=self.client, name="logits").to(torch.float32)
-        return out
+            logits = self.session.reveal(out, name="logits", **receiver)
+            return None if logits is None else logits.to(torch.float32)
+        return None if self.distributed else out  # a process's own share is never handed out
 
     def _preprocess_rest(self, batch_size: int) -> None:
         """Keep the plan of this batch and preprocess the next full batches (at most ``preprocess_ahead``).
@@ -233,31 +385,85 @@ class SecurePredictStrategy(SingleDeviceStrategy):
         self.timings["preprocess_seconds"] = self.timings.get("preprocess_seconds", 0.0) + time.perf_counter() - t0
 
     def on_predict_end(self) -> None:
+        if self.is_dealer:
+            super().on_predict_end()
+            return
+        if self._client_loader is not None:
+            self._client_loader.end()  # the loop may stop before the end marker (limit_predict_batches): agree on it
         for name, metric in self.metrics.items():
             if metric.update_count == 0:  # no batch carried targets: nothing to reveal (compute() would say 0.0)
                 continue
             value = metric.compute()
+            if value is None:  # another party's process: the metric was revealed to the model owner only
+                continue
             self.revealed_metrics[name] = value
-            if hasattr(metric, "correct"):
+            if getattr(metric, "correct", None) is not None:
                 self.revealed_counts[name] = (int(metric.correct), int(metric.total))
+        if self.distributed:
+            party_runtime.finish(self._world, self.session)  # the first party releases the crypto provider
         trainer = self.lightning_module.trainer
         if self.revealed_metrics and trainer.logger is not None:
             trainer.logger.log_metrics({f"secure_{k}": float(v.mean()) for k, v in self.revealed_metrics.items()}, step=0)
+        self._keep_report()
         super().on_predict_end()
 
     def teardown(self) -> None:
         self._shared_params = {}
         self._targets = None
+        if self._world is not None:
+            party_runtime.leave(self._world)
+            self._world = None
         super().teardown()
 
     # ------------------------------------------------------------------ reporting
+    def _keep_report(self) -> None:
+        """What this process may tell the user: its own party's traffic and what was revealed to it."""
+        self._own = {
+            "role": self.role,
+            "ledger": [(r.name, r.shape, r.to) for r in self.session.ledger],
+            "online": self.session.comm.stats(),
+            "offline": self.session.comm.stats(offline=True),
+        }
+
+    def _report(self, predictions: Any) -> dict:
+        """This process's report to the launcher in the user's process (distributed runtime, spawned locally)."""
+        report = dict(getattr(self, "_own", {}), rank=self.global_rank, timings=dict(self.timings))
+        report["revealed_metrics"], report["revealed_counts"] = dict(self.revealed_metrics), dict(self.revealed_counts)
+        if self.is_dealer:
+            report["dealer"] = getattr(self, "_dealer_stats", {})
+        elif self.session.local_party == self.client_party:
+            report["predictions"] = predictions
+        return report
+
+    def _receive_reports(self, reports: dict[int, dict]) -> None:
+        """In the user's process: fill the results from the report of the process that holds each of them."""
+        self._reports = reports
+        owner = reports[self.parties.index(self.model_owner_party)]
+        self.revealed_metrics, self.revealed_counts = owner["revealed_metrics"], owner["revealed_counts"]
+        self.timings = {f"{r['role']}.{k}": v for r in reports.values() for k, v in r["timings"].items() if "role" in r}
+
+    def _predictions_from(self, reports: dict[int, dict]) -> Any:
+        return reports[self.parties.index(self.client_party)].get("predictions")
+
     @property
     def reveal_ledger(self) -> list:
         """Everything released beyond uniformly masked openings: name, shape, receivers."""
-        return list(self.session.ledger) if self.session is not None else []
+        if self.session is not None:
+            return list(self.session.ledger)
+        if self._reports:
+            from .mpc.session import RevealRecord
+
+            return [RevealRecord(*entry) for entry in self._reports[0]["ledger"]]
+        return []
 
     def comm_stats(self, offline: bool = False) -> dict[str, dict[str, int]]:
         """Per compute party: rounds, messages, bytes sent/received (online, or offline from the dealer)."""
+        key = "offline" if offline else "online"
+        if self.session is None and self._reports:  # each party's own process counted its own traffic
+            if offline:
+                stats = self._reports[len(self.parties)].get("dealer", {})
+                return {p: stats[p] for p in self.parties if p in stats}
+            return {p: self._reports[i][key][p] for i, p in enumerate(self.parties)}
         if self.session is None:
             return {}
         stats = self.session.comm.stats(offline=offline)
@@ -273,43 +479,6 @@ class SecurePredictStrategy(SingleDeviceStrategy):
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-_INPUT_KEYS = ("x", "input", "inputs", "image", "images")
-_TARGET_KEYS = ("y", "target", "targets", "label", "labels")
-
-
-def _split_batch(batch: Any, input_key: Optional[Key], target_key: Optional[Key]):
-    """(inputs, targets or None, rebuild(inputs, targets) -> batch of the same structure)."""
-    if isinstance(batch, (torch.Tensor, ShareTensor)):
-        return batch, None, lambda x, y: x
-    if isinstance(batch, Mapping):
-        ik = input_key if input_key is not None else next((k for k in _INPUT_KEYS if k in batch), None)
-        tk = target_key if target_key is not None else next((k for k in _TARGET_KEYS if k in batch), None)
-        if ik is None or ik not in batch:
-            raise KeyError(f"Cannot find the inputs in batch keys {list(batch)}; pass SecurePredictStrategy(input_key=...).")
-
-        def rebuild(x, y):
-            out = dict(batch)
-            out[ik] = x
-            if tk is not None:
-                out[tk] = y if y is not None else batch[tk]
-            return out
-
-        return batch[ik], (batch[tk] if tk is not None and tk in batch else None), rebuild
-    if isinstance(batch, Sequence) and not isinstance(batch, str):
-        ik = 0 if input_key is None else int(input_key)
-        tk = (1 if len(batch) > 1 else None) if target_key is None else int(target_key)
-
-        def rebuild_seq(x, y):
-            items = list(batch)
-            items[ik] = x
-            if tk is not None:
-                items[tk] = y if y is not None else batch[tk]
-            return type(batch)(items) if isinstance(batch, tuple) else items
-
-        return batch[ik], (batch[tk] if tk is not None else None), rebuild_seq
-    raise TypeError(f"Unsupported batch type {type(batch).__name__}: expected a tensor, a tuple/list or a dict.")
-
-
 def _full_batches_after_first(trainer, batch_size: int) -> int:
     """Batches after the first that the predict loop will run at ``batch_size`` (a short last batch excluded)."""
     counts = getattr(trainer, "num_predict_batches", None) or [0]
@@ -326,6 +495,12 @@ def _full_batches_after_first(trainer, batch_size: int) -> int:
     short_last = (n_items is not None and not drop_last and n_items % batch_size != 0
                   and n_batches >= -(-n_items // batch_size))
     return n_batches - 1 - int(short_last)
+
+
+def _weights(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """The parameters and floating-point buffers that are shared (metric states excluded), in a fixed order."""
+    named = list(model.named_parameters()) + [(n, b) for n, b in model.named_buffers() if b.is_floating_point()]
+    return [(name, t) for name, t in named if not _inside_metric(model, name)]
 
 
 def _num_classes(metrics: dict[str, Metric]) -> int:

@@ -1,0 +1,89 @@
+"""The Lightning strategy's handle on the multi-process MPC runtime (:mod:`lightning_smpc.mpc.distributed`).
+
+One process per role: compute parties on ranks ``0..n-1``, the crypto provider on rank ``n``. The process group
+is started with Lightning's cluster environment (spawned locally by :class:`~lightning_smpc.launcher.PartyLauncher`,
+or launched by torchrun / SLURM / ``MASTER_ADDR``+``RANK`` env vars) with an explicit timeout, so that a dead or
+hung peer ends the run instead of blocking it for torch's default 30 minutes; then every process authenticates
+and all traffic between roles goes over the encrypted links (:mod:`lightning_smpc.mpc.links`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+from lightning.fabric.utilities.distributed import _init_dist_connection
+
+from .mpc import distributed as mpc_dist
+from .mpc.links import Links
+from .mpc.session import Session
+
+__all__ = ["World", "join", "party_session", "serve_dealer", "finish", "announce", "receive", "leave"]
+
+_HEADER_BYTES = 4096  # a batch header (structure and shapes) fits easily; larger ones are refused
+_HEADER_TAG = "batch_header"
+
+
+@dataclass
+class World:
+    """This process's place in the run: its rank, the compute parties and its authenticated links."""
+
+    rank: int
+    parties: tuple
+    links: Links
+
+    @property
+    def party_ranks(self) -> list[int]:
+        return list(range(len(self.parties)))
+
+
+def join(cluster_environment, rank: int, parties: tuple[str, ...], crypto_provider: str, timeout: float,
+         roster=None, identity=None) -> World:
+    """Start (or join) the process group of one run and authenticate every role; every rank calls this once."""
+    names = tuple(parties) + (crypto_provider,)
+    _init_dist_connection(cluster_environment, "gloo", rank, len(names), timeout=timedelta(seconds=timeout))
+    links = mpc_dist.establish_links(rank, len(names), names, roster=roster, identity=identity)
+    return World(rank, tuple(parties), links)
+
+
+def party_session(world: World, crypto_provider: str, **session_kwargs) -> Session:
+    """The Session of the compute party on this rank (its own row of every share, material from the dealer)."""
+    return mpc_dist.party_session(world.links, world.parties, crypto_provider, **session_kwargs)
+
+
+def serve_dealer(world: World, crypto_provider: str, compare_bits: int, seed: Optional[int] = None) -> dict:
+    """Answer the parties' requests until the first party ends the run; returns the offline traffic per party."""
+    return mpc_dist.serve_dealer(world.links, world.parties, crypto_provider, compare_bits, seed)
+
+
+def finish(world: World, session: Session) -> None:
+    """Called by every party at the end of the run: the first one releases the crypto provider."""
+    mpc_dist.finish(session)
+
+
+def announce(world: World, data: bytes) -> None:
+    """The client's process sends a batch header to the other compute parties (encrypted, authenticated)."""
+    if len(data) > _HEADER_BYTES:
+        raise ValueError(f"A batch header of {len(data)} bytes exceeds {_HEADER_BYTES}: too many batch entries.")
+    buf = torch.zeros(_HEADER_BYTES + 8, dtype=torch.uint8)
+    buf[:8] = torch.tensor([len(data)], dtype=torch.int64).view(torch.uint8)
+    buf[8 : 8 + len(data)] = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+    world.links.broadcast(buf, world.rank, _HEADER_TAG, ranks=world.party_ranks)
+
+
+def receive(world: World, src: int) -> bytes:
+    """Another compute party's process receives the client's (rank ``src``) next batch header."""
+    buf = torch.empty(_HEADER_BYTES + 8, dtype=torch.uint8)
+    buf = world.links.broadcast(buf, src, _HEADER_TAG, ranks=world.party_ranks)
+    n = int(buf[:8].view(torch.int64))
+    if not 0 <= n <= _HEADER_BYTES:
+        raise ValueError(f"Malformed batch header length {n} from rank {src}.")
+    return bytes(buf[8 : 8 + n].tolist())
+
+
+def leave(world: World) -> None:
+    """End this process's part of the run (peers waiting on it fail fast instead of timing out)."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
