@@ -4,7 +4,7 @@ A real ``x`` is encoded as ``round(x * 2**precision_bits)`` (round half to even,
 stored in an int64 tensor; ring arithmetic wraps modulo 2^64 as int64 overflow does. Decoding divides by
 ``2**frac_bits`` in float64.
 
-Range. A comparison of a value ``y`` (ReLU, ``y >= 0``) is exact for ``|y * 2**precision_bits| <
+Range. The accepted magnitude is the same at every ``frac_bits`` (integers included). A comparison of a value ``y`` (ReLU, ``y >= 0``) is exact for ``|y * 2**precision_bits| <
 2**compare_bits``; pairwise comparisons (``x >= y``, max, argmax) compare differences, so they are exact
 when ``|x - y|`` is in that range. :meth:`FixedPointEncoder.encode` therefore accepts
 ``|x| < 2**(compare_bits - 1 - precision_bits)`` (32768 with the defaults 16 and 32): any two shared
@@ -84,14 +84,18 @@ class FixedPointEncoder:
             raise ValueError(f"Expected `frac_bits` in [0, {self.precision_bits}] (precision_bits), but got {frac}.")
         # The check is on the rounded integers that are actually encoded: a value just below the limit can
         # round up onto it (32768 - 2**-17 encodes to 2**31 at 16 bits).
+        # The value range is the same at every frac_bits (integers included): a value encoded with fewer bits is
+        # lifted to precision_bits when it meets a fixed-point value, and must still be comparable then.
         scaled = torch.round(t * float(1 << frac))
-        limit = 2.0 ** (self.compare_bits - 1)
+        bits = self.compare_bits - 1 - self.precision_bits
+        limit = 2.0 ** (bits + frac)
         if t.numel() and float(scaled.abs().max()) >= limit:
             n_bad = int((scaled.abs() >= limit).sum())
             raise EncodingRangeError(
-                f"Expected |x| < {limit / (1 << frac):g} (2^{self.compare_bits - 1 - frac}: the fixed-point range "
-                f"at {frac} fractional bits, compare_bits={self.compare_bits}, checked after rounding), but {n_bad} value(s) reach {float(t.abs().max()):g}. Rescale the "
-                "input or raise `compare_bits`."
+                f"Expected |x| < {2.0 ** bits:g} (2^{bits}: the fixed-point range for precision_bits="
+                f"{self.precision_bits}, compare_bits={self.compare_bits}, checked after rounding to {frac} "
+                f"fractional bits), but {n_bad} value(s) reach {float(t.abs().max()):g}. Rescale the input or raise "
+                "`compare_bits`."
             )
         return scaled.to(torch.int64)
 

@@ -200,8 +200,10 @@ def _getitem(x, idx):
         return _step(x, ("getitem", h))
     if isinstance(idx, ShareTensor):
         raise UnsupportedOpError("Indexing with a secret-shared index is not supported.")
-    sel = idx if isinstance(idx, tuple) else (idx,)
-    return _wrap(x, x._shares[(slice(None),) + sel], x._frac)
+    # Advanced indexing: index each party's row on its own. (Indexing the stacked shares with the party axis
+    # in front would let torch move separated index dims in front of the party axis and mix the parties.)
+    rows = [row[idx] for row in x._shares]
+    return _wrap(x, torch.stack(rows), x._frac)
 
 
 @implements(Tensor.contiguous, Tensor.clone, Tensor.detach, Tensor.requires_grad_)
@@ -223,7 +225,10 @@ def _to(x, *args, **kwargs):
 
 
 def _join(kind):
-    def handler(tensors, dim=0, **kwargs):
+    def handler(tensors, dim=0, *, axis=None, out=None):
+        if out is not None:
+            raise UnsupportedOpError(f"torch.{kind}(out=...) on shares is not supported.")
+        dim = axis if axis is not None else dim
         sess = check_same_session(*tensors)
         if not all(isinstance(t, ShareTensor) for t in tensors):
             raise UnsupportedOpError(f"torch.{kind} of shared and public tensors: share the public ones first.")
@@ -266,16 +271,19 @@ def _add(x, y, sign: int = 1):
 
 @implements(Tensor.__add__, Tensor.__radd__, Tensor.add, torch.add)
 def _h_add(x, y, *, alpha=1):
-    if alpha != 1:
-        y = _h_mul(y, alpha)
-    return _add(x, y)
+    return _add(x, _scaled(y, alpha))
 
 
 @implements(Tensor.__sub__, Tensor.sub, torch.sub)
 def _h_sub(x, y, *, alpha=1):
-    if alpha != 1:
-        y = _h_mul(y, alpha)
-    return _add(x, y, -1)
+    return _add(x, _scaled(y, alpha), -1)
+
+
+def _scaled(y, alpha):
+    """``alpha * y`` for the ``alpha=`` argument of add/sub; ``y`` shared or public."""
+    if alpha == 1:
+        return y
+    return _h_mul(y, alpha) if isinstance(y, ShareTensor) else torch.as_tensor(y) * alpha
 
 
 @implements(Tensor.__rsub__)
@@ -294,11 +302,14 @@ def _h_mul(x, y):
         x, y = y, x
     if isinstance(y, ShareTensor):
         sess = check_same_session(x, y)
-        x, y = _fixed(x), _fixed(y)
-        try:
+        try:  # before any truncation round: a wrong shape must not cost (or reveal) anything
             torch.broadcast_shapes(_shape_of(x), _shape_of(y))
         except RuntimeError:
-            raise ShapeMismatchError(f"Cannot multiply shapes {_shape_of(x)} and {_shape_of(y)}.") from None
+            raise ShapeMismatchError(
+                f"Expected shapes that broadcast for *, but got {_shape_of(x)} and {_shape_of(y)}. Reshape or "
+                "unsqueeze an operand so that trailing dims match or are 1."
+            ) from None
+        x, y = _fixed(x), _fixed(y)
         return ShareTensor(P.beaver(sess, "mul", x, y), sess, x._frac + y._frac)
     if _is_int_public(y):  # exact, no truncation; checked like any public operand (``x * 2**50`` would wrap)
         k = _public(x._session, y, x._session.precision_bits) >> x._session.precision_bits  # checked as a value
@@ -321,31 +332,53 @@ def _divide_public(x: ShareTensor, divisor) -> ShareTensor:
     """``x / d`` for a public ``d`` (a number or a tensor broadcasting against ``x``), at ``precision_bits``.
 
     Encoding ``1/d`` with ``precision_bits`` fractional bits would lose it for large ``d`` (1/200000 encodes
-    to 0). Instead, with ``2^t <= min|d| < 2^(t+1)`` and ``s = 61 - compare_bits`` (29 at defaults):
-    1. truncate ``x`` by ``t`` bits (plus any pending product bits; skipped when there are none), so that
-    2. the local product with the public integer ``r = round(2^(s+t) / d)`` (``|r| <= 2^s``) holds
-       ``(x / d) * 2^(precision_bits + s)`` and stays below ``2^61`` in magnitude, and
-    3. truncate it by ``s`` bits.
+    to 0). Instead, with ``s = 61 - compare_bits`` (29 at defaults) and per element ``2^t <= |d| < 2^(t+1)``
+    (``t >= 0``; ``T`` the largest ``t``):
+    1. ``x * 2^(T - t)`` (local, exact) is truncated by ``T`` bits (plus any pending product bits; skipped
+       when that is 0), so every element is ``x / 2^t`` whatever its divisor's magnitude;
+    2. the local product with the public integer ``r = round(2^(s+t) / d)`` holds
+       ``(x / d) * 2^(precision_bits + s)``, below ``2^61`` in magnitude for quotients in range; and
+    3. it is truncated by ``s`` bits.
     Cost: 1 or 2 truncations (1 or 2 rounds, ``8 (n-1)`` bytes per element each); no dealer material beyond
     their masks. Error bound (``q = x / d`` in LSB units ``2^-precision_bits``): ``|q_hat - q| <= 2 +
-    |q| * 2^(precision_bits - s)``, i.e. under 3 LSB for ``|q| < 2^(compare_bits - 1 - precision_bits)``.
-    Range: the quotient must lie in the comparison range ``|x / d| < 2^(compare_bits - precision_bits)``.
+    |q| * 2^(precision_bits - s)`` LSB (below 6 LSB for ``|q| < 2^(compare_bits - 1 - precision_bits)``), plus
+    the input's own encoding error divided by ``|d|``.
+    Range: the quotient must lie in the comparison range ``|x / d| < 2^(compare_bits - precision_bits)``: it
+    is secret, so this cannot be checked (a larger quotient wraps, as any out-of-range value does).
+    Refused: zero, non-finite or complex divisors, ``|d| < 2^-(62 - s - ...)`` (use ``*``) and ``|d| >= 2^40``.
     """
     sess, f = x._session, x._session.precision_bits
-    d = torch.as_tensor(divisor, dtype=torch.float64) if not isinstance(divisor, Tensor) else divisor.detach().to(torch.float64).cpu()
-    if d.is_complex() or not bool(torch.isfinite(d).all()):
+    if isinstance(divisor, (int, float)) and not isinstance(divisor, bool):
+        divisor = torch.tensor(float(divisor), dtype=torch.float64)  # exact for Python floats; ints beyond int64 too
+    d = divisor.detach().cpu() if isinstance(divisor, Tensor) else torch.as_tensor(divisor)
+    if d.is_complex():
+        raise TypeError(f"Expected a real public divisor, but got dtype {d.dtype}.")
+    d = d.to(torch.float64)
+    if not bool(torch.isfinite(d).all()):
         raise ValueError("Expected a finite, real public divisor.")
     if bool((d == 0).any()):
         raise ZeroDivisionError("Division of secret shares by zero.")
     s = 61 - sess.compare_bits
-    t = max(0, math.floor(math.log2(float(d.abs().min()))))
-    r = torch.round(torch.ldexp(torch.ones(()), torch.tensor(s + t, dtype=torch.float64)) / d).to(torch.int64)
+    mag = d.abs()
+    if float(mag.max()) >= 2.0**40:
+        raise ValueError(f"Divisor {float(mag.max()):g} >= 2^40: the quotient underflows the fixed-point precision.")
+    t = torch.floor(torch.log2(mag)).clamp(min=0).to(torch.int64)
+    r = torch.round(torch.ldexp(torch.ones_like(d), s + t) / d)
+    if float(r.abs().max()) >= 2.0**(61 - sess.compare_bits + f):
+        raise ValueError(f"Divisor {float(mag.min()):g} is too small to divide by; multiply by its reciprocal instead.")
+    t_max = int(t.max()) if t.numel() else 0
     shares = _lift(x, f)  # integer values (frac_bits 0) are lifted to fixed point first: exact
-    pre = max(x._frac, f) - f + t
+    frac = max(x._frac, f)
+    if bool((t != t_max).any()):  # mixed magnitudes: bring every element to the common shift first (exact)
+        if frac > f:
+            shares, frac = P.truncate(sess, shares, frac - f), f
+        shape = torch.broadcast_shapes(_shape_of(x), tuple(t.shape))
+        shares = transforms.align_party(shares, len(shape)) * (1 << (t_max - t)).to(sess.device)
+    pre = frac - f + t_max
     if pre:
         shares = P.truncate(sess, shares, pre)
-    shape = torch.broadcast_shapes(_shape_of(x), tuple(r.shape))
-    prod = transforms.align_party(shares, len(shape)) * r.to(sess.device)
+    shape = torch.broadcast_shapes(tuple(shares.shape[1:]), tuple(r.shape))
+    prod = transforms.align_party(shares, len(shape)) * r.to(torch.int64).to(sess.device)
     return _wrap(x, P.truncate(sess, prod, s), f, None)
 
 
@@ -383,7 +416,8 @@ def _h_matmul(x, y):
             out = out.squeeze(-1)
         return out
     if xs[-1] != ys[-2]:
-        raise ShapeMismatchError(f"Expected matching inner dims for matmul, but got {tuple(xs)} @ {tuple(ys)}.")
+        raise ShapeMismatchError(f"Expected matching inner dims for matmul, but got {tuple(xs)} @ {tuple(ys)}. "
+                                 "Transpose or reshape an operand so that x.shape[-1] == y.shape[-2].")
     return _bilinear("matmul", x, y)
 
 
@@ -550,6 +584,7 @@ def _h_max(x, dim=None, keepdim=False):
 
 @implements(F.max_pool2d, getattr(F, "_max_pool2d", F.max_pool2d), Tensor.max_pool2d if hasattr(Tensor, "max_pool2d") else F.max_pool2d)
 def _h_max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
+    _pooling_input(x, "max_pool2d")
     kh, kw = _pair(kernel_size)
     sh, sw = _pair(stride if stride not in (None, []) else kernel_size)
     if _pair(padding) != (0, 0) or _pair(dilation) != (1, 1) or ceil_mode or return_indices:
@@ -563,12 +598,22 @@ def _h_max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=
 
 @implements(F.avg_pool2d, torch._C._nn.avg_pool2d)
 def _h_avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True, divisor_override=None):
+    _pooling_input(x, "avg_pool2d")
     kh, kw = _pair(kernel_size)
     sh, sw = _pair(stride if stride not in (None, []) else kernel_size)
     if _pair(padding) != (0, 0) or ceil_mode:
         raise UnsupportedOpError("avg_pool2d on shares supports padding=0, ceil_mode=False only.")
+    if divisor_override is not None and divisor_override == 0:
+        raise RuntimeError("divisor must be not zero")
     win = x._shares.unfold(-2, kh, sh).unfold(-2, kw, sw).sum((-1, -2))
-    return _divide_public(_wrap(x, win, x._frac), divisor_override or kh * kw)
+    return _divide_public(_wrap(x, win, x._frac), kh * kw if divisor_override is None else divisor_override)
+
+
+def _pooling_input(x: ShareTensor, name: str) -> None:
+    """2-D pooling works on the last two dims of a 3-D or 4-D value (as torch); never reach the party axis."""
+    nd = len(_shape_of(x))
+    if nd not in (3, 4):
+        raise IndexError(f"{name}: expected a 3-D (C, H, W) or 4-D (N, C, H, W) input, but got {nd}-D.")
 
 
 @implements(F.dropout, torch.dropout)

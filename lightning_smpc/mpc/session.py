@@ -12,7 +12,7 @@ from . import transforms
 from .comm import Communicator
 from .dealer import TrustedDealer
 from .encoding import FixedPointEncoder
-from .errors import PartyConfigError, SessionMismatchError
+from .errors import PartyConfigError, RevealNotAllowedError, SessionMismatchError
 from .mask import Mask, MaskHandle
 from .prg import make_prg
 from .tensor import ShareTensor
@@ -147,7 +147,16 @@ class Session:
         not a receiver (multi-process runtime).
         """
         if not isinstance(x, ShareTensor) or x.session is not self:
-            raise SessionMismatchError("Expected a ShareTensor of this session.")
+            raise SessionMismatchError(
+                "Expected a ShareTensor of this session, but got one shared by another Session (or a plain tensor). "
+                "Reveal it with the session that shared it."
+            )
+        if x._skipped is not None:  # every reveal path comes through here (ShareTensor.reveal, the strategy, metrics)
+            raise RevealNotAllowedError(
+                "This value went through a softmax/log_softmax that was skipped on shares (it is monotone, so only "
+                "its argmax over the softmax dim is meaningful; the tensor holds the logits, or their maximum). "
+                "Reveal `.argmax(dim)` instead, or remove the softmax from forward() to reveal logits."
+            )
         receivers = self.parties if to is None and outside is None else ((to,) if isinstance(to, str) else tuple(to or ()))
         unknown = [r for r in receivers if r not in self.parties]
         if unknown:

@@ -92,13 +92,9 @@ class ShareTensor(torch.Tensor):
         return self._frac
 
     def reveal(self, to: str | tuple[str, ...] | None = None, name: str | None = None) -> torch.Tensor:
-        """Decode the value for ``to`` (a party name, several, or all parties when None); float64."""
-        if self._skipped is not None:
-            raise RevealNotAllowedError(
-                "This value went through a softmax/log_softmax that was skipped on shares (it is monotone, so "
-                "only its argmax over the softmax dim is meaningful; the tensor holds the logits, or their "
-                "maximum). Reveal `.argmax(dim)` instead, or remove the softmax from forward() to reveal logits."
-            )
+        """Decode the value for ``to`` (a party name, several, or all parties when None); float64.
+
+        Raises :class:`RevealNotAllowedError` for the output of a skipped softmax (see :meth:`Session.reveal`)."""
         return self._session.reveal(self, to=to, name=name)
 
     def __repr__(self, *, tensor_contents=None) -> str:  # values never printed

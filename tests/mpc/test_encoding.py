@@ -72,9 +72,10 @@ def test_range_limit_is_exclusive(f, cb):
 
 def test_range_limit_with_integer_frac_bits():
     enc = FixedPointEncoder(precision_bits=16, compare_bits=32)
-    assert enc.encode(torch.tensor([2.0**31 - 1], dtype=torch.float64), frac_bits=0).item() == 2**31 - 1
+    # the same value range at every frac_bits: integers meet fixed-point values (lifted to precision_bits)
+    assert enc.encode(torch.tensor([2.0**15 - 1], dtype=torch.float64), frac_bits=0).item() == 2**15 - 1
     with pytest.raises(EncodingRangeError):
-        enc.encode(torch.tensor([2.0**31]), frac_bits=0)
+        enc.encode(torch.tensor([2.0**15]), frac_bits=0)
     with pytest.raises(ValueError, match="frac_bits"):
         enc.encode(torch.tensor([1.0]), frac_bits=17)
 
@@ -143,4 +144,8 @@ def test_public_integers_in_range_still_work(make_session) -> None:
     assert torch.equal((x + 3).reveal(), torch.tensor([4.5, 1.0], dtype=torch.float64))
     assert torch.equal((x * torch.tensor([2, -3])).reveal(), torch.tensor([3.0, 6.0], dtype=torch.float64))
     labels = s.share(torch.tensor([7.0]), frac_bits=0)
-    assert torch.equal((labels + 2**30).reveal(), torch.tensor([2.0**30 + 7], dtype=torch.float64))  # integer range
+    assert torch.equal((labels + 32000).reveal(), torch.tensor([32007.0], dtype=torch.float64))
+    with pytest.raises(EncodingRangeError):  # integers have the same value range (they meet fixed-point values)
+        labels + 2**30
+    with pytest.raises(EncodingRangeError):
+        s.share(torch.tensor([2.0**30]), frac_bits=0)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
@@ -58,8 +58,8 @@ def test_reported_cases(make_session) -> None:
     assert abs(float((x / 200000).reveal()) - 0.005) < 2**-15
     assert abs(float((x / 50000).reveal()) - 0.02) < 2**-15
     assert abs(float(s.share(torch.full((1000,), 7.0)).mean().reveal()) - 7.0) < 2**-15
-    counts = s.share(torch.tensor([3.0, 999_999.0]), frac_bits=0)  # integer values: divided at full precision
-    assert torch.allclose(counts.div(1_000_000).reveal(), torch.tensor([3e-6, 0.999999], dtype=torch.float64), atol=2**-15)
+    counts = s.share(torch.tensor([3.0, 32_767.0]), frac_bits=0)  # integer values: divided at full precision
+    assert torch.allclose(counts.div(1_000_000).reveal(), torch.tensor([3e-6, 0.032767], dtype=torch.float64), atol=2**-15)
 
 
 def test_mean_and_avg_pool_use_the_precise_division(make_session) -> None:
@@ -81,3 +81,34 @@ def test_bad_divisors_are_refused(make_session) -> None:
         x / float("nan")
     with pytest.raises(Exception, match="rounding_mode"):
         torch.div(x, 2, rounding_mode="floor")
+
+
+@settings(max_examples=30, deadline=None)
+@given(x=st.lists(st.floats(-20000, 20000), min_size=2, max_size=2), d=st.lists(divisors, min_size=2, max_size=2))
+@example(x=[3000.0, 20000.0], d=[1, 178927.149])
+def test_mixed_magnitude_tensor_divisors_keep_the_bound(make_session, x, d) -> None:
+    """Every element keeps the bound, whatever the other elements' divisors (the review found 5492 LSB for
+    [1, 178927] when the shift came from the smallest divisor only)."""
+    s = make_session(2, seed=0)
+    plain, dv = torch.tensor(x, dtype=torch.float64), torch.tensor(d, dtype=torch.float64)
+    q = plain / dv
+    if bool((q.abs() >= 2**15).any()):
+        return
+    got = (s.share(plain) / dv).reveal()
+    assert bool(((got - q).abs() <= bound(q, dv)).all()), f"{got} vs {q} for d={d}"
+
+
+def test_mixed_divisors_after_a_product(make_session) -> None:
+    s = make_session(3, seed=0)
+    a = s.share(torch.tensor([1.0, 23170.0]))
+    q = torch.tensor([1.0, 23170.0 ** 2 / 30000], dtype=torch.float64)
+    assert bool((((a * a) / torch.tensor([1.0, 30000.0])).reveal() - q).abs().le(bound(q, 1.0) + 2**-15).all())
+
+
+def test_divisors_outside_the_precision_are_refused(make_session) -> None:
+    x = make_session(2, seed=0).share(torch.ones(2))
+    for d in (1e-13, 2**63, 2.0**41):
+        with pytest.raises(ValueError, match="Divisor"):
+            x / d
+    with pytest.raises(TypeError, match="real"):
+        x.div(torch.tensor([2 + 5j, 1 + 0j]))

@@ -65,3 +65,14 @@ def test_softmax_without_dim_uses_torchs_legacy_choice(session) -> None:
     with pytest.warns(UserWarning):
         got = F.softmax(session.share(x3)).argmax(0).reveal()
     assert torch.equal(got, expected.double())
+
+
+@pytest.mark.parametrize("fn", [lambda x: F.softmax(x, -1), lambda x: F.softmax(x, -1).max(-1).values])
+def test_no_reveal_path_bypasses_the_mark(session, fn) -> None:
+    """Session.reveal (used by the strategy and metrics) refuses too, not only ShareTensor.reveal."""
+    y = fn(session.share(X))
+    n_records = len(session.comm.records)
+    for reveal in (lambda: session.reveal(y), lambda: session.reveal(y, to="alice"), lambda: session.reveal(y, to=(), outside="client")):
+        with pytest.raises(RevealNotAllowedError):
+            reveal()
+    assert len(session.comm.records) == n_records and session.ledger == []
