@@ -26,6 +26,9 @@ from .mpc.errors import SmpcError
 
 __all__ = ["PartyLauncher", "PartyFailedError"]
 
+# Errors a process reports when a PEER failed (its sockets closed, or it stopped answering)
+_PEER_FAILURES = ("Connection reset by peer", "Connection closed by peer", "Timed out", "timed out")
+
 
 class PartyFailedError(SmpcError, RuntimeError):
     """A party's (or the crypto provider's) process failed or stopped answering; the run was ended."""
@@ -77,29 +80,55 @@ class PartyLauncher(_Launcher):
 
     def _collect(self, results, world: int, deadline_s: float) -> dict[int, dict]:
         reports: dict[int, dict] = {}
+        errors: dict[int, str] = {}
         last_news = time.monotonic()
         while len(reports) < world:
-            if not results.empty():
+            while not results.empty():
                 rank, payload, error = results.get()
                 if error is not None:
-                    raise PartyFailedError(f"{self._strategy.role_name(rank)} (rank {rank}) failed:\n{error}")
-                reports[rank] = _from_bytes(payload)
+                    errors[rank] = error
+                else:
+                    reports[rank] = _from_bytes(payload)
                 last_news = time.monotonic()
-                continue
-            dead = [r for r, p in enumerate(self.procs) if r not in reports and p.exitcode is not None]
-            if dead:
-                time.sleep(0.5)  # its error report may still be in flight
-                if not results.empty():
-                    continue
-                r = dead[0]
-                raise PartyFailedError(
-                    f"{self._strategy.role_name(r)} (rank {r}) exited with code {self.procs[r].exitcode} without a "
-                    "result; the other processes were stopped."
-                )
+            silent = [r for r, p in enumerate(self.procs) if p.exitcode is not None and r not in reports and r not in errors]
+            if errors or silent:
+                self._settle(results, reports, errors)
+                raise PartyFailedError(self._failure(reports, errors))
             if time.monotonic() - last_news > deadline_s:
-                raise PartyFailedError(f"No result from ranks {sorted(set(range(world)) - set(reports))} within {deadline_s:.0f} s.")
+                missing = sorted(set(range(world)) - set(reports))
+                raise PartyFailedError(f"No result from {[self._strategy.role_name(r) for r in missing]} within {deadline_s:.0f} s.")
             time.sleep(0.02)
         return reports
+
+    def _settle(self, results, reports: dict, errors: dict, wait_s: float = 3.0) -> None:
+        """After a first failure, give the other processes a moment to exit or report theirs (to find the cause)."""
+        t_end = time.monotonic() + wait_s
+        while time.monotonic() < t_end and any(p.exitcode is None for p in self.procs):
+            while not results.empty():
+                rank, payload, error = results.get()
+                if error is not None:
+                    errors[rank] = error
+            time.sleep(0.05)
+        while not results.empty():
+            rank, payload, error = results.get()
+            if error is not None:
+                errors[rank] = error
+
+    def _failure(self, reports: dict, errors: dict) -> str:
+        """Name the role that caused the failure: one that died without a word first, else one whose error was
+        not a peer's broken connection or timeout (those follow from the first failure), else the first error."""
+        name = self._strategy.role_name
+        died = [r for r, p in enumerate(self.procs) if p.exitcode not in (None, 0) and r not in errors and r not in reports]
+        if died:
+            r = died[0]
+            head = f"{name(r)} (rank {r}) died (exit code {self.procs[r].exitcode}) during the run"
+        else:
+            own = [r for r, e in errors.items() if not any(k in e for k in _PEER_FAILURES)]
+            r = (own or sorted(errors))[0]
+            head = f"{name(r)} (rank {r}) failed:\n{errors[r]}"
+        others = [f"  {name(k)} (rank {k}): {e.strip().splitlines()[-1]}" for k, e in sorted(errors.items()) if k != r]
+        tail = ("\nthen, as a consequence:\n" + "\n".join(others)) if others else ""
+        return head + tail + "\nThe other processes were stopped."
 
     def _stop_all(self) -> None:
         for p in self.procs:

@@ -353,7 +353,8 @@ class SecurePredictStrategy(ParallelStrategy):
         return result
 
     def _released(self, out: ShareTensor) -> Any:
-        receiver = dict(to=self.client_party) if self.distributed else dict(to=(), outside=self.client)
+        client = self.client_party if self.distributed else self.client
+        receiver = dict(to=client) if client in self.parties else dict(to=(), outside=client)
         if self.reveal == "labels":
             labels = self.session.reveal(out.argmax(dim=-1), name="predicted labels", **receiver)
             return None if labels is None else labels.round().to(torch.int64)

@@ -1,0 +1,86 @@
+"""``SecurePredictStrategy(runtime="distributed")``: one process per compute party plus the crypto provider.
+
+The same ``Trainer.predict`` call as the simulated runtime gives the same revealed labels, metrics, ledger and
+per-party online traffic; a party that dies mid-run ends the run with an error naming it, and no process is left.
+"""
+from __future__ import annotations
+
+import multiprocessing
+import os
+import time
+
+import pytest
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import LightningModule, Trainer
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_smpc import SecureAccuracy, SecurePredictStrategy
+from lightning_smpc.launcher import PartyFailedError
+
+pytestmark = pytest.mark.filterwarnings("ignore")
+PARTIES = {2: ("alice", "bob"), 3: ("alice", "bob", "carol")}
+
+
+class Tiny(LightningModule):
+    def __init__(self, die_on_rank: int = -1) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc1, self.fc2 = nn.Linear(8, 16), nn.Linear(16, 4)
+        self.die_on_rank = die_on_rank
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        if self.calls == 2 and os.environ.get("LOCAL_RANK") == str(self.die_on_rank):
+            os._exit(3)  # a party's process dies in the middle of the second batch
+        return self.fc2(F.relu(self.fc1(x)))
+
+
+X = torch.randn(40, 8, generator=torch.Generator().manual_seed(1))
+Y = torch.randint(0, 4, (40,), generator=torch.Generator().manual_seed(2))
+
+
+def _run(runtime: str, n: int, reveal: str = "labels", model=None, **kwargs):
+    strategy = SecurePredictStrategy(parties=PARTIES[n], runtime=runtime, reveal=reveal, preprocess=False,
+                                     metrics={"accuracy": SecureAccuracy(num_classes=4)}, **kwargs)
+    trainer = Trainer(strategy=strategy, logger=False, enable_progress_bar=False, enable_model_summary=False)
+    out = trainer.predict(model or Tiny(), DataLoader(TensorDataset(X, Y), batch_size=16))
+    return strategy, out
+
+
+@pytest.mark.parametrize("n", [2, 3], ids=["2pc", "3pc"])
+def test_same_results_and_traffic_as_the_simulated_runtime(n: int) -> None:
+    dist_strategy, dist_out = _run("distributed", n)
+    # the same roles: the model owner is the first party, the client the last (as the distributed defaults)
+    sim_strategy, sim_out = _run("simulated", n, seed=0, model_owner=PARTIES[n][0], client=PARTIES[n][-1])
+    assert torch.equal(torch.cat(dist_out), torch.cat(sim_out))  # revealed labels, in the user's process
+    with torch.no_grad():
+        assert (torch.cat(dist_out) == Tiny()(X).argmax(-1)).float().mean() >= 0.95
+    assert torch.equal(dist_strategy.revealed_metrics["accuracy"], sim_strategy.revealed_metrics["accuracy"])
+    assert dist_strategy.revealed_counts == sim_strategy.revealed_counts
+    client, owner = PARTIES[n][-1], PARTIES[n][0]
+    assert [(r.name, r.shape, r.to) for r in dist_strategy.reveal_ledger] == \
+        [(r.name, r.shape, r.to) for r in sim_strategy.reveal_ledger]
+    assert {r.to for r in dist_strategy.reveal_ledger} == {(client,), (owner,)}
+    dist_comm, sim_comm = dist_strategy.comm_stats(), sim_strategy.comm_stats()
+    for p in PARTIES[n]:  # each process counted its own party's traffic: the same protocol, the same bytes
+        assert dist_comm[p]["bytes_sent"] == sim_comm[p]["bytes_sent"] > 0
+        assert dist_comm[p]["rounds"] == sim_comm[p]["rounds"]
+    assert multiprocessing.active_children() == []
+
+
+def test_metrics_mode_returns_nothing_that_holds_shares() -> None:
+    strategy, out = _run("distributed", 2, reveal="metrics")
+    assert out == [None, None, None]
+    assert strategy.revealed_counts["accuracy"][1] == 40
+    assert [r.name for r in strategy.reveal_ledger] == ["accuracy"]
+
+
+def test_a_dying_party_ends_the_run_with_its_name_and_no_orphans() -> None:
+    t0 = time.monotonic()
+    with pytest.raises(PartyFailedError, match=r"bob \(rank 1\)"):
+        _run("distributed", 2, model=Tiny(die_on_rank=1), timeout=20)
+    assert time.monotonic() - t0 < 60
+    assert multiprocessing.active_children() == []
