@@ -3,42 +3,77 @@
 The protocols are the same code as in the simulated runtime; only the transport changes. Each party's
 process holds its own row of every share tensor (a party axis of length 1), public constants are added by
 the first party only (``Session.holds_first``), and the three transport hooks of
-:class:`~.comm.Communicator` become collectives over the parties' process group:
+:class:`~.comm.Communicator` become encrypted, authenticated messages over :class:`~.links.Links`:
 
-* ``_exchange`` (opening a masked value): ``all_gather`` of each party's share; 1-bit XOR shares are
+* ``_exchange`` (opening a masked value): all-gather of each party's share; 1-bit XOR shares are
   packed 8 per byte, and a value opened modulo ``2**bits`` is reduced modulo ``2**bits`` before it leaves
   the process (the full share would leak the unreduced sum) and sent in the smallest integer type that
   holds it (the communicator counts ``bits`` per element);
-* ``_exchange_to`` (revealing to some parties): ``gather`` to each receiver only — the others never see
+* ``_exchange_to`` (revealing to some parties): gather to each receiver only — the others never see
   the shares;
-* ``_broadcast`` (an input owner's masked input): ``broadcast`` from the owner's rank.
+* ``_broadcast`` (an input owner's masked input): from the owner to every other party.
 
-The crypto provider runs in its own process (rank ``n``): the first party forwards each request (shapes
-and mask ids only — no data), and the dealer sends every party its own share of the material, point to
-point. Example (each party's function gets its Session; only the owner passes the value)::
+The counted traffic (``Session.stats()``) is the protocol's and identical to the simulated runtime's; the
+cost of the encryption itself is in ``links.stats`` (seconds of AEAD, ciphertext overhead).
+
+The crypto provider runs in its own process: the first party forwards each request as canonical JSON
+(:mod:`.wire`: shapes, ops and mask ids only — no data), and the dealer sends every party its own share of
+the material, point to point, in a layout each party derives from the request itself. Nothing crossing
+between processes is ever deserialized into arbitrary objects: only validated JSON and raw tensor bytes.
+
+**Seam for launchers** (e.g. a Lightning strategy whose ranks are the parties + the dealer; the process
+group may already exist): :func:`establish_links` after the group starts (every rank), then
+:func:`party_session` on a compute party's rank or :func:`serve_dealer` on the dealer's rank, and
+:func:`finish` on the first party when it is done. :func:`run_parties` does all of it on 127.0.0.1.
+Example (each party's function gets its Session; only the owner passes the value)::
 
     def job(sess):
         x = sess.share(torch.randn(4, 3) if sess.local_party == "alice" else None, owner="alice", shape=(4, 3))
         return x.relu().reveal(to="bob")          # tensor in bob's process, None in alice's
 
-    results = run_parties(job, parties=("alice", "bob"))   # [None, tensor(...)]
+    results = run_parties(job, parties=("alice", "bob"))   # [{"result": None, ...}, {"result": tensor(...), ...}, dealer]
+
+**Faults.** Every operation has the process group's timeout (``run_parties(timeout=60)``). A process that
+fails tears its process group down at once, so its peers fail within milliseconds instead of waiting for
+the timeout; :func:`run_parties` then raises :class:`PartyProcessError` naming the party that failed (or
+died) and what it was doing, after stopping every process it started.
 """
 from __future__ import annotations
 
+import datetime
+import inspect
+import io
+import os
+import queue as queue_mod
 import socket
+import sys
+import time
 import traceback
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from . import wire
 from .comm import Communicator
 from .dealer import Material, TrustedDealer, _DealerTimes
+from .errors import SmpcError
+from .links import Identity, LinkError, Links, Roster, handshake
 from .prg import make_prg
 
-__all__ = ["run_parties", "DistributedCommunicator", "RemoteDealer"]
+__all__ = [
+    "run_parties", "establish_links", "party_session", "serve_dealer", "finish", "DistributedCommunicator",
+    "RemoteDealer", "PartyProcessError", "DEFAULT_TIMEOUT",
+]
+
+DEFAULT_TIMEOUT = 60.0  # seconds per operation (gloo's own default under Lightning/torch is 1800 s)
+_FAILURE_GRACE = 3.0  # after one process failed, seconds the others get to report before they are stopped
+
+
+class PartyProcessError(SmpcError, RuntimeError):
+    """A party's (or the dealer's) process failed or died; every process of the run was stopped."""
 
 
 def _pack_bits(bits: torch.Tensor) -> torch.Tensor:
@@ -59,27 +94,47 @@ def _unpack_bits(packed: torch.Tensor, shape: tuple) -> torch.Tensor:
 
 
 class DistributedCommunicator(Communicator):
-    """The communicator of one party's process; collectives over the parties' gloo group."""
+    """The communicator of one party's process: the transport hooks go over the encrypted links.
 
-    def __init__(self, parties: tuple[str, ...], rank: int, group, record_views: bool = False) -> None:
+    Args:
+        parties: compute party names (in share-row order); each must be a name in ``links.names``.
+        links: this process's :class:`~.links.Links` (from :func:`establish_links`).
+    """
+
+    def __init__(self, parties: tuple[str, ...], links: Links, record_views: bool = False) -> None:
         super().__init__(parties, record_views)
-        self.rank, self.group = rank, group
+        self.links = links
+        self.rank = self.parties.index(links.name)
+        self._peers = [links.index(p) for p in self.parties]  # party index -> link index
+        self._tag = ""
 
-    def _all_gather(self, local: torch.Tensor) -> list[torch.Tensor]:
-        parts = [torch.empty_like(local) for _ in range(self.n)]
-        dist.all_gather(parts, local.contiguous(), group=self.group)
-        return parts
+    # the protocol tag goes into every message's authenticated data
+    def open(self, items, tag):
+        self._tag = tag
+        return super().open(items, tag)
+
+    def reveal_to(self, shares, to, tag, outside=None):
+        self._tag = tag
+        return super().reveal_to(shares, to, tag, outside)
+
+    def broadcast_input(self, sender, value, tag, bits=64):
+        self._tag = tag
+        return super().broadcast_input(sender, value, tag, bits)
+
+    def _all_gather(self, local: torch.Tensor, what: str) -> list[torch.Tensor]:
+        return self.links.all_gather(local.contiguous(), f"{what}:{self._tag}", ranks=self._peers)
 
     def _exchange(self, shares: torch.Tensor, kind: str, bits: int) -> torch.Tensor:
         mine = shares[0]
+        what = f"open/{kind}{bits}"
         if kind == "xor" and bits == 1:
-            parts = [_unpack_bits(p, tuple(mine.shape)) for p in self._all_gather(_pack_bits(mine))]
+            parts = [_unpack_bits(p, tuple(mine.shape)) for p in self._all_gather(_pack_bits(mine), what)]
         elif kind == "arith" and bits < 64:  # a share mod 2^bits is all the others may see
             dtype = torch.uint8 if bits <= 8 else torch.int16 if bits <= 15 else torch.int32 if bits <= 31 else torch.int64
-            wire = (mine & ((1 << bits) - 1)).to(dtype)
-            parts = [p.to(torch.int64) & ((1 << bits) - 1) for p in self._all_gather(wire)]
+            wire_t = (mine & ((1 << bits) - 1)).to(dtype)
+            parts = [p.to(torch.int64) & ((1 << bits) - 1) for p in self._all_gather(wire_t, what)]
         else:
-            parts = self._all_gather(mine)
+            parts = self._all_gather(mine, what)
         return torch.stack(parts)
 
     def _exchange_to(self, shares: torch.Tensor, receivers: list[str]):
@@ -88,35 +143,53 @@ class DistributedCommunicator(Communicator):
             raise ValueError(f"The multi-process runtime reveals to compute parties only, not to {outside}.")
         mine, out = shares[0].contiguous(), None
         for r in receivers:
-            dst = self.parties.index(r)
-            parts = [torch.empty_like(mine) for _ in range(self.n)] if self.rank == dst else None
-            dist.gather(mine, parts, dst=dst, group=self.group)
-            if self.rank == dst:
+            parts = self.links.gather_to(self._peers[self.parties.index(r)], mine, f"reveal:{self._tag}", ranks=self._peers)
+            if parts is not None:
                 out = torch.stack(parts)
         return out
 
     def _broadcast(self, value: torch.Tensor, sender: str) -> torch.Tensor:
-        value = value.contiguous()
-        dist.broadcast(value, src=self.parties.index(sender), group=self.group)
-        return value
+        src = self._peers[self.parties.index(sender)]
+        return self.links.broadcast(value.contiguous(), src, f"input:{self._tag}", ranks=self._peers)
+
+
+# ---------------------------------------------------------------------------------------------- dealer transport
+_LEN_TAG, _REQ_TAG = "dealer/length", "dealer/request"
 
 
 class RemoteDealer:
-    """The parties' handle on the dealer process: the first party forwards requests, all receive material."""
+    """The parties' handle on the dealer process: the first party forwards requests, all receive material.
 
-    def __init__(self, rank: int, dealer_rank: int) -> None:
-        self.rank, self.dealer_rank = rank, dealer_rank
+    Every party encodes its own request (all parties run the same program) to derive its material layout;
+    the material message is authenticated together with the request's digest, so a party whose request
+    differs from the first party's fails with a :class:`~.links.LinkIntegrityError` instead of misreading.
+    """
+
+    def __init__(self, links: Links, parties: tuple[str, ...], dealer: str, compare_bits: int) -> None:
+        self.links, self.parties, self.compare_bits = links, tuple(parties), compare_bits
+        self.party = self.parties.index(links.name)
+        self.dealer_rank = links.index(dealer)
         self.times = _DealerTimes()
         self.store_size = 0
+        self.finished = False
 
     def request(self, req) -> Material:
-        if self.rank == 0:
-            dist.send_object_list([req], dst=self.dealer_rank)
-        box: list[Any] = [None]
-        dist.recv_object_list(box, src=self.dealer_rank)
-        data, created, keys = box[0]
+        if self.finished:
+            raise LinkError("The dealer was already told that this run is finished.")
+        data = wire.encode_request(req, self.parties)
+        if self.party == 0:
+            self.links.send(self.dealer_rank, torch.tensor([len(data)], dtype=torch.int64), _LEN_TAG)
+            self.links.send(self.dealer_rank, torch.frombuffer(bytearray(data), dtype=torch.uint8), _REQ_TAG)
+        layout = wire.material_layout(req, self.party, self.parties, self.compare_bits)
+        tensors = self.links.recv_many(self.dealer_rank, layout.specs(), f"material:{wire.request_digest(data)}")
         self.times.requests_inline += 1
-        return Material(data, created, keys)
+        return wire.material_from(layout, tensors)
+
+    def finish(self) -> None:
+        """First party only: tell the dealer process that no more requests come (it returns its stats)."""
+        if self.party == 0 and not self.finished:
+            self.links.send(self.dealer_rank, torch.zeros(1, dtype=torch.int64), _LEN_TAG)
+        self.finished = True
 
     def forget(self, mask_id: int) -> None:  # the dealer process keeps its masks for the run
         pass
@@ -127,70 +200,186 @@ class RemoteDealer:
     stop_recording = preprocess = record
 
 
-def _party_view(mat: Material, i: int, party: str, owner: str | None, n: int) -> dict:
-    view: dict[str, Any] = {}
-    for k, v in mat.data.items():
-        if k == "owner_mask":
-            if party == owner:
-                view[k] = v
-        elif isinstance(v, tuple):
-            view[k] = tuple(t[i : i + 1].clone() for t in v)
-        elif isinstance(v, torch.Tensor) and v.dim() and v.shape[0] == n:
-            view[k] = v[i : i + 1].clone()
-        else:
-            view[k] = v
-    return view
+def serve_dealer(
+    links: Links, parties: Sequence[str], crypto_provider: str, compare_bits: int = 32, seed: int | None = None,
+) -> dict:
+    """Run the crypto provider on this rank: answer requests until the first party sends the end marker.
 
+    Args:
+        links: this process's links (its name must be ``crypto_provider``).
+        parties: the compute parties, in share-row order (the first one forwards the requests).
+        compare_bits: the parties' ``Session(compare_bits=...)``.
+        seed: ``None`` for the cryptographically secure generator (an int only for tests).
 
-def _dealer_loop(parties: tuple[str, ...], crypto_provider: str, compare_bits: int, seed: int | None) -> dict:
+    Returns the dealer's offline traffic accounting ``{party: {"rounds", "messages", "bytes_sent",
+    "bytes_received"}}`` (as ``Session.stats()["offline"]`` in the simulated runtime).
+    Raises :class:`~.wire.WireError` for a malformed request, :class:`~.links.LinkError` on a link failure.
+    """
+    parties = tuple(parties)
+    if links.name != crypto_provider:
+        raise LinkError(f"serve_dealer runs on the crypto provider's rank ({crypto_provider!r}), not on {links.name!r}.")
+    first = links.index(parties[0])
+    peers = [links.index(p) for p in parties]
     accounting = Communicator(parties)
     dealer = TrustedDealer(crypto_provider, parties, make_prg(seed), accounting, compare_bits, "cpu")
     n = len(parties)
     while True:
-        box: list[Any] = [None]
-        dist.recv_object_list(box, src=0)
-        req = box[0]
-        if req is None:
+        length = int(links.recv(first, (1,), torch.int64, _LEN_TAG)[0])
+        if length == 0:
             return accounting.stats(offline=True)
+        if not 0 < length <= wire.MAX_REQUEST_BYTES:
+            raise wire.WireError(f"Rejected dealer request: announced length {length} is outside (0, {wire.MAX_REQUEST_BYTES}].")
+        data = links.recv(first, (length,), torch.uint8, _REQ_TAG)
+        req = wire.decode_request(data, parties)
+        t0 = time.perf_counter()
         mat = dealer._generate(req)
-        owner = req.params[1] if req.kind == "input_mask" else None
-        for i, party in enumerate(parties):
-            dist.send_object_list([(_party_view(mat, i, party, owner, n), mat.created, mat.mask_keys)], dst=i)
+        dealer.times.inline_seconds += time.perf_counter() - t0
+        dealer.times.requests_inline += 1
+        tag = f"material:{wire.request_digest(data.numpy().tobytes())}"
+        for i, peer in enumerate(peers):
+            layout = wire.material_layout(req, i, parties, compare_bits)
+            links.send_many(peer, wire.material_tensors(mat, layout, i, n), tag)
+
+
+def finish(session) -> None:
+    """End the run for the dealer: the first party sends the end marker (a no-op on the other parties)."""
+    dealer = session.dealer
+    if not isinstance(dealer, RemoteDealer):
+        raise TypeError("finish() is for sessions made by party_session().")
+    dealer.finish()
 
 
 @dataclass
 class _Runtime:
-    rank: int
-    group: Any
-    dealer_rank: int
+    links: Links
+    parties: tuple
+    crypto_provider: str
+    compare_bits: int
+    group: Any = None
+
+    @property
+    def rank(self) -> int:
+        return self.parties.index(self.links.name)
 
     def communicator(self, parties, record_views):
-        return DistributedCommunicator(parties, self.rank, self.group, record_views)
+        return DistributedCommunicator(parties, self.links, record_views)
 
     def dealer(self):
-        return RemoteDealer(self.rank, self.dealer_rank)
+        return RemoteDealer(self.links, self.parties, self.crypto_provider, self.compare_bits)
 
 
-def _worker(rank, world, port, parties, crypto_provider, seed, session_kwargs, fn, queue) -> None:
+def _session_default(name: str):
     from .session import Session
 
-    torch.set_num_threads(1)
-    n = len(parties)
+    return inspect.signature(Session).parameters[name].default
+
+
+# ---------------------------------------------------------------------------------------------- public seam
+def establish_links(
+    rank: int, world_size: int, names: Sequence[str], roster: Roster | str | None = None,
+    identity: Identity | None = None, group=None,
+) -> Links:
+    """Authenticate every process and set up the encrypted pairwise links (call on every rank).
+
+    The process group must be initialized (``torch.distributed.init_process_group("gloo", ...)``, by you
+    or by Lightning); its timeout bounds every later operation.
+
+    Args:
+        rank: this process's index in ``names`` (= its rank in ``group``).
+        world_size: ``len(names)`` (checked against the group).
+        names: every process's role name in rank order, e.g. ``("alice", "bob", "crypto_provider")``.
+        roster: the :class:`~.links.Roster` (or its text) listing each name's Ed25519 public key; ``None``
+            makes fresh identities and exchanges them (one machine: encrypted, but identities unpinned).
+        identity: this process's :class:`~.links.Identity` (its private key) when a roster is given.
+        group: the process group of all these processes (default: the world).
+
+    Raises :class:`~.links.LinkAuthError` on every rank, naming each process whose identity is refused.
+    """
+    if not dist.is_initialized():
+        raise LinkError("Initialize the process group (gloo) before establish_links().")
+    names = tuple(names)
+    if len(names) != world_size:
+        raise LinkError(f"Expected world_size == len(names), got {world_size} and {names}.")
+    if isinstance(roster, (str, bytes)):
+        roster = Roster.from_text(roster)
+    return handshake(rank, names, roster, identity, group)
+
+
+def party_session(links: Links, parties: Sequence[str], crypto_provider: str, group=None, **session_kwargs):
+    """The :class:`~.session.Session` of the compute party this rank plays (``links.name``).
+
+    ``group`` (the parties' process group, optional) is kept on the runtime for the caller's own use; all
+    protocol data goes over ``links``. ``session_kwargs`` as in ``Session`` (``precision_bits``,
+    ``compare_bits``, ``device``, ``record_views``); the same on every party and the dealer's
+    ``compare_bits``. The first party calls :func:`finish` when done.
+    """
+    from .session import Session
+
+    parties = tuple(parties)
+    if links.name not in parties:
+        raise LinkError(f"{links.name!r} is not a compute party {parties}; the dealer's rank runs serve_dealer().")
+    session_kwargs.pop("seed", None)  # parties draw nothing from a seed; only the dealer's generator matters
+    compare_bits = session_kwargs.get("compare_bits", _session_default("compare_bits"))
+    runtime = _Runtime(links, parties, crypto_provider, compare_bits, group)
+    return Session(parties, crypto_provider, seed=None, runtime=runtime, **session_kwargs)
+
+
+# ---------------------------------------------------------------------------------------------- run_parties
+def _to_bytes(obj: Any) -> bytes:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def _from_bytes(data: bytes) -> Any:
+    # produced by our own child process on this machine (results go to the launcher, never to another party)
+    return torch.load(io.BytesIO(data), weights_only=False)
+
+
+def _set_progress(arr, text: str) -> None:
+    raw = text.encode("utf-8", "replace")[: len(arr) - 1]
+    arr.value = raw
+
+
+def _abort() -> None:
     try:
-        dist.init_process_group("gloo", rank=rank, world_size=world, init_method=f"tcp://127.0.0.1:{port}")
-        group = dist.new_group(list(range(n)))
-        if rank == n:
-            result = _dealer_loop(tuple(parties), crypto_provider, session_kwargs.get("compare_bits", 32), seed)
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    except Exception:  # noqa: BLE001 - the peers see the closed sockets and fail fast either way
+        pass
+
+
+def _worker(rank, world, port, names, parties, crypto_provider, seed, timeout, roster_text, identity_pem,
+            session_kwargs, fn, results, progress) -> None:
+    torch.set_num_threads(1)
+    name = names[rank]
+    _set_progress(progress, "starting the process group")
+    try:
+        dist.init_process_group("gloo", rank=rank, world_size=world, init_method=f"tcp://127.0.0.1:{port}",
+                                timeout=datetime.timedelta(seconds=timeout))
+        _set_progress(progress, "the identity handshake")
+        identity = Identity.from_pem(name, identity_pem) if identity_pem is not None else None
+        links = establish_links(rank, world, names, roster_text, identity)
+        links.on_op = lambda what: _set_progress(progress, what)
+        if name == crypto_provider:
+            result = serve_dealer(links, parties, crypto_provider, session_kwargs.get("compare_bits",
+                                  _session_default("compare_bits")), seed)
         else:
-            sess = Session(parties, crypto_provider, seed=None, runtime=_Runtime(rank, group, n), **session_kwargs)
-            result = fn(sess)
-            result = {"result": result, "stats": sess.stats()["online"], "rounds": sess.comm.rounds}
-            if rank == 0:
-                dist.send_object_list([None], dst=n)
-        queue.put((rank, result, None))
+            sess = party_session(links, parties, crypto_provider, **session_kwargs)
+            _set_progress(progress, "the job function")
+            out = fn(sess)
+            finish(sess)
+            result = {"result": out, "stats": sess.stats()["online"], "rounds": sess.comm.rounds, "links": links.stats}
+        _set_progress(progress, "done")
+        results.put((rank, _to_bytes(result), None))
         dist.destroy_process_group()
-    except Exception:  # report to the launcher instead of hanging it
-        queue.put((rank, None, traceback.format_exc()))
+    except BaseException as e:  # noqa: BLE001 - report, tear the group down so the peers fail fast, exit
+        where = progress.value.decode("utf-8", "replace")
+        results.put((rank, None, (type(e).__name__, str(e), where, traceback.format_exc(limit=12))))
+        _abort()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(1)
 
 
 def _free_port() -> int:
@@ -199,35 +388,117 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _stop(procs) -> None:
+    for p in procs:
+        if p.is_alive():
+            p.terminate()
+    for p in procs:
+        p.join(5)
+        if p.is_alive():
+            p.kill()
+            p.join()
+
+
 def run_parties(
     fn: Callable, parties: tuple[str, ...] = ("alice", "bob"), crypto_provider: str = "crypto_provider",
-    seed: int | None = None, timeout: float = 300.0, **session_kwargs,
-) -> list[dict]:
+    seed: int | None = None, timeout: float = DEFAULT_TIMEOUT, roster: Roster | str | None = None,
+    identities: dict[str, Identity] | None = None, **session_kwargs,
+) -> list:
     """Run ``fn(session)`` in one process per party (plus the dealer's) over gloo on 127.0.0.1.
 
-    ``fn`` must be importable (a module-level function). Returns, per party, ``{"result": fn's return
-    value, "stats": online traffic per party as counted in that process, "rounds": int}``; the dealer's
-    offline accounting is appended last.
+    ``fn`` must be importable (a module-level function). All traffic between the processes goes over
+    authenticated, encrypted links (:mod:`.links`); with ``roster`` and ``identities`` (name ->
+    :class:`~.links.Identity`) the processes prove those identities, otherwise fresh ones are used.
+    ``timeout`` (seconds) bounds every single operation.
+
+    Returns, per party, ``{"result": fn's return value, "stats": online traffic per party as counted in that
+    process, "rounds": int, "links": the links' cost (AEAD seconds, bytes)}``; the dealer's offline
+    accounting is appended last.
+
+    Raises :class:`PartyProcessError` naming the party that failed (or died) and what it was doing; no
+    process of the run is left running.
     """
+    parties = tuple(parties)
+    names = parties + (crypto_provider,)
+    world = len(names)
+    if isinstance(roster, Roster):
+        roster = roster.to_text()
+    pems = {n: identities[n].to_pem() for n in names if n in identities} if identities else {}
     ctx = mp.get_context("spawn")
-    queue = ctx.SimpleQueue()
-    world, port = len(parties) + 1, _free_port()
+    results = ctx.SimpleQueue()  # a synchronous put: a report is out before its process exits
+    progress = [ctx.Array("c", 256, lock=False) for _ in range(world)]
+    port = _free_port()
     procs = [
-        ctx.Process(target=_worker, args=(r, world, port, tuple(parties), crypto_provider, seed, session_kwargs, fn, queue))
-        for r in range(world)
+        ctx.Process(target=_worker, name=f"lightning_smpc-{n}", args=(
+            r, world, port, names, parties, crypto_provider, seed, timeout, roster, pems.get(n), session_kwargs, fn,
+            results, progress[r]))
+        for r, n in enumerate(names)
     ]
-    for p in procs:
-        p.start()
-    results: dict[int, Any] = {}
+    got: dict[int, Any] = {}
+    errors: dict[int, tuple] = {}
     try:
-        for _ in range(world):
-            rank, result, error = queue.get()
-            if error:
-                raise RuntimeError(f"party process {rank} failed:\n{error}")
-            results[rank] = result
-    finally:
         for p in procs:
-            p.join(timeout)
-            if p.is_alive():
-                p.terminate()
-    return [results[r] for r in range(world)]
+            p.start()
+        failed_at, grace = None, min(timeout, _FAILURE_GRACE)
+        while len(got) < world:
+            if not results.empty():
+                rank, payload, error = results.get()
+                if error is not None:
+                    errors[rank] = error
+                else:
+                    got[rank] = _from_bytes(payload)
+                continue
+            now = time.monotonic()
+            if failed_at is None:
+                if errors or any(p.exitcode not in (None, 0) for p in procs) or all(p.exitcode is not None for p in procs):
+                    failed_at = now
+            elif (all(p.exitcode is not None for p in procs) and now - failed_at > 0.5) or now - failed_at > grace:
+                break  # the others fail within ms once a group is torn down; one that does not is stopped
+            time.sleep(0.02)
+        if len(got) < world:
+            codes = [p.exitcode for p in procs]
+            _stop(procs)
+            while not results.empty():  # reports that arrived while stopping
+                rank, _, error = results.get()
+                if error is not None:
+                    errors[rank] = error
+            raise PartyProcessError(_failure_message(names, codes, errors, progress, got))
+    finally:
+        _stop(procs)
+        results.close()
+    return [got[r] for r in range(world)]
+
+
+_SECONDARY = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "Timed out", "timed out",
+              "Connection refused")
+
+
+def _failure_message(names, codes, errors, progress, got) -> str:
+    def where(r):
+        return progress[r].value.decode("utf-8", "replace") or "start-up"
+
+    dead = [r for r, c in enumerate(codes) if r not in errors and r not in got and c not in (None, 0)]
+    primary = [r for r in errors if not any(s in errors[r][1] for s in _SECONDARY)]
+    lines = []
+    if dead:
+        r = dead[0]
+        code = codes[r]
+        how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
+        lines.append(f"Party process {names[r]!r} (rank {r}) {how} without reporting, during {where(r)}.")
+    elif primary or errors:
+        r = (primary or list(errors))[0]
+        kind, msg, at, tb = errors[r]
+        lines.append(f"Party process {names[r]!r} (rank {r}) failed during {at}: {kind}: {msg}\n{tb}")
+    else:
+        r = None
+        lines.append("The run stopped without results: " + ", ".join(
+            f"{names[k]!r} (rank {k}) at {where(k)}" for k in range(len(names)) if k not in got))
+    others = [k for k in range(len(names)) if k != r and k not in got]
+    for k in others:
+        if k in errors:
+            kind, msg, at, _ = errors[k]
+            lines.append(f"  then {names[k]!r} (rank {k}) failed during {at}: {kind}: {msg.splitlines()[0] if msg else ''}")
+        else:
+            lines.append(f"  {names[k]!r} (rank {k}) was stopped during {where(k)}.")
+    lines.append("Every process of the run was stopped.")
+    return "\n".join(lines)

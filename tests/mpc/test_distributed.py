@@ -2,14 +2,20 @@
 simulated runtime: same results, same counted traffic, and each party only learns what was revealed to it."""
 from __future__ import annotations
 
+import inspect
+import multiprocessing
+import os
+import re
+import time
 import warnings
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from lightning_smpc.mpc import Session
-from lightning_smpc.mpc.distributed import run_parties
+from lightning_smpc.mpc import Session, distributed, links, wire
+from lightning_smpc.mpc.distributed import PartyProcessError, run_parties
+from lightning_smpc.mpc.links import Identity, Roster
 
 
 def _data():
@@ -29,11 +35,16 @@ def job(sess):
     return {"h": h.reveal(), "sumsq": (h * h).sum(1).reveal(to="alice"), "argmax": h.argmax(dim=1).reveal(to="bob")}
 
 
-@pytest.mark.parametrize("parties", [("alice", "bob"), ("alice", "bob", "carol")])
-def test_gloo_runtime_matches_plaintext_and_simulated_traffic(parties):
+@pytest.mark.parametrize("parties, pinned", [(("alice", "bob"), True), (("alice", "bob", "carol"), False)],
+                         ids=["2-parties-roster", "3-parties-ephemeral-identities"])
+def test_gloo_runtime_matches_plaintext_and_simulated_traffic(parties, pinned):
     X, W, b = _data()
     H = F.relu(F.linear(X, W, b)).double()
-    runs = run_parties(job, parties=parties, timeout=240)
+    kw = {}
+    if pinned:  # every process proves the identity a roster lists for it
+        ids = {n: Identity.generate(n) for n in parties + ("crypto_provider",)}
+        kw = {"roster": Roster.from_identities(ids.values()).to_text(), "identities": ids}
+    runs = run_parties(job, parties=parties, timeout=60, **kw)
     by_party = dict(zip(parties, runs[: len(parties)]))
     for p, run in by_party.items():
         assert (run["result"]["h"] - H).abs().max() < 1e-3
@@ -49,4 +60,84 @@ def test_gloo_runtime_matches_plaintext_and_simulated_traffic(parties):
     for p, run in by_party.items():  # the same protocol sends the same bytes in the same rounds
         assert run["rounds"] == sim.comm.rounds
         assert run["stats"][p] == sim.comm.stats()[p]
+        cost = run["links"]  # the encryption's own cost is reported apart from the protocol's traffic
+        assert cost["aead_seconds"] > 0 and cost["wire_bytes_sent"] > cost["plain_bytes_sent"] > 0
+        assert cost["overhead_bytes_sent"] <= 24 * 4 * cost["messages_sent"]  # counter + GCM tag per tensor
     assert runs[-1][parties[0]]["bytes_received"] > 0  # the dealer process sent material
+
+
+def test_processes_without_their_roster_keys_are_refused_by_name():
+    names = ("alice", "bob", "crypto_provider")
+    ids = {n: Identity.generate(n) for n in names}
+    roster = Roster.from_identities(ids.values())
+    ids["bob"] = Identity.generate("bob")  # a key the roster does not list
+    del ids["crypto_provider"]  # no key at all
+    with pytest.raises(PartyProcessError) as info:
+        run_parties(job, parties=names[:2], timeout=30, roster=roster, identities=ids)
+    msg = str(info.value)
+    for n in names:  # every process refused both, by name, before any protocol message
+        assert re.search(rf"'{n}' \(rank \d\) failed during the identity handshake: LinkAuthError: "
+                         r"Refused 'bob', 'crypto_provider': 'bob' \(rank 1\): its signature does not verify", msg), msg
+    assert "'crypto_provider' (rank 2): its signature does not verify against the roster key (no key)" in msg
+    assert not multiprocessing.active_children()
+
+
+def job_dies(sess):
+    """bob's process dies abruptly after a few protocol rounds; alice then gets stuck (as a process blocked in
+    native code would): run_parties must still end, name bob, and leave no process behind."""
+    warnings.simplefilter("ignore")
+    X, W, b = _data()
+    mine = lambda owner, v: v if sess.local_party in (None, owner) else None  # noqa: E731
+    x = sess.share(mine("alice", X), owner="alice", shape=tuple(X.shape))
+    w = sess.share(mine("bob", W), owner="bob", shape=tuple(W.shape))
+    h = F.linear(x, w).relu()
+    if sess.local_party == "bob":
+        with open(os.environ["LSMPC_TEST_DEATH"], "w") as f:
+            f.write(repr(time.time()))
+        os._exit(3)
+    try:
+        return h.argmax(dim=1).reveal(to="alice")
+    except RuntimeError:
+        time.sleep(600)
+
+
+def _spawned_children() -> list[int]:
+    """pids of live (or zombie) processes that this process spawned with multiprocessing."""
+    out = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read()
+        except OSError:
+            continue
+        if ppid == os.getpid() and b"spawn_main" in cmd:
+            out.append(int(pid))
+    return out
+
+
+def test_a_dying_party_fails_the_run_fast_by_name_without_orphans(tmp_path, monkeypatch):
+    death = tmp_path / "death"
+    monkeypatch.setenv("LSMPC_TEST_DEATH", str(death))
+    timeout = 30
+    with pytest.raises(PartyProcessError) as info:
+        run_parties(job_dies, parties=("alice", "bob"), timeout=timeout)
+    raised = time.time()
+    msg = str(info.value)
+    assert "'bob' (rank 1) exited with code 3" in msg, msg
+    assert re.search(r"during local work after 'open/\w+:relu' with alice", msg), msg  # what it was last doing
+    assert "'crypto_provider' (rank 2) failed during sending/receiving 'material:" in msg, msg  # failed fast
+    assert "'alice' (rank 0) was stopped during" in msg, msg  # stuck: stopped by run_parties
+    assert raised - float(death.read_text()) < timeout / 3  # well within the timeout
+    assert not multiprocessing.active_children() and not _spawned_children()
+
+
+def test_no_object_serialization_between_processes():
+    """Nothing that crosses between parties is unpickled: the runtime uses only tensors and validated JSON."""
+    for module in (distributed, links, wire):
+        src = inspect.getsource(module)
+        for word in ("_object_list", "pickle"):
+            assert word not in src, f"{module.__name__} mentions {word!r}"
