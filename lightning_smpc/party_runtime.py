@@ -17,10 +17,10 @@ import torch.distributed as dist
 from lightning.fabric.utilities.distributed import _init_dist_connection
 
 from .mpc import distributed as mpc_dist
-from .mpc.links import Links
+from .mpc.links import Identity, Links, Roster
 from .mpc.session import Session
 
-__all__ = ["World", "join", "party_session", "serve_dealer", "finish", "announce", "receive", "leave"]
+__all__ = ["World", "join", "load_keys", "party_session", "serve_dealer", "finish", "announce", "receive", "leave"]
 
 _HEADER_BYTES = 4096  # a batch header (structure and shapes) fits easily; larger ones are refused
 _HEADER_TAG = "batch_header"
@@ -46,6 +46,13 @@ def join(cluster_environment, rank: int, parties: tuple[str, ...], crypto_provid
     _init_dist_connection(cluster_environment, "gloo", rank, len(names), timeout=timedelta(seconds=timeout))
     links = mpc_dist.establish_links(rank, len(names), names, roster=roster, identity=identity)
     return World(rank, tuple(parties), links)
+
+
+def load_keys(roster_path: Optional[str], identity_path: Optional[str], name: str):
+    """(Roster, Identity) from their files, or (None, None): fresh keys exchanged at start (one machine)."""
+    if roster_path is None:
+        return None, None
+    return Roster.load(roster_path), Identity.load(name, identity_path)
 
 
 def party_session(world: World, crypto_provider: str, **session_kwargs) -> Session:

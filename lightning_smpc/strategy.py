@@ -77,6 +77,10 @@ class SecurePredictStrategy(ParallelStrategy):
             hold the model (default the first party) and the client's data (default the last party); only
             those processes read them, the others learn shapes only.
         timeout: seconds a party waits for a peer before the run fails (distributed runtime).
+        roster / identity: paths of the roster (every role's name and Ed25519 public key, shared by all) and of
+            this process's private key, for runs across machines (see ``lightning_smpc.mpc.links``); a process
+            whose key does not match the roster is refused by every other. Without them (one machine), fresh
+            keys are exchanged at start: links are still encrypted, but identities are not pinned.
 
     Example:
         >>> from lightning.pytorch import Trainer
@@ -108,6 +112,8 @@ class SecurePredictStrategy(ParallelStrategy):
         model_owner_party: Optional[str] = None,
         client_party: Optional[str] = None,
         timeout: float = 60.0,
+        roster: Optional[str] = None,
+        identity: Optional[str] = None,
     ) -> None:
         super().__init__()
         if reveal not in ("metrics", "labels", "logits"):
@@ -137,6 +143,10 @@ class SecurePredictStrategy(ParallelStrategy):
         if timeout <= 0:
             raise ValueError(f"Expected a positive `timeout` in seconds, but got {timeout}.")
         self.timeout = float(timeout)
+        if (roster is None) != (identity is None):
+            raise PartyConfigError("Pass both `roster` (every role's public key) and `identity` (this process's "
+                                   "private key), or neither (one machine: fresh keys per run).")
+        self.roster, self.identity = roster, identity
         self._num_nodes = 1
         self.session: Optional[Session] = None
         self._world = None  # this process's handle on the distributed runtime
@@ -191,11 +201,21 @@ class SecurePredictStrategy(ParallelStrategy):
         external = env is not None and env.creates_processes_externally
         self._launcher = PartyLauncher(self) if self.distributed and not external else None
 
+    @property
+    def _processes_per_node(self) -> int:
+        """Spawned here: every role on this machine; launched outside (torchrun, SLURM, env vars): the launcher's
+        processes per node (``Trainer(devices=...)``, one per machine when each role has its own)."""
+        env = self.cluster_environment
+        if env is not None and env.creates_processes_externally:
+            return len(self.parallel_devices or [None])
+        return self.num_processes
+
     def set_world_ranks(self) -> None:
         if self.cluster_environment is None or not self.distributed:
             return
-        self.cluster_environment.set_global_rank(self.node_rank * self.num_processes + self.local_rank)
-        self.cluster_environment.set_world_size(self.num_nodes * self.num_processes)
+        per_node = self._processes_per_node
+        self.cluster_environment.set_global_rank(self.node_rank * per_node + self.local_rank)
+        self.cluster_environment.set_world_size(self.num_nodes * per_node)
         rank_zero_only.rank = self.cluster_environment.global_rank()
 
     def setup_environment(self) -> None:
@@ -204,9 +224,13 @@ class SecurePredictStrategy(ParallelStrategy):
             if self.world_size != self.num_processes:
                 raise PartyConfigError(
                     f"Expected a world of {self.num_processes} processes (parties {self.parties} and the crypto "
-                    f"provider), but the launcher started {self.world_size}. Launch one process per role."
+                    f"provider), but the launcher started {self.world_size}. Launch one process per role, e.g. "
+                    f"`Trainer(num_nodes={self.num_processes}, devices=1)` with NODE_RANK=0..{self.num_processes - 1} "
+                    "on the machines (rank i plays parties[i]; the last rank is the crypto provider)."
                 )
-            self._world = party_runtime.join(self.cluster_environment, self.global_rank, self.parties, self.crypto_provider, self.timeout)
+            roster, identity = party_runtime.load_keys(self.roster, self.identity, self.role_name(self.global_rank))
+            self._world = party_runtime.join(self.cluster_environment, self.global_rank, self.parties, self.crypto_provider,
+                                             self.timeout, roster=roster, identity=identity)
         super().setup_environment()
 
     # ------------------------------------------------------------------ device handling and (local) collectives
