@@ -44,7 +44,6 @@ import datetime
 import inspect
 import io
 import os
-import queue as queue_mod
 import socket
 import sys
 import time
@@ -408,7 +407,8 @@ def run_parties(
 
     ``fn`` must be importable (a module-level function). All traffic between the processes goes over
     authenticated, encrypted links (:mod:`.links`); with ``roster`` and ``identities`` (name ->
-    :class:`~.links.Identity`) the processes prove those identities, otherwise fresh ones are used.
+    :class:`~.links.Identity`) the processes prove those identities (``identities`` alone: the roster is
+    made from them), otherwise fresh ones are used.
     ``timeout`` (seconds) bounds every single operation.
 
     Returns, per party, ``{"result": fn's return value, "stats": online traffic per party as counted in that
@@ -421,6 +421,10 @@ def run_parties(
     parties = tuple(parties)
     names = parties + (crypto_provider,)
     world = len(names)
+    if roster is None and identities:
+        if set(identities) != set(names):
+            raise ValueError(f"Expected identities for every process {names} (or a roster), got {sorted(identities)}.")
+        roster = Roster.from_identities([identities[n] for n in names])  # pinned to the keys given here
     if isinstance(roster, Roster):
         roster = roster.to_text()
     pems = {n: identities[n].to_pem() for n in names if n in identities} if identities else {}

@@ -40,7 +40,7 @@ import math
 import os
 import struct
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -509,7 +509,7 @@ class Links:
         self._stats.transfer_seconds += time.perf_counter() - t0
         self._progress(f"local work after {tag!r} with {', '.join(peers)}")
 
-    def _exchange(self, sends: dict[int, list[torch.Tensor]], recvs: dict[int, list[tuple]], tag: str) -> dict[int, list[torch.Tensor]]:
+    def _exchange(self, sends: dict[int, list[torch.Tensor]], recvs: dict[int, list[tuple]], tag: str) -> dict:
         for p in list(sends) + list(recvs):
             if p == self.rank:
                 raise LinkError(f"{self.name!r} cannot send to or receive from itself.")
