@@ -199,16 +199,15 @@ class SecurePredictStrategy(ParallelStrategy):
     def _configure_launcher(self) -> None:
         env = self.cluster_environment
         external = env is not None and env.creates_processes_externally
-        self._launcher = PartyLauncher(self) if self.distributed and not external else None
+        # decided once, in the user's process: the spawned children see LOCAL_RANK and would think otherwise
+        self._spawn_here = self.distributed and not external
+        self._launcher = PartyLauncher(self) if self._spawn_here else None
 
     @property
     def _processes_per_node(self) -> int:
         """Spawned here: every role on this machine; launched outside (torchrun, SLURM, env vars): the launcher's
         processes per node (``Trainer(devices=...)``, one per machine when each role has its own)."""
-        env = self.cluster_environment
-        if env is not None and env.creates_processes_externally:
-            return len(self.parallel_devices or [None])
-        return self.num_processes
+        return self.num_processes if getattr(self, "_spawn_here", False) else len(self.parallel_devices or [None])
 
     def set_world_ranks(self) -> None:
         if self.cluster_environment is None or not self.distributed:
@@ -277,6 +276,7 @@ class SecurePredictStrategy(ParallelStrategy):
         super().connect(model)
 
     def setup(self, trainer) -> None:
+        self._t_setup = time.perf_counter()
         super().setup(trainer)
         model = self.lightning_module
         model.eval()
@@ -306,6 +306,8 @@ class SecurePredictStrategy(ParallelStrategy):
         with torch.no_grad():
             self._shared_params = {name: self._share_weight(t) for name, t in _weights(model)}
         self.timings = {"share_weights_seconds": time.perf_counter() - t0}
+        if self.distributed:
+            self.timings["start_seconds"] = t0 - self._t_setup  # (process group and handshake are before setup)
 
     def _share_weight(self, t: torch.Tensor) -> ShareTensor:
         if not self.distributed:
@@ -443,7 +445,9 @@ class SecurePredictStrategy(ParallelStrategy):
     # ------------------------------------------------------------------ reporting
     def _keep_report(self) -> None:
         """What this process may tell the user: its own party's traffic and what was revealed to it."""
+        self.timings["in_party_seconds"] = time.perf_counter() - self._t_setup
         self._own = {
+            "links": _link_stats(self._world),
             "role": self.role,
             "ledger": [(r.name, r.shape, r.to) for r in self.session.ledger],
             "online": self.session.comm.stats(),
@@ -452,10 +456,11 @@ class SecurePredictStrategy(ParallelStrategy):
 
     def _report(self, predictions: Any) -> dict:
         """This process's report to the launcher in the user's process (distributed runtime, spawned locally)."""
-        report = dict(getattr(self, "_own", {}), rank=self.global_rank, timings=dict(self.timings))
+        report = dict(getattr(self, "_own", {"role": self.role}), rank=self.global_rank, timings=dict(self.timings))
         report["revealed_metrics"], report["revealed_counts"] = dict(self.revealed_metrics), dict(self.revealed_counts)
         if self.is_dealer:
             report["dealer"] = getattr(self, "_dealer_stats", {})
+            report["links"] = _link_stats(self._world)
         elif self.session.local_party == self.client_party:
             report["predictions"] = predictions
         return report
@@ -469,6 +474,11 @@ class SecurePredictStrategy(ParallelStrategy):
 
     def _predictions_from(self, reports: dict[int, dict]) -> Any:
         return reports[self.parties.index(self.client_party)].get("predictions")
+
+    @property
+    def process_reports(self) -> dict[int, dict]:
+        """Distributed runtime spawned here: each process's report by rank (role, timings, traffic, link stats)."""
+        return dict(self._reports)
 
     @property
     def reveal_ledger(self) -> list:
@@ -583,3 +593,11 @@ class _layer_names:
 
 if SecurePredictStrategy.strategy_name not in StrategyRegistry:
     SecurePredictStrategy.register_strategies(StrategyRegistry)
+
+
+def _link_stats(world) -> dict:
+    """AEAD seconds, transfer seconds and bytes of this process's encrypted links (distributed runtime)."""
+    if world is None:
+        return {}
+    stats = world.links.stats
+    return dict(stats() if callable(stats) else stats)
