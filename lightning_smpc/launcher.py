@@ -119,9 +119,15 @@ class PartyLauncher(_Launcher):
         not a peer's broken connection or timeout (those follow from the first failure), else the first error."""
         name = self._strategy.role_name
         died = [r for r, p in enumerate(self.procs) if p.exitcode not in (None, 0) and r not in errors and r not in reports]
+        own = [r for r, e in errors.items() if not any(k in e for k in _PEER_FAILURES)]
+        hung = [r for r, p in enumerate(self.procs) if p.exitcode is None and r not in errors and r not in reports]
         if died:
             r = died[0]
             head = f"{name(r)} (rank {r}) died (exit code {self.procs[r].exitcode}) during the run"
+        elif hung and not own:
+            r = hung[0]
+            head = (f"{name(r)} (rank {r}) stopped answering: the others timed out waiting for it "
+                    f"(timeout {self._strategy.timeout:g} s), and it was still running")
         else:
             own = [r for r, e in errors.items() if not any(k in e for k in _PEER_FAILURES)]
             r = (own or sorted(errors))[0]

@@ -24,16 +24,18 @@ PARTIES = {2: ("alice", "bob"), 3: ("alice", "bob", "carol")}
 
 
 class Tiny(LightningModule):
-    def __init__(self, die_on_rank: int = -1) -> None:
+    def __init__(self, die_on_rank: int = -1, hang: bool = False) -> None:
         super().__init__()
         torch.manual_seed(0)
         self.fc1, self.fc2 = nn.Linear(8, 16), nn.Linear(16, 4)
-        self.die_on_rank = die_on_rank
+        self.die_on_rank, self.hang = die_on_rank, hang
         self.calls = 0
 
     def forward(self, x):
         self.calls += 1
         if self.calls == 2 and os.environ.get("LOCAL_RANK") == str(self.die_on_rank):
+            if self.hang:
+                time.sleep(3600)  # a party's process hangs in the second batch
             os._exit(3)  # a party's process dies in the middle of the second batch
         return self.fc2(F.relu(self.fc1(x)))
 
@@ -83,4 +85,12 @@ def test_a_dying_party_ends_the_run_with_its_name_and_no_orphans() -> None:
     with pytest.raises(PartyFailedError, match=r"bob \(rank 1\)"):
         _run("distributed", 2, model=Tiny(die_on_rank=1), timeout=20)
     assert time.monotonic() - t0 < 60
+    assert multiprocessing.active_children() == []
+
+
+def test_a_hanging_party_ends_the_run_within_the_timeout() -> None:
+    t0 = time.monotonic()
+    with pytest.raises(PartyFailedError, match=r"alice \(rank 0\) stopped answering"):
+        _run("distributed", 2, model=Tiny(die_on_rank=0, hang=True), timeout=8)
+    assert time.monotonic() - t0 < 8 + 30  # the timeout, the settling time and the process start
     assert multiprocessing.active_children() == []
