@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import os
-import queue as queue_mod
 import time
 import traceback
 from typing import Any, Callable

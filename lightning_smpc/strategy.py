@@ -9,7 +9,7 @@ the predicted labels / logits to the client. Every release is listed in :attr:`r
 from __future__ import annotations
 
 import time
-from typing import Any, Literal, Mapping, Optional, Sequence, Union
+from typing import Any, Literal, Optional, Sequence, Union
 
 import torch
 from lightning.pytorch import LightningModule
@@ -17,13 +17,14 @@ from lightning.pytorch.strategies import ParallelStrategy, StrategyRegistry
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.signature_utils import is_param_in_hook_signature
-from torch import nn
 from torchmetrics import Metric
 
 from . import party_runtime
 from .batches import ClientLoader, PlaceholderBatch, PlaceholderLoader, split_batch
+from .forward import run_forward, shared_weights
 from .launcher import PartyLauncher
-from .mpc import Session, ShareTensor, UnsupportedOpError
+from .preprocessing import PreprocessSchedule
+from .mpc import Session, ShareTensor
 from .mpc.errors import PartyConfigError, SmpcError
 from .validate import validate_module
 
@@ -34,17 +35,6 @@ Key = Union[int, str]
 
 class StrategyUsageError(SmpcError, RuntimeError):
     """The secure strategy was used for something other than ``predict``."""
-
-
-class _PredictStepCaller(nn.Module):
-    """Calls ``inner.predict_step`` so that ``functional_call`` can swap the inner module's parameters."""
-
-    def __init__(self, inner: LightningModule) -> None:
-        super().__init__()
-        self.inner = inner
-
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
-        return self.inner.predict_step(*args, **kwargs)
 
 
 class SecurePredictStrategy(ParallelStrategy):
@@ -282,8 +272,6 @@ class SecurePredictStrategy(ParallelStrategy):
         model.eval()
         validate_module(model)
         self.revealed_metrics, self.revealed_counts = {}, {}
-        self._batches_seen, self._recording = 0, False
-        self._plan, self._full_batches_left = None, 0
         if self.is_dealer:  # the crypto provider answers requests until the first party says the run is over
             t0 = time.perf_counter()
             self._dealer_stats = party_runtime.serve_dealer(self._world, self.crypto_provider, self.compare_bits, self.seed)
@@ -295,6 +283,7 @@ class SecurePredictStrategy(ParallelStrategy):
             )
         else:
             self.session = Session(self.parties, self.crypto_provider, self.precision_bits, self.compare_bits, self.seed, self.root_device)
+        self._schedule = PreprocessSchedule(self.session, self.preprocess, self.preprocess_ahead)
         for name, metric in self.metrics.items():
             metric.to(self.root_device)
             metric.reset()
@@ -304,7 +293,7 @@ class SecurePredictStrategy(ParallelStrategy):
                 metric.reveal_to = self.model_owner_party if self.distributed else self.model_owner
         t0 = time.perf_counter()
         with torch.no_grad():
-            self._shared_params = {name: self._share_weight(t) for name, t in _weights(model)}
+            self._shared_params = {name: self._share_weight(t) for name, t in shared_weights(model)}
         self.timings = {"share_weights_seconds": time.perf_counter() - t0}
         if self.distributed:
             self.timings["start_seconds"] = t0 - self._t_setup  # (process group and handshake are before setup)
@@ -333,12 +322,7 @@ class SecurePredictStrategy(ParallelStrategy):
         if not isinstance(batch, PlaceholderBatch):
             batch = super().batch_to_device(batch, device, dataloader_idx)
         inputs, targets, rebuild = split_batch(batch, self.input_key, self.target_key)
-        self._recording = self.preprocess and self._batches_seen == 0
-        if self._recording:  # the plan of one batch starts with sharing it
-            self.session.record_plan()
-        elif self._plan and self.session.dealer.store_size == 0 and self._full_batches_left > 0:
-            self._refill_store()  # offline work between batches: the store holds at most preprocess_ahead
-        self._batches_seen += 1
+        self._schedule.before_batch()
         shared_inputs = self._share_input(inputs, frac_bits=None)
         self._targets = None
         if targets is not None and self.metrics:
@@ -358,24 +342,14 @@ class SecurePredictStrategy(ParallelStrategy):
     def predict_step(self, *args: Any, **kwargs: Any) -> Any:
         if self.is_dealer:
             return None
-        model = self.lightning_module
-        batch = kwargs.get("batch", args[0] if args else None)
-        with _layer_names(model):
-            if type(model).predict_step is LightningModule.predict_step:
-                inputs, _, _ = split_batch(batch, self.input_key, self.target_key)
-                out = torch.func.functional_call(model, self._shared_params, (inputs,), strict=False)
-            else:
-                params = {f"inner.{k}": v for k, v in self._shared_params.items()}
-                out = torch.func.functional_call(_PredictStepCaller(model), params, args, kwargs, strict=False)
-        if not isinstance(out, ShareTensor):
-            raise TypeError(f"Expected the model output to be one secret-shared tensor, but got {type(out).__name__}.")
+        out = run_forward(self.lightning_module, self._shared_params, args, kwargs, self.input_key, self.target_key)
         if self._targets is not None:
             for metric in self.metrics.values():
                 metric.update(out, self._targets)
         result = self._released(out)
-        if self._recording:
-            self._recording = False
-            self._preprocess_rest(out.shape[0])
+        self._schedule.after_batch(self.lightning_module.trainer, out.shape[0])
+        if self._schedule.seconds:
+            self.timings["preprocess_seconds"] = self._schedule.seconds
         return result
 
     def _released(self, out: ShareTensor) -> Any:
@@ -388,28 +362,6 @@ class SecurePredictStrategy(ParallelStrategy):
             logits = self.session.reveal(out, name="logits", **receiver)
             return None if logits is None else logits.to(torch.float32)
         return None if self.distributed else out  # a process's own share is never handed out
-
-    def _preprocess_rest(self, batch_size: int) -> None:
-        """Keep the plan of this batch and preprocess the next full batches (at most ``preprocess_ahead``).
-
-        How many batches follow comes from what the predict loop will run (``trainer.num_predict_batches``,
-        which honours samplers and ``limit_predict_batches``), not from the dataset's length. A batch that
-        does not match the plan anyway (a short last batch) finds the store mismatched: the dealer then drops
-        the store and works inline for it instead of failing.
-        """
-        plan = self.session.dealer.stop_recording()
-        self.session.dealer.fallback_inline = True
-        self._plan, self._full_batches_left = plan, _full_batches_after_first(self.lightning_module.trainer, batch_size)
-        self._refill_store()
-
-    def _refill_store(self) -> None:
-        repeats = min(self.preprocess_ahead, self._full_batches_left)
-        if repeats <= 0:
-            return
-        t0 = time.perf_counter()
-        self.session.preprocess(self._plan, repeats)
-        self._full_batches_left -= repeats
-        self.timings["preprocess_seconds"] = self.timings.get("preprocess_seconds", 0.0) + time.perf_counter() - t0
 
     def on_predict_end(self) -> None:
         if self.is_dealer:
@@ -514,30 +466,6 @@ class SecurePredictStrategy(ParallelStrategy):
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-def _full_batches_after_first(trainer, batch_size: int) -> int:
-    """Batches after the first that the predict loop will run at ``batch_size`` (a short last batch excluded)."""
-    counts = getattr(trainer, "num_predict_batches", None) or [0]
-    n_batches = counts[0]
-    if not isinstance(n_batches, int) or n_batches <= 1:  # unknown (iterable loader, inf) or a single batch
-        return 0
-    loaders = trainer.predict_dataloaders
-    loader = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
-    try:  # items the sampler yields: a short last batch exists when the loop reaches its end
-        n_items = len(loader.batch_sampler.sampler) if loader.batch_sampler is not None else None
-        drop_last = bool(getattr(loader.batch_sampler, "drop_last", False))
-    except (AttributeError, TypeError):
-        n_items, drop_last = None, False
-    short_last = (n_items is not None and not drop_last and n_items % batch_size != 0
-                  and n_batches >= -(-n_items // batch_size))
-    return n_batches - 1 - int(short_last)
-
-
-def _weights(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
-    """The parameters and floating-point buffers that are shared (metric states excluded), in a fixed order."""
-    named = list(model.named_parameters()) + [(n, b) for n, b in model.named_buffers() if b.is_floating_point()]
-    return [(name, t) for name, t in named if not _inside_metric(model, name)]
-
-
 def _num_classes(metrics: dict[str, Metric]) -> int:
     for m in metrics.values():
         n = getattr(m, "num_classes", None)
@@ -546,58 +474,13 @@ def _num_classes(metrics: dict[str, Metric]) -> int:
     raise ValueError("The secure metrics must expose `num_classes` (targets are one-hot encoded by the client).")
 
 
-def _inside_metric(model: nn.Module, name: str) -> bool:
-    parts = name.split(".")[:-1]
-    mod = model
-    for p in parts:
-        mod = getattr(mod, p)
-        if isinstance(mod, Metric):
-            return True
-    return False
-
-
-class _layer_names:
-    """Adds the layer path to an UnsupportedOpError raised inside a submodule's forward."""
-
-    def __init__(self, model: nn.Module) -> None:
-        self.model = model
-        self.stack: list[str] = []
-        self.handles: list = []
-
-    def __enter__(self):
-        for name, mod in self.model.named_modules():
-            if name and not isinstance(mod, Metric):
-                self.handles.append(mod.register_forward_pre_hook(self._enter_layer(name)))
-                self.handles.append(mod.register_forward_hook(self._leave_layer))
-        return self
-
-    def _enter_layer(self, name: str):
-        def hook(module, args) -> None:
-            self.stack.append(name)
-
-        return hook
-
-    def _leave_layer(self, module, args, output) -> None:  # must return None: a value would replace the output
-        if self.stack:
-            self.stack.pop()
-
-    def __exit__(self, exc_type, exc, tb):
-        for h in self.handles:
-            h.remove()
-        if exc_type is not None and issubclass(exc_type, UnsupportedOpError) and self.stack:
-            layer = self.stack[-1]
-            kind = type(self.model.get_submodule(layer)).__name__
-            raise UnsupportedOpError(f"{exc} (in layer `{layer}` ({kind}))") from exc
-        return False
-
-
-if SecurePredictStrategy.strategy_name not in StrategyRegistry:
-    SecurePredictStrategy.register_strategies(StrategyRegistry)
-
-
 def _link_stats(world) -> dict:
     """AEAD seconds, transfer seconds and bytes of this process's encrypted links (distributed runtime)."""
     if world is None:
         return {}
     stats = world.links.stats
     return dict(stats() if callable(stats) else stats)
+
+
+if SecurePredictStrategy.strategy_name not in StrategyRegistry:
+    SecurePredictStrategy.register_strategies(StrategyRegistry)

@@ -1,0 +1,95 @@
+"""Running the user's own ``forward``/``predict_step`` on shares: which tensors are shared, how the shared
+parameters replace the module's for one call, and layer names in errors."""
+from __future__ import annotations
+
+from typing import Any, Optional, Union
+
+import torch
+from lightning.pytorch import LightningModule
+from torch import nn
+from torchmetrics import Metric
+
+from .batches import split_batch
+from .mpc import ShareTensor, UnsupportedOpError
+
+__all__ = ["shared_weights", "run_forward", "layer_names"]
+
+Key = Union[int, str]
+
+
+class _PredictStepCaller(nn.Module):
+    """Calls ``inner.predict_step`` so that ``functional_call`` can swap the inner module's parameters."""
+
+    def __init__(self, inner: LightningModule) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.inner.predict_step(*args, **kwargs)
+
+
+def shared_weights(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """The parameters and floating-point buffers that are shared (metric states excluded), in a fixed order."""
+    named = list(model.named_parameters()) + [(n, b) for n, b in model.named_buffers() if b.is_floating_point()]
+    return [(name, t) for name, t in named if not _inside_metric(model, name)]
+
+
+def run_forward(model: LightningModule, params: dict[str, ShareTensor], args: tuple, kwargs: dict,
+                input_key: Optional[Key], target_key: Optional[Key]) -> ShareTensor:
+    """The user's ``predict_step`` (or ``forward`` on the batch's inputs) with ``params`` in place of the
+    module's own, for this call only; the module's parameters are untouched."""
+    batch = kwargs.get("batch", args[0] if args else None)
+    with layer_names(model):
+        if type(model).predict_step is LightningModule.predict_step:
+            inputs, _, _ = split_batch(batch, input_key, target_key)
+            out = torch.func.functional_call(model, params, (inputs,), strict=False)
+        else:
+            inner = {f"inner.{k}": v for k, v in params.items()}
+            out = torch.func.functional_call(_PredictStepCaller(model), inner, args, kwargs, strict=False)
+    if not isinstance(out, ShareTensor):
+        raise TypeError(f"Expected the model output to be one secret-shared tensor, but got {type(out).__name__}.")
+    return out
+
+
+def _inside_metric(model: nn.Module, name: str) -> bool:
+    mod = model
+    for part in name.split(".")[:-1]:
+        mod = getattr(mod, part)
+        if isinstance(mod, Metric):
+            return True
+    return False
+
+
+class layer_names:
+    """Adds the layer path to an UnsupportedOpError raised inside a submodule's forward."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.stack: list[str] = []
+        self.handles: list = []
+
+    def __enter__(self):
+        for name, mod in self.model.named_modules():
+            if name and not isinstance(mod, Metric):
+                self.handles.append(mod.register_forward_pre_hook(self._enter_layer(name)))
+                self.handles.append(mod.register_forward_hook(self._leave_layer))
+        return self
+
+    def _enter_layer(self, name: str):
+        def hook(module, args) -> None:
+            self.stack.append(name)
+
+        return hook
+
+    def _leave_layer(self, module, args, output) -> None:  # must return None: a value would replace the output
+        if self.stack:
+            self.stack.pop()
+
+    def __exit__(self, exc_type, exc, tb):
+        for h in self.handles:
+            h.remove()
+        if exc_type is not None and issubclass(exc_type, UnsupportedOpError) and self.stack:
+            layer = self.stack[-1]
+            kind = type(self.model.get_submodule(layer)).__name__
+            raise UnsupportedOpError(f"{exc} (in layer `{layer}` ({kind}))") from exc
+        return False

@@ -1,0 +1,71 @@
+"""The offline/online schedule of the simulated runtime: the first batch's dealer requests are recorded (its
+plan); the material of the following full batches is generated ahead, at most ``ahead`` batches at a time."""
+from __future__ import annotations
+
+import time
+from typing import Optional
+
+__all__ = ["PreprocessSchedule", "full_batches_after_first"]
+
+
+class PreprocessSchedule:
+    """Records the plan on the first batch and keeps the dealer's store filled between batches."""
+
+    def __init__(self, session, enabled: bool, ahead: int) -> None:
+        self.session, self.enabled, self.ahead = session, enabled, ahead
+        self.batches_seen, self.recording = 0, False
+        self.plan: Optional[list] = None
+        self.full_batches_left = 0
+        self.seconds = 0.0
+
+    def before_batch(self) -> None:
+        """Called before a batch is shared: start recording on the first, refill an empty store later."""
+        self.recording = self.enabled and self.batches_seen == 0
+        if self.recording:  # the plan of one batch starts with sharing it
+            self.session.record_plan()
+        elif self.plan and self.session.dealer.store_size == 0 and self.full_batches_left > 0:
+            self._refill()  # offline work between batches: the store holds at most `ahead` batches
+        self.batches_seen += 1
+
+    def after_batch(self, trainer, batch_size: int) -> None:
+        """After the first batch: keep its plan and preprocess the next full batches.
+
+        How many batches follow comes from what the predict loop will run (``trainer.num_predict_batches``,
+        which honours samplers and ``limit_predict_batches``), not from the dataset's length. A batch that
+        does not match the plan anyway (a short last batch) finds the store mismatched: the dealer then drops
+        the store and works inline for it instead of failing.
+        """
+        if not self.recording:
+            return
+        self.recording = False
+        self.plan = self.session.dealer.stop_recording()
+        self.session.dealer.fallback_inline = True
+        self.full_batches_left = full_batches_after_first(trainer, batch_size)
+        self._refill()
+
+    def _refill(self) -> None:
+        repeats = min(self.ahead, self.full_batches_left)
+        if repeats <= 0:
+            return
+        t0 = time.perf_counter()
+        self.session.preprocess(self.plan, repeats)
+        self.full_batches_left -= repeats
+        self.seconds += time.perf_counter() - t0
+
+
+def full_batches_after_first(trainer, batch_size: int) -> int:
+    """Batches after the first that the predict loop will run at ``batch_size`` (a short last batch excluded)."""
+    counts = getattr(trainer, "num_predict_batches", None) or [0]
+    n_batches = counts[0]
+    if not isinstance(n_batches, int) or n_batches <= 1:  # unknown (iterable loader, inf) or a single batch
+        return 0
+    loaders = trainer.predict_dataloaders
+    loader = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
+    try:  # items the sampler yields: a short last batch exists when the loop reaches its end
+        n_items = len(loader.batch_sampler.sampler) if loader.batch_sampler is not None else None
+        drop_last = bool(getattr(loader.batch_sampler, "drop_last", False))
+    except (AttributeError, TypeError):
+        n_items, drop_last = None, False
+    short_last = (n_items is not None and not drop_last and n_items % batch_size != 0
+                  and n_batches >= -(-n_items // batch_size))
+    return n_batches - 1 - int(short_last)
