@@ -8,40 +8,23 @@ ends the run: the others are terminated (no orphans) and the error names the rol
 """
 from __future__ import annotations
 
-import io
 import os
 import time
 import traceback
 from typing import Any, Callable
 
-import torch
 import torch.multiprocessing as mp
 from lightning.fabric.utilities.distributed import _set_num_threads_if_needed
 from lightning.pytorch.strategies.launchers.launcher import _Launcher
 from lightning.pytorch.strategies.launchers.multiprocessing import _GlobalStateSnapshot
 from lightning.pytorch.trainer.states import TrainerStatus
 
-from .mpc.errors import SmpcError
+from .mpc.distributed import PartyProcessError, _abort, _from_bytes, _to_bytes
 
-__all__ = ["PartyLauncher", "PartyFailedError"]
+__all__ = ["PartyLauncher", "PartyProcessError"]
 
 # Errors a process reports when a PEER failed (its sockets closed, or it stopped answering)
 _PEER_FAILURES = ("Connection reset by peer", "Connection closed by peer", "Timed out", "timed out")
-
-
-class PartyFailedError(SmpcError, RuntimeError):
-    """A party's (or the crypto provider's) process failed or stopped answering; the run was ended."""
-
-
-def _to_bytes(obj: Any) -> bytes:
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    return buf.getvalue()
-
-
-def _from_bytes(data: bytes) -> Any:
-    # Our own child processes on this machine produced these bytes (not a peer party: nothing here crosses a link)
-    return torch.load(io.BytesIO(data), weights_only=False)
 
 
 class PartyLauncher(_Launcher):
@@ -92,10 +75,10 @@ class PartyLauncher(_Launcher):
             silent = [r for r, p in enumerate(self.procs) if p.exitcode is not None and r not in reports and r not in errors]
             if errors or silent:
                 self._settle(results, reports, errors)
-                raise PartyFailedError(self._failure(reports, errors))
+                raise PartyProcessError(self._failure(reports, errors))
             if time.monotonic() - last_news > deadline_s:
                 missing = sorted(set(range(world)) - set(reports))
-                raise PartyFailedError(f"No result from {[self._strategy.role_name(r) for r in missing]} within {deadline_s:.0f} s.")
+                raise PartyProcessError(f"No result from {[self._strategy.role_name(r) for r in missing]} within {deadline_s:.0f} s.")
             time.sleep(0.02)
         return reports
 
@@ -169,16 +152,6 @@ def _entry(rank: int, world: int, trainer, function, args, kwargs, results, stat
         results.put((rank, payload, None))
     except BaseException:  # noqa: BLE001 - every failure must reach the launcher, then this process exits
         results.put((rank, None, traceback.format_exc(limit=20)))
-        _abort_process_group()
+        _abort()
         os._exit(1)
-    _abort_process_group()
-
-
-def _abort_process_group() -> None:
-    import torch.distributed as dist
-
-    try:
-        if dist.is_initialized():
-            dist.destroy_process_group()
-    except Exception:  # noqa: BLE001 - the peers see the closed sockets and fail fast
-        pass
+    _abort()

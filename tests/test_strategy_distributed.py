@@ -17,7 +17,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_smpc import SecureAccuracy, SecurePredictStrategy
-from lightning_smpc.launcher import PartyFailedError
+from lightning_smpc.mpc.distributed import PartyProcessError
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 PARTIES = {2: ("alice", "bob"), 3: ("alice", "bob", "carol")}
@@ -82,7 +82,7 @@ def test_metrics_mode_returns_nothing_that_holds_shares() -> None:
 
 def test_a_dying_party_ends_the_run_with_its_name_and_no_orphans() -> None:
     t0 = time.monotonic()
-    with pytest.raises(PartyFailedError, match=r"bob \(rank 1\)"):
+    with pytest.raises(PartyProcessError, match=r"bob \(rank 1\)"):
         _run("distributed", 2, model=Tiny(die_on_rank=1), timeout=20)
     assert time.monotonic() - t0 < 60
     assert multiprocessing.active_children() == []
@@ -90,7 +90,7 @@ def test_a_dying_party_ends_the_run_with_its_name_and_no_orphans() -> None:
 
 def test_a_hanging_party_ends_the_run_within_the_timeout() -> None:
     t0 = time.monotonic()
-    with pytest.raises(PartyFailedError, match=r"alice \(rank 0\) stopped answering"):
+    with pytest.raises(PartyProcessError, match=r"alice \(rank 0\) stopped answering"):
         _run("distributed", 2, model=Tiny(die_on_rank=0, hang=True), timeout=8)
     assert time.monotonic() - t0 < 8 + 30  # the timeout, the settling time and the process start
     assert multiprocessing.active_children() == []
