@@ -19,7 +19,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.signature_utils import is_param_in_hook_signature
 from torchmetrics import Metric
 
-from . import party_runtime
+from . import folding, party_runtime
 from .batches import ClientLoader, PlaceholderBatch, PlaceholderLoader, split_batch
 from .forward import run_forward, shared_weights
 from .launcher import PartyLauncher
@@ -292,8 +292,9 @@ class SecurePredictStrategy(ParallelStrategy):
             if hasattr(metric, "reveal_to"):
                 metric.reveal_to = self.model_owner_party if self.distributed else self.model_owner
         t0 = time.perf_counter()
-        with torch.no_grad():
-            self._shared_params = {name: self._share_weight(t) for name, t in shared_weights(model)}
+        with torch.no_grad():  # BatchNorms folded on the owner's plaintext weights, before sharing
+            params, self._batchnorm_view = folding.secure_view(model, shared_weights(model))
+            self._shared_params = {name: self._share_weight(t) for name, t in params}
         self.timings = {"share_weights_seconds": time.perf_counter() - t0}
         if self.distributed:
             self.timings["start_seconds"] = t0 - self._t_setup  # (process group and handshake are before setup)
@@ -342,7 +343,8 @@ class SecurePredictStrategy(ParallelStrategy):
     def predict_step(self, *args: Any, **kwargs: Any) -> Any:
         if self.is_dealer:
             return None
-        out = run_forward(self.lightning_module, self._shared_params, args, kwargs, self.input_key, self.target_key)
+        with self._batchnorm_view:
+            out = run_forward(self.lightning_module, self._shared_params, args, kwargs, self.input_key, self.target_key)
         if self._targets is not None:
             for metric in self.metrics.values():
                 metric.update(out, self._targets)
