@@ -344,7 +344,7 @@ def test_non_predict_entry_points_refused(tiny, fn: str) -> None:
 class BadLayersNet(TinyNet):
     def __init__(self) -> None:
         super().__init__()
-        self.body = nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 4), nn.Sigmoid())
+        self.body = nn.Sequential(nn.Linear(8, 16), nn.LayerNorm(16), nn.ReLU(), nn.Linear(16, 4), nn.Sigmoid())
 
     def forward(self, x):
         return self.body(x)
@@ -357,8 +357,8 @@ def test_unsupported_layers_listed_before_sharing(tiny) -> None:
         _secure(strategy, BadLayersNet(), DataLoader(TensorDataset(x, y), batch_size=32))
     msg = str(info.value)
     assert isinstance(info.value, NotImplementedError)
-    assert "`body.1` (BatchNorm1d)" in msg and "`body.4` (Sigmoid)" in msg
-    assert "fold it into the preceding" in msg
+    assert "`body.1` (LayerNorm)" in msg and "`body.4` (Sigmoid)" in msg
+    assert "inverse square root" in msg
     assert strategy.session is None  # nothing was shared
 
 

@@ -91,8 +91,20 @@ CASES: dict = {
     torch.amax: [lambda x, *_: torch.amax(x, (0, 1, 2))],
     T.max: [lambda x, *_: x.max(), lambda x, *_: x.max(-1).values, lambda x, *_: x.max(0, keepdim=True).indices],
     torch.max: [lambda x, *_: torch.max(x, 1)[0]],
-    F.max_pool2d: [lambda x, y, s, img: F.max_pool2d(img, 2), lambda x, y, s, img: F.max_pool2d(img, 2, 1)],
-    F.avg_pool2d: [lambda x, y, s, img: F.avg_pool2d(img, 2), lambda x, y, s, img: F.avg_pool2d(img, 3, 1)],
+    F.max_pool2d: [lambda x, y, s, img: F.max_pool2d(img, 2), lambda x, y, s, img: F.max_pool2d(img, 2, 1),
+                   lambda x, y, s, img: F.max_pool2d(-img, 3, 2, 1, ceil_mode=True), lambda x, y, s, img: F.max_pool2d(img, 2, 1, 1, 2),
+                   lambda x, y, s, img: F.max_pool2d(img[0], (1, 3), (2, 1), (0, 1))],
+    F.avg_pool2d: [lambda x, y, s, img: F.avg_pool2d(img, 2), lambda x, y, s, img: F.avg_pool2d(img, 3, 1),
+                   lambda x, y, s, img: F.avg_pool2d(img, 3, 2, 1, True, False), lambda x, y, s, img: F.avg_pool2d(img, 3, 2, 1, True, True),
+                   lambda x, y, s, img: F.avg_pool2d(img[1], 2, padding=1, divisor_override=3)],
+    F.adaptive_avg_pool2d: [lambda x, y, s, img: F.adaptive_avg_pool2d(img, 3), lambda x, y, s, img: F.adaptive_avg_pool2d(img, (1, None)),
+                            lambda x, y, s, img: F.adaptive_avg_pool2d(img[0], 1),
+                            lambda x, y, s, img: F.adaptive_avg_pool2d(torch.cat([img, -img], -1)[..., :7], (3, 4))],  # widths 2, 3, 3, 2
+    F.adaptive_max_pool2d: [lambda x, y, s, img: F.adaptive_max_pool2d(img, 3), lambda x, y, s, img: F.adaptive_max_pool2d(-img[0], (None, 1)),
+                            lambda x, y, s, img: F.adaptive_max_pool2d(torch.cat([img, -img], -1)[..., :7], (3, 4))],
+    F.pad: [lambda x, *_: F.pad(x, (1, 2)), lambda x, *_: F.pad(x, (0, 1, 1, 0, 1, 1), value=0.5), lambda x, *_: F.pad(x, (-1, 1)),
+            lambda x, y, s, img: F.pad(img, (1, 1, 2, 0), mode="reflect"), lambda x, *_: F.pad(x, (2, 1), mode="replicate"),
+            lambda x, y, s, img: F.pad(img, (1, 0, 0, 1), mode="circular")],
     F.dropout: [lambda x, *_: F.dropout(x, 0.5, training=False)], torch.dropout: [lambda x, *_: torch.dropout(x, 0.5, False)],
     F.softmax: [lambda x, *_: F.softmax(x, -1).argmax(-1)], F.log_softmax: [lambda x, *_: F.log_softmax(x, 0).argmax(0)],
     torch.softmax: [lambda x, *_: torch.softmax(x, 1).argmax(1)], torch.log_softmax: [lambda x, *_: torch.log_softmax(x, -2).argmax(1)],
@@ -109,6 +121,9 @@ BAD_DIMS = [
     lambda x, *_: x.unsqueeze(4), lambda x, *_: x.sum((1, 1)), lambda x, y, s, *_: s.sum(1), lambda x, *_: x.t(),
     # 2-D pooling of a 1-D or 2-D value would unfold the party axis
     lambda x, *_: F.avg_pool2d(x[0, 0], (2, 1)), lambda x, *_: F.max_pool2d(x[0, 0], (2, 1)), lambda x, *_: F.avg_pool2d(x[0], 1),
+    lambda x, *_: F.adaptive_avg_pool2d(x[0, 0], 1), lambda x, *_: F.adaptive_max_pool2d(x[0], 1),
+    # a pad longer than the value's dims would pad the party axis
+    lambda x, *_: F.pad(x, (1,) * 8), lambda x, *_: F.pad(x[0, 0], (1, 1, 1, 1)),
 ]
 
 
