@@ -1,4 +1,4 @@
-"""Secure MNIST inference benchmark: the seed workload (784-500-10 MLP), as a user runs it.
+"""Secure MNIST inference benchmark: the seed workload (784-500-10 MLP) or LeNet-5, as a user runs it.
 
 Runs ``Trainer(strategy=SecurePredictStrategy(...)).predict`` with ``SecureAccuracy`` (only the number of
 correct predictions is revealed) on N test images at batch B, several repetitions, and prints ONE JSON
@@ -9,6 +9,15 @@ estimates for a LAN and a WAN from the counted rounds and bytes.
 
     python benchmarks/bench_mnist.py --data-dir ../shared/data              # both modes
     python benchmarks/bench_mnist.py --mode throughput --breakdown --plot out/breakdown.png
+    python benchmarks/bench_mnist.py --data-dir ../shared/data --model lenet --mode throughput   # 1,000 images, batch 100
+
+``--model lenet`` is the LeNet-5 of ``examples/mnist_cnn.py`` with the peers' weights (``--lenet-weights``, default
+``../shared/peers/lenet.pt``, the model of the SPU and CrypTen LeNet benchmarks; trained for one epoch and cached when
+missing); ``--model lenet_bn`` is its BatchNorm variant (trained for one epoch, cached; folded at predict). Their JSON
+lines carry the MLP's fields plus ``model``, ``dealer_bytes_per_image_party0`` and ``layers``: per op call of the
+forward (``conv2d#1``, ``relu#1``, ``max_pool2d#1``, ...; a conv's truncation is fused into the next ReLU and
+counted there) the seconds (dealer work included: measured on an extra run that generates dealer material inline),
+online rounds and bytes sent, and dealer bytes, of the first party, over all batches (simulated runtime only).
 """
 from __future__ import annotations
 
@@ -21,14 +30,18 @@ import warnings
 from pathlib import Path
 
 import torch
-from lightning.pytorch import Trainer, seed_everything
+from lightning.pytorch import Callback, Trainer, seed_everything
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_smpc import SecureAccuracy, SecurePredictStrategy
 from lightning_smpc.mnist import MNISTClassifier, MNISTDataModule
+from lightning_smpc.mpc import ShareTensor
+from lightning_smpc.mpc.tensor import OP_TABLE
 
 NETWORKS = {"lan": (0.2e-3, 10e9), "wan": (40e-3, 100e6)}  # (round-trip seconds, bits per second)
 MODES = {"throughput": (10000, 1000), "latency": (1000, 10)}
+LENET_MODES = {"throughput": (1000, 100), "latency": (100, 10)}  # the peers' LeNet benchmark: 1,000 images, batch 100
+REPO = Path(__file__).resolve().parents[1]
 
 
 def trained_model(data_dir: str, cache: Path, epochs: int) -> MNISTClassifier:
@@ -40,6 +53,28 @@ def trained_model(data_dir: str, cache: Path, epochs: int) -> MNISTClassifier:
     trainer = Trainer(max_epochs=epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                       enable_model_summary=False, accelerator="cpu")
     trainer.fit(model, MNISTDataModule(data_dir, batch_size=64))
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    trainer.save_checkpoint(cache)
+    return model
+
+
+def lenet_model(args) -> torch.nn.Module:
+    """LeNet-5 of examples/mnist_cnn.py: the peers' weights (``--model lenet``), or trained one epoch and cached."""
+    sys.path.insert(0, str(REPO / "examples"))  # a plain import: the distributed runtime pickles the model by name
+    import mnist_cnn as example
+    batchnorm = args.model == "lenet_bn"
+    if not batchnorm and Path(args.lenet_weights).is_file():
+        model = example.LeNet()
+        model.load_state_dict(torch.load(args.lenet_weights, map_location="cpu"))
+        return model
+    cache = Path(f"benchmarks/results/{args.model}.ckpt")
+    if cache.exists():
+        return example.LeNet.load_from_checkpoint(cache, map_location="cpu")
+    seed_everything(0)
+    model = example.LeNet(batchnorm=batchnorm)
+    trainer = Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                      enable_model_summary=False, accelerator="cpu", limit_val_batches=0)
+    trainer.fit(model, MNISTDataModule(args.data_dir, batch_size=64))
     cache.parent.mkdir(parents=True, exist_ok=True)
     trainer.save_checkpoint(cache)
     return model
@@ -69,13 +104,15 @@ def plaintext_median(model, loader, preloaded: bool, runs: int = 11) -> tuple[fl
     return statistics.median(times), min(times)
 
 
-def secure_run(model, loader, args, reveal: str = "metrics") -> tuple[float, SecurePredictStrategy, list]:
+def secure_run(model, loader, args, reveal: str = "metrics", callbacks=None,
+               preprocess: bool | None = None) -> tuple[float, SecurePredictStrategy, list]:
     strategy = SecurePredictStrategy(
         parties=args.parties, precision_bits=args.precision_bits, reveal=reveal,
-        metrics={"accuracy": SecureAccuracy(num_classes=10)}, preprocess=not args.no_preprocess, runtime=args.runtime,
+        metrics={"accuracy": SecureAccuracy(num_classes=10)},
+        preprocess=not args.no_preprocess if preprocess is None else preprocess, runtime=args.runtime,
     )
     trainer = Trainer(strategy=strategy, accelerator="cpu", logger=False, enable_progress_bar=False,
-                      enable_model_summary=False)
+                      enable_model_summary=False, callbacks=callbacks)
     t0 = time.perf_counter()
     out = trainer.predict(model, dataloaders=loader)
     return time.perf_counter() - t0, strategy, out
@@ -127,6 +164,7 @@ def run_config(model, x, y, n: int, batch: int, args) -> dict:
         "rounds_online": online_stats["rounds"], "bytes_sent_online_per_party": online_stats["bytes_sent"],
         "bytes_received_online_per_party": online_stats["bytes_received"],
         "bytes_received_offline_party0": offline_stats.get("bytes_received", 0),
+        "dealer_bytes_per_image_party0": round(offline_stats.get("bytes_received", 0) / n),
         "secure_accuracy": round(float(stats.revealed_metrics["accuracy"]), 4), "secure_correct": correct,
         "plaintext_accuracy": round(float((plain_labels == y[:n]).float().mean()), 4),
         "plaintext_correct": int((plain_labels == y[:n]).sum()),
@@ -142,7 +180,67 @@ def run_config(model, x, y, n: int, batch: int, args) -> dict:
     for net, (rtt, bps) in NETWORKS.items():
         result[f"est_{net}_s"] = round(network_estimate(med_wall, online_stats["rounds"], online_stats["bytes_sent"], rtt, bps), 3)
     result["breakdown"] = breakdown(stats)
+    if args.model != "mlp" and args.runtime == "simulated":
+        result = {"model": args.model, **result, "layers": layer_breakdown(model, loader, args)}
+    elif args.model != "mlp":
+        result = {"model": args.model, **result}
     return result
+
+
+class _LayerMeter(Callback):
+    """Time, online rounds/bytes and dealer bytes of the first party per op call of the forward (``relu#2`` is the
+    second ReLU of a batch), summed over batches, by wrapping the op table's handlers for this run only."""
+
+    OPS = ("conv2d", "linear", "relu", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "adaptive_max_pool2d",
+           "argmax", "add", "mul", "pad", "mean")
+
+    def __init__(self, party: str) -> None:
+        self.party, self.rows, self.calls, self.depth, self.saved = party, {}, {}, 0, {}
+
+    def __enter__(self):
+        for func, handler in list(OP_TABLE.items()):
+            name = (torch.overrides.resolve_name(func) or getattr(func, "__name__", "")).rsplit(".", 1)[-1].strip("_")
+            if name in self.OPS:
+                self.saved[func] = handler
+                OP_TABLE[func] = self._wrap(name, handler)
+        return self
+
+    def __exit__(self, *exc):
+        OP_TABLE.update(self.saved)
+        return False
+
+    def on_predict_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        self.calls = {}
+
+    def _wrap(self, name, handler):
+        def measured(*args, **kwargs):
+            sess = next((a._session for a in args if isinstance(a, ShareTensor)), None)
+            if sess is None or self.depth:  # public operands, or an op inside another measured op
+                return handler(*args, **kwargs)
+            self.calls[name] = self.calls.get(name, 0) + 1
+            key = f"{name}#{self.calls[name]}"
+            on0, off0 = sess.comm.stats()[self.party], sess.comm.stats(offline=True).get(self.party, {})
+            t0 = time.perf_counter()
+            self.depth += 1
+            try:
+                return handler(*args, **kwargs)
+            finally:
+                self.depth -= 1
+                on1, off1 = sess.comm.stats()[self.party], sess.comm.stats(offline=True).get(self.party, {})
+                row = self.rows.setdefault(key, {"op": key, "seconds": 0.0, "rounds": 0, "bytes_sent": 0, "dealer_bytes": 0})
+                row["seconds"] += time.perf_counter() - t0
+                row["rounds"] += on1["rounds"] - on0["rounds"]
+                row["bytes_sent"] += on1["bytes_sent"] - on0["bytes_sent"]
+                row["dealer_bytes"] += off1.get("bytes_received", 0) - off0.get("bytes_received", 0)
+
+        return measured
+
+
+def layer_breakdown(model, loader, args) -> list[dict]:
+    """Per op call of the forward (and the final argmax), summed over all batches: see :class:`_LayerMeter`."""
+    with _LayerMeter(args.parties[0]) as meter:
+        secure_run(model, loader, args, reveal="labels", callbacks=[meter], preprocess=False)
+    return [dict(r, seconds=round(r["seconds"], 4)) for r in meter.rows.values() if r["seconds"] > 1e-3 or r["bytes_sent"]]
 
 
 def breakdown(strategy) -> list[dict]:
@@ -187,6 +285,10 @@ def plot(rows: list[dict], path: str) -> None:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-dir", default="data")
+    p.add_argument("--model", choices=["mlp", "lenet", "lenet_bn"], default="mlp",
+                   help="the seed MLP, LeNet-5 (the peers' weights), or LeNet-5 with BatchNorm (trained one epoch)")
+    p.add_argument("--lenet-weights", default=str(REPO.parent / "shared" / "peers" / "lenet.pt"),
+                   help="state_dict of the LeNet (default: the peers' lenet.pt; trained when missing)")
     p.add_argument("--mode", choices=["throughput", "latency", "both"], default="both")
     p.add_argument("--n", type=int, help="override N (test images)")
     p.add_argument("--batch", type=int, help="override B (batch size)")
@@ -206,11 +308,14 @@ def main(argv=None) -> None:
     warnings.filterwarnings("ignore")
     if args.threads:
         torch.set_num_threads(args.threads)
-    model = trained_model(args.data_dir, Path(args.cache), args.epochs).eval()
+    if args.model == "mlp":
+        model, modes_n = trained_model(args.data_dir, Path(args.cache), args.epochs).eval(), MODES
+    else:
+        model, modes_n = lenet_model(args).eval(), LENET_MODES
     modes = ["throughput", "latency"] if args.mode == "both" else [args.mode]
-    x, y = test_batches(args.data_dir, max(args.n or 0, *(MODES[m][0] for m in modes)))
+    x, y = test_batches(args.data_dir, max(args.n or 0, *(modes_n[m][0] for m in modes)))
     for mode in modes:
-        n, batch = args.n or MODES[mode][0], args.batch or MODES[mode][1]
+        n, batch = args.n or modes_n[mode][0], args.batch or modes_n[mode][1]
         result = run_config(model, x, y, n, batch, args)
         rows = result.pop("breakdown")
         print(json.dumps({"mode": mode, **result}), flush=True)
