@@ -6,10 +6,10 @@ folded into it on the owner's plaintext weights before sharing) on additive shar
 revealed, to the model owner. A second secure pass reveals the labels (to the client) to count the agreement with
 the plaintext argmax.
 
-Quick run (about a minute on 2 CPU cores)::
+Quick run (under a minute on 2 CPU cores)::
 
-    python examples/mnist_cnn.py --data-dir ../shared/data --train-subset 5000 --test-subset 1000
-    python examples/mnist_cnn.py --data-dir ../shared/data --train-subset 5000 --test-subset 1000 --batchnorm
+    python examples/mnist_cnn.py --data-dir ../shared/data --train-subset 20000 --test-subset 1000
+    python examples/mnist_cnn.py --data-dir ../shared/data --train-subset 20000 --test-subset 1000 --batchnorm
 
 The peers' LeNet (``../shared/peers/lenet.pt``, the weights of the SPU and CrypTen benchmarks) instead of training::
 
@@ -39,7 +39,7 @@ class LeNet(LightningModule):
     conv and ``BatchNorm1d`` after ``fc1``/``fc2`` (each directly after its layer, so secure predict folds it).
     """
 
-    def __init__(self, batchnorm: bool = False, lr: float = 0.01) -> None:
+    def __init__(self, batchnorm: bool = False, lr: float = 0.03) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.conv1 = nn.Conv2d(1, 6, 5, padding=2)

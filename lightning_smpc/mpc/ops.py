@@ -595,15 +595,15 @@ def _h_max(x, dim=None, keepdim=False):
 #   "pairs": the argmax protocol: all k(k-1)/2 comparisons in parallel, one argmax's rounds (5 by default) whatever k;
 #   "tree":  max(a, b) = b + relu(a - b) on halves: ceil(log2 k) levels of one ReLU each (4 rounds by default),
 #            k - 1 comparisons in all (a sequential chain would need k - 1 levels; the tree is never slower).
-# Measured (2 parties, one torch thread per process, 2 cores shared with other jobs): LeNet-5 on 1,000 MNIST images
-# at batch 100 (the peers' weights; both pools 2x2): simulated runtime pairs 9.8-18.9 s, tree 6.6-9.1 s; distributed
-# runtime (a process per party and the dealer, localhost) pairs 37-38 s, tree 30-34 s; online 391 vs 451 rounds, 137
-# vs 117 MB sent per party, 2.8 vs 1.8 GB from the dealer to the first party. Single pooling calls (batch 100, one
-# core, online + dealer): 2x2 on conv1's output pairs 0.55 s, tree 0.11 s; 3x3 stride 2 padding 1 (a ResNet stem)
-# 2.8 s vs 0.24 s; 4x4 2.0 s vs 0.10 s; 5x5 4.7 s vs 0.12 s. The tree is faster for every window size measured
-# (fewer comparisons, less dealer material); "pairs" wins only where a round trip costs more than the compute it
-# saves (about 50 ms per extra round for LeNet at batch 100):
-# set MAXPOOL_METHOD[k] = "pairs" there. Every party must use the same protocol: processes spawned by the distributed
+# Measured with benchmarks/bench_mnist.py --model lenet --threads 1 (2 parties, 2 cores shared with other jobs; LeNet-5
+# with the peers' weights, 1,000 MNIST images at batch 100, both pools 2x2): simulated runtime, median of 3, pairs
+# 11.4 s, tree 6.7 s (the two pools: 3.1 s vs 1.4 s); distributed runtime (a process per party and the dealer,
+# localhost), in-party seconds in two sittings, pairs 18.8 and 24.1 s, tree 16.7 and 16.8 s; online 391 vs 451
+# rounds, 137 vs 117 MB sent per party, 2.8 vs 1.8 GB from the dealer to the first party. Single pooling calls
+# (batch 100, one core, online + dealer): 2x2 on conv1's output pairs 0.55 s, tree 0.11 s; 3x3 stride 2 padding 1
+# (a ResNet stem) 2.8 s vs 0.24 s; 4x4 2.0 s vs 0.10 s; 5x5 4.7 s vs 0.12 s. The tree is faster for every window
+# size measured (fewer comparisons, less dealer material); "pairs" wins only where a round trip costs more than the
+# compute it saves (about 50-70 ms per extra round for LeNet at batch 100): set MAXPOOL_METHOD[k] = "pairs" there. Every party must use the same protocol: processes spawned by the distributed
 # runtime import this module afresh, so set the default with the environment variable LIGHTNING_SMPC_MAXPOOL
 # ("pairs" or "tree"), which they inherit, rather than by assigning MAXPOOL_DEFAULT in one process.
 MAXPOOL_METHOD: dict[int, str] = {}
