@@ -319,6 +319,27 @@ def _h_mul(x, y):
     return _wrap(x, x._shares * _public(x._session, y, f), x._frac + f, None)
 
 
+def _in_place(handler):
+    """``x += y`` / ``x.add_(y)`` (ResNet style): the result replaces ``x``'s shares in the same object, as torch
+    updates a tensor in place (views taken of ``x`` before are not updated)."""
+
+    def op(x, y, **kwargs):
+        if not isinstance(x, ShareTensor):
+            raise UnsupportedOpError("An in-place op on a public tensor with a shared operand: compute out of place.")
+        out = handler(x, y, **kwargs)
+        if _shape_of(out) != _shape_of(x):
+            raise RuntimeError(f"output with shape {list(_shape_of(x))} doesn't match the broadcast shape {list(_shape_of(out))}")
+        x._shares, x._frac, x.mask, x._cache = out._shares, out._frac, None, {}
+        return x
+
+    return op
+
+
+implements(Tensor.__iadd__, Tensor.add_)(_in_place(lambda x, y, alpha=1: _h_add(x, y, alpha=alpha)))
+implements(Tensor.__isub__, Tensor.sub_)(_in_place(lambda x, y, alpha=1: _h_sub(x, y, alpha=alpha)))
+implements(Tensor.__imul__, Tensor.mul_)(_in_place(_h_mul))
+
+
 @implements(Tensor.__truediv__, Tensor.div, torch.div)
 def _h_div(x, y, *, rounding_mode=None):
     if isinstance(y, ShareTensor):

@@ -122,8 +122,9 @@ class ShareTensor(torch.Tensor):
             name = torch.overrides.resolve_name(func) or getattr(func, "__name__", repr(func))
             raise UnsupportedOpError(
                 f"`{name}` has no secure implementation on secret shares. Supported ops: linear, conv2d, "
-                "matmul, +, -, * , sum/mean, relu, max_pool2d/avg_pool2d, argmax/max, comparisons, eval-mode "
-                "dropout and the shape ops (see lightning_smpc.mpc.supported_ops())."
+                "matmul, +, -, *, / by public values, sum/mean, relu, max/avg pooling (also padded and adaptive), "
+                "F.pad, argmax/max, comparisons, eval-mode dropout/batch norm and the shape ops (see "
+                "lightning_smpc.mpc.supported_ops()). In-place ops other than +=, -=, *= are not supported."
             )
         return handler(*args, **kwargs)
 

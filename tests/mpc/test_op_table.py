@@ -62,6 +62,10 @@ CASES: dict = {
     T.__add__: [lambda x, y, *_: x + y, lambda x, *_: x + 2], T.__radd__: [lambda x, *_: 1.5 + x],
     T.add: [lambda x, y, *_: x.add(y, alpha=2)], torch.add: [lambda x, y, *_: torch.add(x, y[0])],
     T.__sub__: [lambda x, y, *_: x - y], T.sub: [lambda x, y, *_: x.sub(y)], torch.sub: [lambda x, y, *_: torch.sub(x, 0.5)],
+    T.__iadd__: [lambda x, y, *_: _inplace(x, y, "add")], T.__isub__: [lambda x, y, *_: _inplace(x, y, "sub")],
+    T.__imul__: [lambda x, y, *_: _inplace(x, y, "mul")],
+    T.add_: [lambda x, y, *_: _copy(x).add_(y, alpha=2)], T.sub_: [lambda x, y, *_: _copy(x).sub_(y)],
+    T.mul_: [lambda x, y, *_: _copy(x).mul_(y)],
     T.__rsub__: [lambda x, *_: 3 - x], T.neg: [lambda x, *_: x.neg(), lambda x, *_: -x], torch.neg: [lambda x, *_: torch.neg(x)],
     T.__mul__: [lambda x, y, *_: x * y, lambda x, *_: x * 3], T.__rmul__: [lambda x, *_: 0.5 * x],
     T.mul: [lambda x, y, *_: x.mul(y[:, :1])], torch.mul: [lambda x, y, s, *_: torch.mul(x, s)],
@@ -110,6 +114,22 @@ CASES: dict = {
     torch.softmax: [lambda x, *_: torch.softmax(x, 1).argmax(1)], torch.log_softmax: [lambda x, *_: torch.log_softmax(x, -2).argmax(1)],
     T.softmax: [lambda x, *_: x.softmax(-1).max(-1).indices], T.log_softmax: [lambda x, *_: x.log_softmax(2).argmax(-1, keepdim=True)],
 }
+def _copy(x):
+    """A fresh value to modify in place (the shared/plain test inputs are reused by every case)."""
+    return x * 1
+
+
+def _inplace(x, y, op):
+    out = _copy(x)
+    if op == "add":
+        out += y
+    elif op == "sub":
+        out -= y
+    else:
+        out *= y
+    return out
+
+
 # Metadata that has no comparable value (addresses, hashes, autograd/device flags): must run and not be shares.
 NO_VALUE = {T.data_ptr, T.__hash__, T.cuda, getattr(F, "_max_pool2d", None)}
 META_GETTERS = {f for f in OP_TABLE if getattr(f, "__name__", "") == "__get__" and f != T.T.__get__}
@@ -180,3 +200,14 @@ def test_no_reduction_reaches_the_party_axis(session) -> None:
         assert r.shares.shape[0] == session.n_parties
     with pytest.raises(UnsupportedOpError):
         x.sum(dtype=torch.int64)
+
+
+def test_in_place_ops_update_the_value_itself(session) -> None:
+    """``out.add_(identity)`` as a statement (its return value unused) must change ``out`` (ResNet style)."""
+    z, y = session.share(X) * 1, session.share(Y)
+    z.add_(y)
+    z -= y * 0.5
+    z *= 2
+    assert torch.allclose(z.reveal(), ((X + Y - Y * 0.5) * 2).double(), atol=1e-3)
+    with pytest.raises(RuntimeError, match="doesn't match"):
+        session.share(X[0, 0]).add_(y)  # broadcasting would change the shape: torch refuses it too
