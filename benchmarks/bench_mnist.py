@@ -110,6 +110,7 @@ def secure_run(model, loader, args, reveal: str = "metrics", callbacks=None,
         parties=args.parties, precision_bits=args.precision_bits, reveal=reveal,
         metrics={"accuracy": SecureAccuracy(num_classes=10)},
         preprocess=not args.no_preprocess if preprocess is None else preprocess, runtime=args.runtime,
+        compare_digit_bits=args.compare_digit_bits,
     )
     trainer = Trainer(strategy=strategy, accelerator="cpu", logger=False, enable_progress_bar=False,
                       enable_model_summary=False, callbacks=callbacks)
@@ -154,6 +155,7 @@ def run_config(model, x, y, n: int, batch: int, args) -> dict:
     correct, total = stats.revealed_counts["accuracy"]
     result = {
         "n": n, "batch": batch, "parties": len(args.parties), "precision_bits": args.precision_bits,
+        "compare_digit_bits": args.compare_digit_bits,
         "secure_median_s": round(med_wall, 4), "secure_min_s": round(min(walls), 4),
         "plaintext_median_s": round(plain_med, 5), "plaintext_min_s": round(plain_min, 5),
         "plaintext_forward_only_median_s": round(forward_med, 5),
@@ -301,6 +303,8 @@ def main(argv=None) -> None:
     p.add_argument("--breakdown", action="store_true", help="print the per-protocol table to stderr")
     p.add_argument("--plot", help="save a per-protocol bar chart (needs matplotlib)")
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: all cores)")
+    p.add_argument("--compare-digit-bits", type=int, choices=[8, 4], default=8,
+                   help="comparison digit size: 4 = 8x smaller dealer tables, one more round per ReLU/argmax")
     p.add_argument("--runtime", choices=["simulated", "distributed"], default="simulated",
                    help="parties in this process, or one process per party plus the crypto provider")
     args = p.parse_args(argv)

@@ -60,9 +60,10 @@ def party_session(world: World, crypto_provider: str, **session_kwargs) -> Sessi
     return mpc_dist.party_session(world.links, world.parties, crypto_provider, **session_kwargs)
 
 
-def serve_dealer(world: World, crypto_provider: str, compare_bits: int, seed: Optional[int] = None) -> dict:
+def serve_dealer(world: World, crypto_provider: str, compare_bits: int, seed: Optional[int] = None,
+                 compare_digit_bits: int = 8) -> dict:
     """Answer the parties' requests until the first party ends the run; returns the offline traffic per party."""
-    return mpc_dist.serve_dealer(world.links, world.parties, crypto_provider, compare_bits, seed)
+    return mpc_dist.serve_dealer(world.links, world.parties, crypto_provider, compare_bits, seed, compare_digit_bits)
 
 
 def finish(world: World, session: Session) -> None:

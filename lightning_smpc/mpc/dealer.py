@@ -4,20 +4,26 @@ The dealer is a separate party (never one of the compute parties). It answers *r
 correlation a protocol needs — with :class:`Material` holding every party's share of it. It sees only
 shapes and the masks it generated itself. Each request kind documents what it returns:
 
-``input_mask``  (SPDZ input): a uniform mask ``A``, sent in clear to the input owner and as shares to
-    the parties; the owner then broadcasts ``x - A``. The dealer keeps ``A`` (by id) so later products
-    with that operand reuse the opened ``x - A`` ("the masked model is opened once").
+``input_mask``  (SPDZ input): a uniform mask ``A``, shared to the parties; the input owner gets every
+    party's seed of it, so ``A`` in clear; the owner then broadcasts ``x - A``. The dealer keeps ``A`` (by
+    id) so later products with that operand reuse the opened ``x - A`` ("the masked model is opened once").
 ``beaver``     a multiplication triple for ``mul``/``matmul``/``conv2d``: ``c = op(a, b)`` where ``a``/``b``
     are fresh or previously issued masks (by id, with a recorded shape transform).
 ``trunc``      probabilistic truncation material (Escudero et al. 2020, §5.1): uniform ``r``, ``u =
     (r mod 2^63) >> m`` and the bit ``r_63``, all arithmetic shares.
 ``cmp``        comparison material (see :mod:`.protocols.compare`): the mask (or truncation) material,
-    XOR-shared greater-than tables of the 8-bit digits of the comparison offset, XOR-shared AND triples for the
-    carry tree, a daBit (a random bit shared both XOR and arithmetically) and, for ReLU/argmax, the
-    products of the dealer-known offsets with that bit / with the one-time equality tables.
+    XOR-shared greater-than tables of the digits (``digit_bits`` = 8: 256-bit tables; 4: 16-bit tables) of the
+    comparison offset, XOR-shared AND triples for the carry tree, a daBit (a random bit shared both XOR and
+    arithmetically) and, for ReLU/argmax, the products of the dealer-known offsets with that bit / with the
+    one-time equality tables.
 
-Offline traffic is accounted as with seed compression: parties 1..n-1 expand their shares from a 16-byte
-seed the dealer gave them, so only party 0 receives a full correction tensor.
+**Seed compression** (real, in both runtimes): for every request the dealer draws a fresh 16-byte seed per
+party from its CSPRNG; each party's shares are the expansion of its seed (AES-CTR,
+:func:`.wire.expand_seeded`, in the canonical order of :func:`.wire.material_layout`), except the first
+party's shares of *correlated* values, which the dealer computes as corrections (value minus the others'
+shares). A uniform value (a mask, a Beaver operand, the AND triples' inputs, the daBit's XOR side) is
+*defined* as the sum of seeded shares, so it costs no correction at all. Parties ``1..n-1`` receive their
+seed only; the offline traffic counted is exactly the bytes of each party's message (before encryption).
 
 **Preprocessing.** :meth:`TrustedDealer.record` captures the request sequence of one batch (its *plan*);
 :meth:`TrustedDealer.preprocess` generates the material for ``repeats`` more batches ahead of time into a
@@ -36,12 +42,23 @@ import torch.nn.functional as F
 
 from . import transforms
 from .errors import DealerStoreError
-from .prg import CSPRNG
+from .prg import SEED_BYTES, CSPRNG
 from .ring import ring_conv2d, ring_matmul
 
-__all__ = ["Request", "Material", "TrustedDealer", "DIGIT_BITS"]
+__all__ = ["Request", "Material", "TrustedDealer", "DIGIT_BITS", "DIGIT_CHOICES", "gt_table_spec"]
 
-DIGIT_BITS = 8  # comparison digits: tables of 2^8 bits = 4 int64 words
+DIGIT_BITS = 8  # default comparison digit size: tables of 2^8 bits = 4 int64 words per digit
+DIGIT_CHOICES = (4, 8)  # 4: tables of 16 bits (one int16) per digit, twice the digits, one more carry level
+
+
+def gt_table_spec(digit_bits: int) -> tuple[tuple, torch.dtype]:
+    """(trailing dims per digit, dtype) of a digit's greater-than table: ``((4,), int64)`` for 8-bit digits
+    (256 bits), ``((), int16)`` for 4-bit digits (16 bits)."""
+    if digit_bits == 8:
+        return (4,), torch.int64
+    if digit_bits == 4:
+        return (), torch.int16
+    raise ValueError(f"Expected a comparison digit size in {DIGIT_CHOICES}, got {digit_bits}.")
 
 
 @dataclass(frozen=True)
@@ -68,6 +85,7 @@ class Material:
     data: dict[str, Any]
     created: tuple = ()
     mask_keys: tuple = ()
+    seeds: tuple | None = None  # dealer side: each party's seed (what parties 1..n-1 receive instead of shares)
 
     def mask_shares(self, mask_id: int) -> torch.Tensor:
         """The parties' shares of the mask ``mask_id`` that this material issued."""
@@ -95,23 +113,80 @@ class _DealerTimes:
     store_discards: int = 0
 
 
-def _bits_of(t: torch.Tensor) -> int:
-    return 1 if t.dtype in (torch.uint8, torch.bool) else 8 * t.element_size()
-
-
 _GT_ROWS: dict = {}
 
 
-def _gt_rows(device) -> torch.Tensor:
-    """``[256, 4]`` int64: row ``t`` is the 256-bit table ``G[u] = [u > t]`` as four 64-bit words."""
-    key = str(device)
+def _gt_rows(device, digit_bits: int = DIGIT_BITS) -> torch.Tensor:
+    """Row ``t`` is the table ``G[u] = [u > t]`` (``u, t < 2^d``): for ``d = 8`` ``[256, 4]`` int64 (four 64-bit
+    words), for ``d = 4`` ``[16]`` int16 (bit ``u`` of the word)."""
+    key = (str(device), digit_bits)
     if key not in _GT_ROWS:
-        t = torch.arange(256).unsqueeze(-1)
-        lanes = torch.arange(4)
-        above = -(torch.full_like(t, 2) << (t & 63))  # bits strictly above t within its word
-        rows = torch.where(lanes == (t >> 6), above, -(lanes > (t >> 6)).to(torch.int64))
+        if digit_bits == 8:
+            t = torch.arange(256).unsqueeze(-1)
+            lanes = torch.arange(4)
+            above = -(torch.full_like(t, 2) << (t & 63))  # bits strictly above t within its word
+            rows = torch.where(lanes == (t >> 6), above, -(lanes > (t >> 6)).to(torch.int64))
+        else:
+            t = torch.arange(1 << digit_bits)
+            bits = (0xFFFF << (t + 1)) & 0xFFFF  # bits t+1..15
+            rows = torch.where(bits >= 1 << 15, bits - (1 << 16), bits).to(torch.int16)
         _GT_ROWS[key] = rows.to(device)
     return _GT_ROWS[key]
+
+
+class _Shares:
+    """The share tensors ``[n, ...]`` of one request's material, keyed ``(key, index)`` as the layout's slots.
+
+    Built from the parties' layouts and seeds: every row a party expands from its seed is filled at once (each
+    party's stream in its own slot order); the generator then reads the uniform values (sums of seeded
+    shares) and sets the first party's row of each correlated value (its correction).
+    """
+
+    def __init__(self, dealer: "TrustedDealer", layouts, seeds) -> None:
+        from .wire import expand_seeded  # wire imports this module
+
+        n, device = dealer.n, dealer.device
+        self.n = n
+        if any(s.is_share and not s.seeded for layout in layouts[1:] for s in layout.slots):
+            raise RuntimeError("only the first party receives corrections; the others' shares all come from seeds")
+        self.slots = {(s.key, s.index): s for s in layouts[0].slots if s.is_share}
+        self.t = {k: torch.empty((n,) + s.shape[1:], dtype=s.dtype, device=device) for k, s in self.slots.items()}
+        for p in range(n):
+            for k, v in expand_seeded(layouts[p], seeds[p]).items():
+                self.t[k][p : p + 1] = v
+
+    def _slot(self, key, index, uniform: bool):
+        slot = self.slots[(key, index)]
+        if slot.seeded != uniform:  # the generator and the wire layout disagree: a bug
+            raise RuntimeError(f"material {key}[{index}]: layout says seeded={slot.seeded} for the first party")
+        return slot, self.t[(key, index)]
+
+    def uniform(self, key: str, index: int | None = None, xor: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """(shares, value) of a uniform value: every party's row is seeded; the value is their sum (XOR)."""
+        _, t = self._slot(key, index, True)
+        if not xor:
+            return t, t.sum(0)
+        v = t[0].clone()
+        for k in range(1, self.n):
+            v ^= t[k]
+        return t, v
+
+    def arith(self, key: str, v: torch.Tensor, index: int | None = None) -> torch.Tensor:
+        """Additive shares of ``v``: the first party's row is the correction (reduced to its wire type if narrow)."""
+        from .wire import narrow
+
+        slot, t = self._slot(key, index, False)
+        row0 = v - (t[1:].sum(0) if self.n > 2 else t[1])
+        t[0] = narrow(row0, slot.wire_dtype)
+        return t
+
+    def xor(self, key: str, v: torch.Tensor, index: int | None = None) -> torch.Tensor:
+        """XOR shares of ``v`` (bits as uint8 0/1, or words): the first party's row is the correction."""
+        _, t = self._slot(key, index, False)
+        torch.bitwise_xor(v.to(t.dtype), t[1], out=t[0])
+        for k in range(2, self.n):
+            t[0] ^= t[k]
+        return t
 
 
 class TrustedDealer:
@@ -122,11 +197,17 @@ class TrustedDealer:
         parties: compute party names.
         prg: the cryptographically secure generator for masks and shares.
         comm: communicator used only for offline traffic accounting.
-        compare_bits: comparison range in bits (multiple of :data:`DIGIT_BITS`).
+        compare_bits: comparison range in bits (multiple of ``digit_bits``).
         device: where the material is placed.
+        digit_bits: comparison digit size, one of :data:`DIGIT_CHOICES`.
     """
 
-    def __init__(self, name: str, parties: tuple[str, ...], prg: CSPRNG, comm, compare_bits: int, device) -> None:
+    def __init__(self, name: str, parties: tuple[str, ...], prg: CSPRNG, comm, compare_bits: int, device,
+                 digit_bits: int = DIGIT_BITS) -> None:
+        gt_table_spec(digit_bits)  # validates
+        if compare_bits <= 0 or compare_bits % digit_bits:
+            raise ValueError(f"Expected compare_bits a positive multiple of the digit size {digit_bits}, got {compare_bits}.")
+        self.digit_bits = digit_bits
         self.name = name
         self.parties = tuple(parties)
         self.n = len(self.parties)
@@ -217,24 +298,7 @@ class TrustedDealer:
         """Drop a stored mask (its last user is gone)."""
         self._masks.pop(mask_id, None)
 
-    # ------------------------------------------------------------------ sharing helpers
-    def _arith(self, v: torch.Tensor) -> torch.Tensor:
-        """Additive shares of ``v``: parties 1..n-1 uniform, party 0 the correction."""
-        out = torch.empty((self.n,) + tuple(v.shape), dtype=torch.int64, device=self.device)
-        out[1:] = self.prg.int64((self.n - 1,) + tuple(v.shape), self.device)
-        torch.sub(v, out[1:].sum(0) if self.n > 2 else out[1], out=out[0])
-        return out
-
-    def _xor(self, v: torch.Tensor) -> torch.Tensor:
-        """XOR shares of ``v`` (bits as uint8 0/1, or int64 words)."""
-        out = torch.empty((self.n,) + tuple(v.shape), dtype=v.dtype, device=self.device)
-        shape = (self.n - 1,) + tuple(v.shape)
-        out[1:] = self.prg.bits(shape, self.device) if v.dtype == torch.uint8 else self.prg.int64(shape, self.device)
-        torch.bitwise_xor(v, out[1], out=out[0])
-        for k in range(2, self.n):
-            out[0] ^= out[k]
-        return out
-
+    # ------------------------------------------------------------------ helpers
     def _new_mask(self, plain: torch.Tensor) -> int:
         mid = self._next_id
         self._next_id += 1
@@ -248,43 +312,43 @@ class TrustedDealer:
             raise DealerStoreError(f"mask {mask_id} is unknown to the dealer (already released?)") from None
         return transforms.apply(plain, transform, party_axis=False)
 
-    def _account(self, data: dict[str, Any], tag: str, extra: dict[str, int] | None = None) -> None:
-        size0 = sum(
-            (t[0].numel() * _bits_of(t) + 7) // 8 for t in data.values() if isinstance(t, torch.Tensor) and t.dim() and t.shape[0] == self.n
-        )
-        sizes = {self.parties[0]: size0, **{p: 16 for p in self.parties[1:]}}
-        for k, v in (extra or {}).items():
-            sizes[k] = sizes.get(k, 0) + v
-        self.comm.dealer_send(sizes, tag, self.name)
-
     # ------------------------------------------------------------------ generators
     def _generate(self, req: Request) -> Material:
-        return getattr(self, f"_gen_{req.kind}")(req)
+        """Draw each party's seed, expand the seeded shares, run the kind's generator, account the messages."""
+        from .wire import material_layout  # wire imports this module
 
-    def _rand(self, shape) -> torch.Tensor:
-        return self.prg.int64(tuple(shape), self.device)
+        layouts = [material_layout(req, p, self.parties, self.compare_bits, self.digit_bits, check=False)
+                   for p in range(self.n)]
+        seeds = tuple(self.prg.seed() for _ in range(self.n))
+        mat, extra = getattr(self, f"_gen_{req.kind}")(req, _Shares(self, layouts, seeds))
+        mat.seeds = seeds
+        sizes = {p: layouts[i].nbytes for i, p in enumerate(self.parties)}
+        for k, v in extra.items():
+            sizes[k] = sizes.get(k, 0) + v
+        self.comm.dealer_send(sizes, req.kind, self.name)
+        return mat
 
-    def _gen_input_mask(self, req: Request) -> Material:
+    def _gen_input_mask(self, req: Request, sh: _Shares):
         (shape, owner) = req.params
-        a = self._rand(shape)
+        shares, a = sh.uniform("a")
         mid = self._new_mask(a)
-        data = {"a": self._arith(a)}
-        self._account(data, "input_mask", {owner: a.numel() * 8})
-        data["owner_mask"] = a
-        return Material(data, (mid,), ("a",))
+        data = {"a": shares, "owner_mask": a}
+        # the owner gets every party's seed of the mask and expands it: in its message if it is a party
+        # (counted there), else separately
+        extra = {} if owner in self.parties else {owner: self.n * SEED_BYTES}
+        return Material(data, (mid,), ("a",)), extra
 
-    def _gen_beaver(self, req: Request) -> Material:
+    def _gen_beaver(self, req: Request, sh: _Shares):
         op, kwargs, shape_x, shape_y, tf_x, tf_y = req.params
         ref_x, ref_y = req.refs
         created, keys = [], []
         data: dict[str, Any] = {}
         plains = []
-        for key, shape, ref, tf in (("a", shape_x, ref_x, tf_x), ("b", shape_y, ref_y, tf_y)):
+        for key, ref, tf in (("a", ref_x, tf_x), ("b", ref_y, tf_y)):
             if ref is None:
-                m = self._rand(shape)
+                data[key], m = sh.uniform(key)
                 created.append(self._new_mask(m))
                 keys.append(key)
-                data[key] = self._arith(m)
             else:
                 m = self._mask(ref, tf)
             plains.append(m)
@@ -299,83 +363,77 @@ class TrustedDealer:
             c = ring_conv2d(a, b, **dict(kwargs))
         else:  # pragma: no cover
             raise ValueError(op)
-        data["c"] = self._arith(c)
-        self._account(data, f"beaver_{op}")
-        return Material(data, tuple(created), tuple(keys))
+        data["c"] = sh.arith("c", c)
+        return Material(data, tuple(created), tuple(keys)), {}
 
-    def _trunc_parts(self, shape, m: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        r = self._rand(shape)
-        low = r & ((1 << 63) - 1)
-        return r, low >> m, ((r >> 63) & 1)
+    @staticmethod
+    def _trunc_parts(sh: _Shares, data: dict, m: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Uniform ``r`` (seeded), ``u = (r mod 2^63) >> m`` and ``r_63`` (corrections; ``[r_63]`` is used only
+        as ``2^(63-m) [r_63]``, so its shares are correct modulo ``2^(m+1)``)."""
+        data["r"], r = sh.uniform("r")
+        u, r63 = (r & ((1 << 63) - 1)) >> m, (r >> 63) & 1
+        data["u"], data["r63"] = sh.arith("u", u), sh.arith("r63", r63)
+        return r, u, r63
 
-    def _gen_trunc(self, req: Request) -> Material:
+    def _gen_trunc(self, req: Request, sh: _Shares):
         shape, m = req.params
-        r, u, r63 = self._trunc_parts(shape, m)
-        data = {"r": self._arith(r), "u": self._arith(u), "r63": self._arith(r63)}
-        self._account(data, "trunc")
-        return Material(data)
+        data: dict[str, Any] = {}
+        self._trunc_parts(sh, data, m)
+        return Material(data), {}
 
-    def _gen_cmp(self, req: Request) -> Material:
+    def _gen_cmp(self, req: Request, sh: _Shares):
         """See module docstring and :mod:`.protocols.compare` for the meaning of each entry."""
         shape, mode, m, pairs, use = req.params
-        j = self.compare_bits
+        j, d = self.compare_bits, self.digit_bits
         data: dict[str, Any] = {}
         if mode == "trunc":
-            r, u, r63 = self._trunc_parts(shape, m)
-            data.update(r=self._arith(r), u=self._arith(u), r63=self._arith(r63))
+            r, u, r63 = self._trunc_parts(sh, data, m)
             offset = -u  # value = public + offset (mod 2^(j+1))
         else:
-            r = self._rand(shape)
-            data["r"] = self._arith(r)
+            data["r"], r = sh.uniform("r")
+            u = r63 = None
             offset = -r
         cmp_off = offset if pairs is None else offset[..., [a for a, _ in pairs]] - offset[..., [b for _, b in pairs]]
-        cmp_shape = tuple(cmp_off.shape)
-        # "greater-than" table of t_i = 255 - digit_i(offset mod 2^j): bit u of G_i is [u > t_i]
-        # (256 bits = 4 int64 words per digit); generate = G[q], propagate = G[q + 1] xor G[q]
-        n_digits = j // DIGIT_BITS
-        shifts = torch.arange(n_digits, device=self.device) * DIGIT_BITS
-        t = 255 - ((cmp_off.unsqueeze(-1) >> shifts) & 0xFF)  # [*, D]
-        data["gt_table"] = self._xor(_gt_rows(self.device)[t])
-        data["rj"] = self._xor(((cmp_off >> j) & 1).to(torch.uint8))
-        # AND triples of the carry tree, one per level
+        # "greater-than" table of t_i = 2^d - 1 - digit_i(offset mod 2^j): bit u of G_i is [u > t_i]
+        # (2^d bits per digit); generate = G[q], propagate = G[q + 1] xor G[q]
+        n_digits = j // d
+        shifts = torch.arange(n_digits, device=self.device) * d
+        top = (1 << d) - 1
+        t = top - ((cmp_off.unsqueeze(-1) >> shifts) & top)  # [*, D]
+        data["gt_table"] = sh.xor("gt_table", _gt_rows(self.device, d)[t])
+        data["rj"] = sh.xor("rj", ((cmp_off >> j) & 1).to(torch.uint8))
+        # AND triples of the carry tree, one per level: a, b uniform (seeded), c = a & b
         width, level = n_digits, 0
         while width > 1:
-            npairs = width // 2
-            a = self.prg.bits(cmp_shape + (2 * npairs - 1,), self.device)  # G of each pair, P of all but the lowest
-            b = self.prg.bits(cmp_shape + (2 * npairs - 1,), self.device)
-            data[f"and{level}"] = (self._xor(a), self._xor(b), self._xor(a & b))
-            width, level = width - npairs, level + 1
-        # daBit for the B2A step
-        rho = self.prg.bits(cmp_shape, self.device)
-        data["rho_x"] = self._xor(rho)
-        data["rho_a"] = self._arith(rho.to(torch.int64))
+            key = f"and{level}"
+            (a_sh, a), (b_sh, b) = sh.uniform(key, 0, xor=True), sh.uniform(key, 1, xor=True)
+            data[key] = (a_sh, b_sh, sh.xor(key, a & b, 2))
+            width, level = width - width // 2, level + 1
+        # daBit for the B2A step: rho is the XOR of the seeded rho_x shares
+        data["rho_x"], rho = sh.uniform("rho_x", xor=True)
+        rho64 = rho.to(torch.int64)
+        data["rho_a"] = sh.arith("rho_a", rho64)
         if use == "relu":
-            rho64 = rho.to(torch.int64)
             if mode == "trunc":
-                data["u_rho"] = self._arith(u * rho64)
-                data["r63_rho"] = self._arith(r63 * rho64)
+                data["u_rho"] = sh.arith("u_rho", u * rho64)
+                data["r63_rho"] = sh.arith("r63_rho", r63 * rho64)
             else:
-                data["r_rho"] = self._arith(r * rho64)
+                data["r_rho"] = sh.arith("r_rho", r * rho64)
         elif use == "argmax":
-            self._argmax_tables(data, shape, mode, r, u if mode == "trunc" else None, r63 if mode == "trunc" else None)
-        tables = {k: v for k, v in data.items() if not isinstance(v, tuple)}
-        for k, v in data.items():
-            if isinstance(v, tuple):
-                tables.update({f"{k}_{i}": t for i, t in enumerate(v)})
-        self._account(tables, f"cmp_{use}")
-        return Material(data)
+            self._argmax_tables(sh, data, shape, mode, r, u, r63)
+        return Material(data), {}
 
-    def _argmax_tables(self, data, shape, mode, r, u, r63) -> None:
+    def _argmax_tables(self, sh: _Shares, data, shape, mode, r, u, r63) -> None:
         """One-time equality tables T[v] = [(v - sigma) mod M == C - 1] and their products with the offsets."""
         n_cls = shape[-1]
         mod = 1 << max(1, (n_cls - 1).bit_length())
         sigma = self.prg.uniform_mod(tuple(shape), mod.bit_length() - 1, self.device)
         v = torch.arange(mod, device=self.device)
         table = (((v - sigma.unsqueeze(-1)) % mod) == n_cls - 1).to(torch.int64)
-        data["sigma"] = self._arith(sigma)
-        data["T"] = self._arith(table)
+        data["sigma"] = sh.arith("sigma", sigma)
+        data["T"] = sh.arith("T", table)
         if mode == "trunc":
-            data["uT"] = self._arith(u.unsqueeze(-1) * table)
-            data["r63T"] = self._arith(r63.unsqueeze(-1) * table)
+            data["uT"] = sh.arith("uT", u.unsqueeze(-1) * table)
+            data["r63T"] = sh.arith("r63T", r63.unsqueeze(-1) * table)
         else:
-            data["rT"] = self._arith(r.unsqueeze(-1) * table)
+            data["rT"] = sh.arith("rT", r.unsqueeze(-1) * table)

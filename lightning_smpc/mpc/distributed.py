@@ -17,9 +17,11 @@ The counted traffic (``Session.stats()``) is the protocol's and identical to the
 cost of the encryption itself is in ``links.stats`` (seconds of AEAD, ciphertext overhead).
 
 The crypto provider runs in its own process: the first party forwards each request as canonical JSON
-(:mod:`.wire`: shapes, ops and mask ids only — no data), and the dealer sends every party its own share of
-the material, point to point, in a layout each party derives from the request itself. Nothing crossing
-between processes is ever deserialized into arbitrary objects: only validated JSON and raw tensor bytes.
+(:mod:`.wire`: shapes, ops and mask ids only — no data), and the dealer sends every party its own message,
+point to point, in a layout each party derives from the request itself: parties 1..n-1 get a fresh 16-byte
+seed they expand into their shares, the first party a seed and the corrections of the correlated values.
+Nothing crossing between processes is ever deserialized into arbitrary objects: only validated JSON and raw
+tensor bytes.
 
 **Seam for launchers** (e.g. a Lightning strategy whose ranks are the parties + the dealer; the process
 group may already exist): :func:`establish_links` after the group starts (every rank), then
@@ -57,7 +59,7 @@ import torch.multiprocessing as mp
 
 from . import wire
 from .comm import Communicator
-from .dealer import Material, TrustedDealer, _DealerTimes
+from .dealer import DIGIT_BITS, Material, TrustedDealer, _DealerTimes
 from .errors import SmpcError
 from .links import Identity, LinkError, Links, Roster, handshake
 from .prg import make_prg
@@ -164,8 +166,9 @@ class RemoteDealer:
     differs from the first party's fails with a :class:`~.links.LinkIntegrityError` instead of misreading.
     """
 
-    def __init__(self, links: Links, parties: tuple[str, ...], dealer: str, compare_bits: int) -> None:
-        self.links, self.parties, self.compare_bits = links, tuple(parties), compare_bits
+    def __init__(self, links: Links, parties: tuple[str, ...], dealer: str, compare_bits: int,
+                 digit_bits: int = DIGIT_BITS) -> None:
+        self.links, self.parties, self.compare_bits, self.digit_bits = links, tuple(parties), compare_bits, digit_bits
         self.party = self.parties.index(links.name)
         self.dealer_rank = links.index(dealer)
         self.times = _DealerTimes()
@@ -179,7 +182,7 @@ class RemoteDealer:
         if self.party == 0:
             self.links.send(self.dealer_rank, torch.tensor([len(data)], dtype=torch.int64), _LEN_TAG)
             self.links.send(self.dealer_rank, torch.frombuffer(bytearray(data), dtype=torch.uint8), _REQ_TAG)
-        layout = wire.material_layout(req, self.party, self.parties, self.compare_bits)
+        layout = wire.material_layout(req, self.party, self.parties, self.compare_bits, self.digit_bits)
         tensors = self.links.recv_many(self.dealer_rank, layout.specs(), f"material:{wire.request_digest(data)}")
         self.times.requests_inline += 1
         return wire.material_from(layout, tensors)
@@ -201,6 +204,7 @@ class RemoteDealer:
 
 def serve_dealer(
     links: Links, parties: Sequence[str], crypto_provider: str, compare_bits: int = 32, seed: int | None = None,
+    compare_digit_bits: int = DIGIT_BITS,
 ) -> dict:
     """Run the crypto provider on this rank: answer requests until the first party sends the end marker.
 
@@ -208,10 +212,12 @@ def serve_dealer(
         links: this process's links (its name must be ``crypto_provider``).
         parties: the compute parties, in share-row order (the first one forwards the requests).
         compare_bits: the parties' ``Session(compare_bits=...)``.
+        compare_digit_bits: the parties' ``Session(compare_digit_bits=...)``.
         seed: ``None`` for the cryptographically secure generator (an int only for tests).
 
     Returns the dealer's offline traffic accounting ``{party: {"rounds", "messages", "bytes_sent",
-    "bytes_received"}}`` (as ``Session.stats()["offline"]`` in the simulated runtime).
+    "bytes_received"}}`` (as ``Session.stats()["offline"]`` in the simulated runtime): the bytes of the messages
+    actually sent (parties 1..n-1 get their seed and the created mask ids; the first party also the corrections).
     Raises :class:`~.wire.WireError` for a malformed request, :class:`~.links.LinkError` on a link failure.
     """
     parties = tuple(parties)
@@ -220,7 +226,8 @@ def serve_dealer(
     first = links.index(parties[0])
     peers = [links.index(p) for p in parties]
     accounting = Communicator(parties)
-    dealer = TrustedDealer(crypto_provider, parties, make_prg(seed), accounting, compare_bits, "cpu")
+    dealer = TrustedDealer(crypto_provider, parties, make_prg(seed), accounting, compare_bits, "cpu",
+                           compare_digit_bits)
     n = len(parties)
     while True:
         length = int(links.recv(first, (1,), torch.int64, _LEN_TAG)[0])
@@ -236,7 +243,7 @@ def serve_dealer(
         dealer.times.requests_inline += 1
         tag = f"material:{wire.request_digest(data.numpy().tobytes())}"
         for i, peer in enumerate(peers):
-            layout = wire.material_layout(req, i, parties, compare_bits)
+            layout = wire.material_layout(req, i, parties, compare_bits, compare_digit_bits)
             links.send_many(peer, wire.material_tensors(mat, layout, i, n), tag)
 
 
@@ -255,6 +262,7 @@ class _Runtime:
     crypto_provider: str
     compare_bits: int
     group: Any = None
+    digit_bits: int = DIGIT_BITS
 
     @property
     def rank(self) -> int:
@@ -264,7 +272,7 @@ class _Runtime:
         return DistributedCommunicator(parties, self.links, record_views)
 
     def dealer(self):
-        return RemoteDealer(self.links, self.parties, self.crypto_provider, self.compare_bits)
+        return RemoteDealer(self.links, self.parties, self.crypto_provider, self.compare_bits, self.digit_bits)
 
 
 def _session_default(name: str):
@@ -309,8 +317,8 @@ def party_session(links: Links, parties: Sequence[str], crypto_provider: str, gr
 
     ``group`` (the parties' process group, optional) is kept on the runtime for the caller's own use; all
     protocol data goes over ``links``. ``session_kwargs`` as in ``Session`` (``precision_bits``,
-    ``compare_bits``, ``device``, ``record_views``); the same on every party and the dealer's
-    ``compare_bits``. The first party calls :func:`finish` when done.
+    ``compare_bits``, ``compare_digit_bits``, ``device``, ``record_views``); the same on every party and the
+    dealer's ``compare_bits`` and ``compare_digit_bits``. The first party calls :func:`finish` when done.
     """
     from .session import Session
 
@@ -319,7 +327,8 @@ def party_session(links: Links, parties: Sequence[str], crypto_provider: str, gr
         raise LinkError(f"{links.name!r} is not a compute party {parties}; the dealer's rank runs serve_dealer().")
     session_kwargs.pop("seed", None)  # parties draw nothing from a seed; only the dealer's generator matters
     compare_bits = session_kwargs.get("compare_bits", _session_default("compare_bits"))
-    runtime = _Runtime(links, parties, crypto_provider, compare_bits, group)
+    digit_bits = session_kwargs.get("compare_digit_bits", _session_default("compare_digit_bits"))
+    runtime = _Runtime(links, parties, crypto_provider, compare_bits, group, digit_bits)
     return Session(parties, crypto_provider, seed=None, runtime=runtime, **session_kwargs)
 
 
@@ -362,7 +371,8 @@ def _worker(rank, world, port, names, parties, crypto_provider, seed, timeout, r
         links.on_op = lambda what: _set_progress(progress, what)
         if name == crypto_provider:
             result = serve_dealer(links, parties, crypto_provider, session_kwargs.get("compare_bits",
-                                  _session_default("compare_bits")), seed)
+                                  _session_default("compare_bits")), seed,
+                                  session_kwargs.get("compare_digit_bits", _session_default("compare_digit_bits")))
         else:
             sess = party_session(links, parties, crypto_provider, **session_kwargs)
             _set_progress(progress, "the job function")

@@ -40,9 +40,9 @@ class FixedPointEncoder:
     def __init__(self, precision_bits: int = 16, compare_bits: int = 32) -> None:
         if not 1 <= precision_bits <= 30:
             raise ValueError(f"Expected `precision_bits` in [1, 30], but got {precision_bits}.")
-        if compare_bits % 8 or not precision_bits < compare_bits <= 56 or compare_bits + precision_bits > 62:
+        if compare_bits % 4 or not precision_bits < compare_bits <= 56 or compare_bits + precision_bits > 62:
             raise ValueError(
-                f"Expected `compare_bits` a multiple of 8 in ({precision_bits}, 56] with compare_bits + "
+                f"Expected `compare_bits` a multiple of 4 in ({precision_bits}, 56] with compare_bits + "
                 f"precision_bits <= 62, but got {compare_bits}."
             )
         self.precision_bits = precision_bits

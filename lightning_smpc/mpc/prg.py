@@ -18,7 +18,10 @@ import numpy as np
 import torch
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-__all__ = ["CSPRNG", "SeededTestPRG", "make_prg"]
+__all__ = ["CSPRNG", "SeededTestPRG", "make_prg", "SEED_BYTES"]
+
+SEED_BYTES = 16  # a material seed: the dealer gives each party one per request instead of its shares
+_SEED_DOMAIN = b"lightning_smpc/material-seed/v1\x00"
 
 
 class CSPRNG:
@@ -31,6 +34,21 @@ class CSPRNG:
         self._enc = Cipher(algorithms.AES(key), modes.CTR(b"\x00" * 16)).encryptor()
         self._zeros = np.zeros(0, dtype=np.uint8)
         self.bytes_generated = 0
+
+    @classmethod
+    def from_seed(cls, seed: bytes) -> "CSPRNG":
+        """The generator a material seed expands into: AES-256-CTR keyed by ``SHA-256(domain || seed)``.
+
+        The dealer and the party that holds ``seed`` (:data:`SEED_BYTES` bytes drawn from the dealer's CSPRNG,
+        fresh for every request and party) expand the same stream; nobody else can.
+        """
+        if len(seed) != SEED_BYTES:
+            raise ValueError(f"Expected a {SEED_BYTES}-byte seed, got {len(seed)} bytes.")
+        return CSPRNG(hashlib.sha256(_SEED_DOMAIN + bytes(seed)).digest())
+
+    def seed(self) -> bytes:
+        """A fresh :data:`SEED_BYTES`-byte seed from this generator's stream (never repeats: the stream goes on)."""
+        return self.random_bytes(SEED_BYTES).tobytes()
 
     def random_bytes(self, n: int) -> np.ndarray:
         """``n`` uniformly random bytes as a fresh uint8 numpy array."""
@@ -46,6 +64,22 @@ class CSPRNG:
         n = int(np.prod(shape, dtype=np.int64))
         t = torch.from_numpy(self.random_bytes(8 * n).view(np.int64)).reshape(shape)
         return t.to(device) if str(device) != "cpu" else t
+
+    def int16(self, shape: tuple[int, ...], device: torch.device | str = "cpu") -> torch.Tensor:
+        """Uniform int16 elements (16 random bits each) of the given shape."""
+        n = int(np.prod(shape, dtype=np.int64))
+        t = torch.from_numpy(self.random_bytes(2 * n).view(np.int16)).reshape(shape)
+        return t.to(device) if str(device) != "cpu" else t
+
+    def draw(self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device | str = "cpu") -> torch.Tensor:
+        """Uniform shares of one dtype: int64/int16 words, or bits for uint8 (0/1 values)."""
+        if dtype == torch.int64:
+            return self.int64(shape, device)
+        if dtype == torch.int16:
+            return self.int16(shape, device)
+        if dtype == torch.uint8:
+            return self.bits(shape, device)
+        raise TypeError(f"no uniform draw for {dtype}")
 
     def bits(self, shape: tuple[int, ...], device: torch.device | str = "cpu") -> torch.Tensor:
         """Uniform bits (uint8 tensor of 0/1)."""

@@ -10,7 +10,7 @@ from . import protocols as P
 from . import ops as _ops
 from . import transforms
 from .comm import Communicator
-from .dealer import TrustedDealer
+from .dealer import DIGIT_BITS, DIGIT_CHOICES, TrustedDealer
 from .encoding import FixedPointEncoder
 from .errors import PartyConfigError, RevealNotAllowedError, SessionMismatchError
 from .mask import Mask, MaskHandle
@@ -42,7 +42,12 @@ class Session:
         precision_bits: fractional bits of the fixed-point encoding.
         compare_bits: a comparison of ``x`` is exact for ``|x| < 2**(compare_bits - precision_bits)`` and of
             ``x >= y`` for ``|x - y|`` below that; ``share`` accepts ``|x| < 2**(compare_bits - 1 -
-            precision_bits)`` (32768 with the defaults). Multiple of 8; each doubling costs one round.
+            precision_bits)`` (32768 with the defaults). A multiple of ``compare_digit_bits``; each doubling costs
+            one round.
+        compare_digit_bits: digit size of the comparison protocol, 8 (default) or 4. 4 makes the dealer's
+            comparison tables 8x smaller (16 instead of 256 bits per digit: about 3x fewer dealer bytes for a
+            ReLU network) at one more round per comparison/ReLU/argmax and 14 more bits sent online per compared
+            element (see :mod:`.protocols.compare`); all parties and the dealer must use the same value.
         seed: ``None`` for the cryptographically secure generator; an int for the deterministic
             (insecure) test generator.
         device: where shares live (``"cpu"`` or a CUDA device).
@@ -72,6 +77,7 @@ class Session:
         device: str | torch.device = "cpu",
         record_views: bool = False,
         runtime=None,
+        compare_digit_bits: int = DIGIT_BITS,
     ) -> None:
         parties = tuple(parties)
         if len(parties) < 2 or len(set(parties)) != len(parties) or not all(isinstance(p, str) and p for p in parties):
@@ -87,13 +93,18 @@ class Session:
         self.parties = parties
         self.crypto_provider = crypto_provider
         self.encoder = FixedPointEncoder(precision_bits, compare_bits)
+        if compare_digit_bits not in DIGIT_CHOICES or compare_bits % compare_digit_bits:
+            raise ValueError(f"Expected `compare_digit_bits` in {DIGIT_CHOICES} dividing compare_bits={compare_bits}, but "
+                             f"got {compare_digit_bits}.")
         self.precision_bits = precision_bits
         self.compare_bits = compare_bits
+        self.compare_digit_bits = compare_digit_bits
         self.device = torch.device(device)
         self.prg = make_prg(seed)
         if runtime is None:  # simulated: all parties (and the dealer) in this process
             self.comm = Communicator(parties, record_views=record_views)
-            self.dealer = TrustedDealer(crypto_provider, parties, self.prg, self.comm, compare_bits, self.device)
+            self.dealer = TrustedDealer(crypto_provider, parties, self.prg, self.comm, compare_bits, self.device,
+                                        compare_digit_bits)
             self.local_party = None
         else:  # one party per process (lightning_smpc.mpc.distributed)
             self.comm, self.dealer = runtime.communicator(parties, record_views), runtime.dealer()

@@ -8,11 +8,16 @@ Decoding rejects anything else (floats, booleans, unknown keys, duplicate keys, 
 with a :class:`WireError`; JSON arrays come back as tuples, so a decoded request equals the original.
 
 **Material** (dealer -> each party) carries no header to trust: every party derives its
-:func:`material_layout` — the ids of the masks the request creates (a small int64 tensor), then
-``(key, dtype, shape)`` of each of its shares in a canonical order — from the request itself (a pure
-function of the request, the party's index and the comparison range). The dealer sends exactly those
-tensors, which the party decrypts into preallocated buffers. The input owner's clear mask
-(``owner_mask``) is in the owner's layout only.
+:func:`material_layout` — the ids of the masks the request creates (a small int64 tensor), its seed, then
+``(key, dtype, shape)`` of each of its shares in a canonical order and whether it comes from the seed or on
+the wire — from the request itself (a pure function of the request, the party's index, the comparison range
+and digit size). The dealer draws a fresh 16-byte seed per request and party; parties ``1..n-1`` expand
+all their shares from it (AES-CTR, :func:`expand_seeded`), so their message is the ids and the seed; the
+first party expands the uniform shares and receives the correction of every correlated one (bits packed,
+shares needed only modulo ``2**k`` in a narrow type). The input owner gets every party's seed of its input
+mask (``owner_seeds``, 16 bytes per party instead of the mask's 8 bytes per element) and expands the mask
+itself (``owner_mask`` in its material): it learns how the mask is split between the parties, as an owner that
+secret-shares its input itself does; every later value's shares involve dealer randomness it does not hold.
 """
 from __future__ import annotations
 
@@ -22,15 +27,17 @@ import math
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .dealer import DIGIT_BITS, Material, Request
+from .dealer import DIGIT_BITS, DIGIT_CHOICES, Material, Request, gt_table_spec
 from .errors import SmpcError
+from .prg import SEED_BYTES, CSPRNG
 
 __all__ = [
     "WireError", "encode_request", "decode_request", "validate_request", "request_digest", "Slot", "Layout",
-    "material_layout", "material_tensors", "material_from", "MAX_NUMEL", "MAX_REQUEST_BYTES",
+    "material_layout", "material_tensors", "material_from", "expand_seeded", "MAX_NUMEL", "MAX_REQUEST_BYTES",
 ]
 
 MAX_DIMS = 16
@@ -39,6 +46,7 @@ MAX_REQUEST_BYTES = 1 << 24
 MAX_TRANSFORM_STEPS = 64
 MAX_INT = (1 << 62) - 1
 KINDS = ("input_mask", "beaver", "trunc", "cmp")
+OWNER_SEEDS = "owner_seeds"
 BEAVER_OPS = ("mul", "matmul", "linear", "conv2d")
 CONV_KWARGS = {"dilation": 1, "groups": 1, "padding": 0, "stride": 1}  # name -> minimum value
 CMP_MODES = ("mask", "trunc")
@@ -299,112 +307,205 @@ def request_digest(data: bytes) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- material
+def _narrow_dtype(bits: int) -> torch.dtype | None:
+    """The smallest integer type that carries a share needed modulo ``2**bits`` only (None: all 64 bits)."""
+    return torch.int16 if bits <= 16 else torch.int32 if bits <= 32 else None
+
+
+def narrow(v: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    """``v`` reduced to the signed range of ``dtype`` (congruent modulo its width), still int64; ``v`` for None."""
+    if dtype is None:
+        return v
+    half = 1 << (8 * torch.empty((), dtype=dtype).element_size() - 1)
+    return ((v + half) & (2 * half - 1)) - half
+
+
 @dataclass(frozen=True)
 class Slot:
-    """One tensor of a party's material: ``data[key]`` (or ``data[key][index]`` for a tuple entry)."""
+    """One tensor of a party's material: ``data[key]`` (or ``data[key][index]`` for a tuple entry).
+
+    ``seeded``: the party expands it from its seed (nothing on the wire). Otherwise it is on the wire: bit
+    shares (``uint8`` 0/1) packed 8 per byte, and a share needed only modulo ``2**k`` (``wire_dtype`` set) as
+    that narrow type, sign-extended back to int64 by the receiver. ``owner_seeds`` (the input owner's copy of
+    every party's seed of its mask) is not a share: raw bytes.
+    """
 
     key: str
     index: int | None
     shape: tuple
     dtype: torch.dtype
+    seeded: bool = False
+    wire_dtype: torch.dtype | None = None
+
+    @property
+    def is_share(self) -> bool:
+        return self.key != OWNER_SEEDS
+
+    def wire_spec(self) -> tuple[tuple, torch.dtype]:
+        if self.dtype == torch.uint8 and self.is_share:  # bits
+            return ((math.prod(self.shape) + 7) // 8,), torch.uint8
+        return self.shape, self.wire_dtype or self.dtype
 
 
 @dataclass(frozen=True)
 class Layout:
-    """What one party receives for one request: ``n_created`` mask ids, then ``slots`` in this order."""
+    """What one party gets for one request: ``n_created`` mask ids, a seed, then ``slots`` in this order.
+
+    The message on the wire is the created ids, the party's :data:`~.prg.SEED_BYTES`-byte seed and the
+    slots that are not ``seeded`` (see :meth:`specs`); the party expands the seeded slots from the seed,
+    drawing them in slot order (:func:`expand_seeded`), exactly as the dealer did.
+    """
 
     n_created: int
     mask_keys: tuple
     slots: tuple
 
+    def wire_slots(self) -> list[Slot]:
+        return [s for s in self.slots if not s.seeded]
+
     def specs(self) -> list[tuple[tuple, torch.dtype]]:
-        """``(shape, dtype)`` of every tensor of the message: the created ids first, then the slots."""
-        return [((self.n_created,), torch.int64)] + [(s.shape, s.dtype) for s in self.slots]
+        """``(shape, dtype)`` of every tensor of the message: the created ids, the seed, the wire slots."""
+        return [((self.n_created,), torch.int64), ((SEED_BYTES,), torch.uint8)] + [s.wire_spec() for s in self.wire_slots()]
 
     @property
     def nbytes(self) -> int:
-        return 8 * self.n_created + sum(math.prod(s.shape) * torch.empty((), dtype=s.dtype).element_size() for s in self.slots)
+        """Bytes of the message (before encryption)."""
+        return sum(math.prod(shape) * torch.empty((), dtype=dtype).element_size() for shape, dtype in self.specs())
 
 
-def material_layout(req: Request, party: int, parties: Sequence[str], compare_bits: int) -> Layout:
+def material_layout(req: Request, party: int, parties: Sequence[str], compare_bits: int, digit_bits: int = DIGIT_BITS,
+                    check: bool = True) -> Layout:
     """The material party ``party`` (index into ``parties``) receives for ``req`` — a pure function.
 
     Shares keep a party axis of length 1 (``[1, *shape]``); the input owner's clear mask has none.
+    Parties ``1..n-1`` expand every share from their seed. The first party expands the *uniform* shares
+    (masks, Beaver operands, the AND triples' inputs, the daBit's XOR side: their value is defined as the sum
+    of the parties' seeded shares) and receives the correction of every correlated one. ``check=False``
+    skips the request validation (the in-process dealer, whose input owner may be outside the parties).
     """
-    validate_request(req, parties)
+    if check:
+        validate_request(req, parties)
     i64, u8 = torch.int64, torch.uint8
+    first = party == 0
     slots: list[Slot] = []
 
-    def share(key, shape, dtype=i64, index=None):
+    def share(key, shape, dtype=i64, index=None, uniform=False, mod_bits=None):
         shape = tuple(shape)
         _numel(shape, f"{req.kind} material {key}")
-        slots.append(Slot(key, index, (1,) + shape, dtype))
+        seeded = uniform or not first
+        wire_dtype = None if seeded or mod_bits is None else _narrow_dtype(mod_bits)
+        slots.append(Slot(key, index, (1,) + shape, dtype, seeded, wire_dtype))
 
     p = req.params
     if req.kind == "input_mask":
         shape, owner = p
-        share("a", shape)
-        if parties[party] == owner:
-            slots.append(Slot("owner_mask", None, tuple(shape), i64))
+        share("a", shape, uniform=True)
+        if parties[party] == owner:  # every party's seed of the mask: the owner expands the mask itself
+            slots.append(Slot(OWNER_SEEDS, None, (len(parties) * SEED_BYTES,), u8))
         return Layout(1, ("a",), tuple(slots))
     if req.kind == "beaver":
         op, kwargs, sx, sy, _, _ = p
         keys = []
         for key, shape, ref in (("a", sx, req.refs[0]), ("b", sy, req.refs[1])):
             if ref is None:
-                share(key, shape)
+                share(key, shape, uniform=True)
                 keys.append(key)
         share("c", _beaver_out_shape(op, kwargs, sx, sy))
         return Layout(len(keys), tuple(keys), tuple(slots))
     if req.kind == "trunc":
-        shape, _ = p
-        for key in ("r", "u", "r63"):
-            share(key, shape)
+        shape, m = p
+        share("r", shape, uniform=True)
+        share("u", shape)
+        share("r63", shape, mod_bits=m + 1)  # used as 2^(63-m) [r_63] only
         return Layout(0, (), tuple(slots))
-    shape, mode, _, pairs, use = p
+    shape, mode, m, pairs, use = p
     shape = tuple(shape)
-    if compare_bits % DIGIT_BITS or compare_bits <= 0:
-        raise WireError(f"compare_bits must be a positive multiple of {DIGIT_BITS}, got {compare_bits}.")
-    for key in (("r", "u", "r63") if mode == "trunc" else ("r",)):
-        share(key, shape)
+    if digit_bits not in DIGIT_CHOICES or compare_bits <= 0 or compare_bits % digit_bits:
+        raise WireError(f"compare_bits must be a positive multiple of the digit size {digit_bits} (one of "
+                        f"{DIGIT_CHOICES}), got compare_bits={compare_bits}.")
+    share("r", shape, uniform=True)
+    if mode == "trunc":
+        share("u", shape)
+        share("r63", shape, mod_bits=m + 1)
     cmp_shape = shape if pairs is None else shape[:-1] + (len(pairs),)
-    n_digits = compare_bits // DIGIT_BITS
-    share("gt_table", cmp_shape + (n_digits, 4))
+    n_digits = compare_bits // digit_bits
+    words, table_dtype = gt_table_spec(digit_bits)
+    share("gt_table", cmp_shape + (n_digits,) + words, table_dtype)
     share("rj", cmp_shape, u8)
     width, level = n_digits, 0
     while width > 1:
         npairs = width // 2
         for k in range(3):
-            share(f"and{level}", cmp_shape + (2 * npairs - 1,), u8, k)
+            share(f"and{level}", cmp_shape + (2 * npairs - 1,), u8, k, uniform=k < 2)
         width, level = width - npairs, level + 1
-    share("rho_x", cmp_shape, u8)
+    share("rho_x", cmp_shape, u8, uniform=True)
     share("rho_a", cmp_shape)
     if use == "relu":
         try:
             out = tuple(torch.broadcast_shapes(shape, cmp_shape))
         except RuntimeError as e:
             raise WireError(f"cmp relu: shapes {shape} and {cmp_shape} do not combine ({e}).") from None
-        for key in (("u_rho", "r63_rho") if mode == "trunc" else ("r_rho",)):
-            share(key, out)
+        if mode == "trunc":
+            share("u_rho", out)
+            share("r63_rho", out, mod_bits=m + 1)
+        else:
+            share("r_rho", out)
     elif use == "argmax":
         mod = 1 << max(1, (shape[-1] - 1).bit_length())
-        share("sigma", shape)
-        for key in ("T",) + (("uT", "r63T") if mode == "trunc" else ("rT",)):
-            share(key, shape + (mod,))
+        share("sigma", shape, mod_bits=mod.bit_length() - 1)  # opened modulo M only
+        share("T", shape + (mod,))
+        if mode == "trunc":
+            share("uT", shape + (mod,))
+            share("r63T", shape + (mod,), mod_bits=m + 1)
+        else:
+            share("rT", shape + (mod,))
     return Layout(0, (), tuple(slots))
 
 
+def pack_bits(bits: torch.Tensor) -> torch.Tensor:
+    """0/1 uint8 values packed 8 per byte (little-endian within a byte)."""
+    return torch.from_numpy(np.packbits(bits.reshape(-1).numpy(), bitorder="little"))
+
+
+def unpack_bits(packed: torch.Tensor, shape: tuple) -> torch.Tensor:
+    n = math.prod(shape)
+    return torch.from_numpy(np.unpackbits(packed.numpy(), count=n, bitorder="little")).reshape(shape)
+
+
+def expand_seeded(layout: Layout, seed: bytes) -> dict[tuple, torch.Tensor]:
+    """``{(key, index): tensor}`` of the layout's seeded slots, drawn from ``seed`` in slot order.
+
+    The one expansion both sides run: the dealer (to make this party's shares before it computes the first
+    party's corrections) and the party (to rebuild its material from the seed it received).
+    """
+    prg = CSPRNG.from_seed(seed)
+    return {(s.key, s.index): prg.draw(s.shape, s.dtype) for s in layout.slots if s.seeded}
+
+
+def owner_mask(layout: Layout, seeds: bytes) -> torch.Tensor:
+    """The input owner's clear mask ``A``: the sum of every party's expansion of its seed of ``"a"``."""
+    (a,) = [s for s in layout.slots if s.key == "a"]
+    one = Layout(1, ("a",), (Slot("a", None, a.shape, a.dtype, True),))
+    parts = [expand_seeded(one, seeds[i : i + SEED_BYTES])[("a", None)] for i in range(0, len(seeds), SEED_BYTES)]
+    return torch.stack(parts).sum(0)[0]
+
+
 def material_tensors(mat: Material, layout: Layout, party: int, n: int) -> list[torch.Tensor]:
-    """Dealer side: party ``party``'s tensors of ``mat`` in ``layout`` order (created ids first); raises if
-    the generated material does not match the layout (a dealer/layout mismatch, i.e. a bug)."""
+    """Dealer side: the message for party ``party`` in ``layout`` order (created ids, seed, wire slots); raises
+    if the generated material does not match the layout (a dealer/layout mismatch, i.e. a bug)."""
     if len(mat.created) != layout.n_created or tuple(mat.mask_keys) != layout.mask_keys:
         raise RuntimeError(f"dealer material created {mat.mask_keys} but the layout expects {layout.mask_keys}")
-    expected = {s.key for s in layout.slots} | {"owner_mask"}
+    if mat.seeds is None or len(mat.seeds) != n:
+        raise RuntimeError("dealer material without the parties' seeds")
+    expected = {s.key for s in layout.slots} | {"owner_mask"}  # owner_mask: what the owner expands owner_seeds into
     extra = set(mat.data) - expected
     if extra:
         raise RuntimeError(f"dealer material has entries {sorted(extra)} that the wire layout does not know")
-    out = [torch.tensor(list(mat.created), dtype=torch.int64)]
-    for s in layout.slots:
+    out = [torch.tensor(list(mat.created), dtype=torch.int64), torch.frombuffer(bytearray(mat.seeds[party]), dtype=torch.uint8)]
+    for s in layout.wire_slots():
+        if s.key == OWNER_SEEDS:
+            out.append(torch.frombuffer(bytearray(b"".join(mat.seeds)), dtype=torch.uint8))
+            continue
         v = mat.data[s.key]
         if s.index is not None:
             v = v[s.index]
@@ -414,16 +515,36 @@ def material_tensors(mat: Material, layout: Layout, party: int, n: int) -> list[
             v = v[party : party + 1]
         if tuple(v.shape) != s.shape or v.dtype != s.dtype:
             raise RuntimeError(f"dealer material {s.key}: {v.dtype} {tuple(v.shape)}, layout says {s.dtype} {s.shape}")
+        if s.dtype == torch.uint8:
+            v = pack_bits(v)
+        elif s.wire_dtype is not None:
+            if not torch.equal(narrow(v, s.wire_dtype), v):
+                raise RuntimeError(f"dealer material {s.key} is not reduced to {s.wire_dtype}")
+            v = v.to(s.wire_dtype)
         out.append(v)
     return out
 
 
 def material_from(layout: Layout, tensors: Sequence[torch.Tensor]) -> Material:
-    """Party side: the :class:`Material` made of the received tensors (created ids first)."""
+    """Party side: the :class:`Material` rebuilt from the message (created ids, seed, wire slots)."""
     created = tuple(int(v) for v in tensors[0].tolist())
+    seed = tensors[1].numpy().tobytes()
+    seeded = expand_seeded(layout, seed)
+    received = iter(tensors[2:])
     data: dict[str, Any] = {}
     tuples: dict[str, dict[int, torch.Tensor]] = {}
-    for s, t in zip(layout.slots, tensors[1:]):
+    for s in layout.slots:
+        if s.seeded:
+            t = seeded[(s.key, s.index)]
+        elif s.key == OWNER_SEEDS:
+            data["owner_mask"] = owner_mask(layout, next(received).numpy().tobytes())
+            continue
+        else:
+            t = next(received)
+            if s.dtype == torch.uint8:
+                t = unpack_bits(t, s.shape)
+            elif s.wire_dtype is not None:
+                t = t.to(torch.int64)
         if s.index is None:
             data[s.key] = t
         else:

@@ -1,17 +1,22 @@
 """Comparison protocols (sign bit, ReLU, argmax/max) are exact at the edges: 0, +-1 and +-2 LSB, ties, and the
-range limits +-(2^compare_bits - 1) LSB; argmax ties go to the first index, as torch.argmax."""
+range limits +-(2^compare_bits - 1) LSB; argmax ties go to the first index, as torch.argmax. Every test runs
+with both comparison digit sizes (8-bit digits: 256-bit tables; 4-bit digits: 16-bit tables, one more carry
+level)."""
 from __future__ import annotations
 
 import itertools
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lightning_smpc.mpc.protocols import compare_bit
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
 N_PARTIES = pytest.mark.parametrize("n", [2, 3], ids=["2pc", "3pc"])
+DIGITS = pytest.mark.parametrize("d", [8, 4], ids=["digits8", "digits4"])
 FB = 16
 
 
@@ -38,10 +43,13 @@ def share_wide(s, lsbs, fb: int = FB):
     return total
 
 
+@DIGITS
 @N_PARTIES
-@pytest.mark.parametrize("cb", [32, 24, 40])
-def test_sign_relu_and_public_comparisons(make_session, n, cb):
-    s = make_session(n, seed=cb, compare_bits=cb)
+@pytest.mark.parametrize("cb", [32, 24, 40, 20, 36])
+def test_sign_relu_and_public_comparisons(make_session, n, cb, d):
+    if cb % d:
+        pytest.skip("the comparison range is a multiple of the digit size")
+    s = make_session(n, seed=cb, compare_bits=cb, compare_digit_bits=d)
     k = torch.tensor(edge_lsbs(cb), dtype=torch.int64)
     x = as_real(k)
     X = share_wide(s, k)
@@ -63,10 +71,11 @@ def test_sign_relu_and_public_comparisons(make_session, n, cb):
     assert torch.equal(s.from_shares(compare_bit(s, Y.shares, FB), 0).reveal(), (k >= 0).double())
 
 
+@DIGITS
 @N_PARTIES
-def test_pairwise_comparisons_and_ties(make_session, n):
+def test_pairwise_comparisons_and_ties(make_session, n, d):
     """x >= y for every pair of edge values whose difference is in range (|x - y| < 2^32 LSB), ties included."""
-    s = make_session(n, seed=5)
+    s = make_session(n, seed=5, compare_digit_bits=d)
     vals = edge_lsbs(32)
     pairs = [(a, b) for a, b in itertools.product(vals, vals) if abs(a - b) < (1 << 32)]
     a = torch.tensor([p[0] for p in pairs], dtype=torch.int64)
@@ -84,10 +93,11 @@ def test_pairwise_comparisons_and_ties(make_session, n):
     assert torch.equal((A_small < as_real(b_small)).reveal(), (a_small < b_small).double())
 
 
+@DIGITS
 @N_PARTIES
-def test_one_lsb_apart(make_session, n):
+def test_one_lsb_apart(make_session, n, d):
     """Neighbouring grid values are distinguished everywhere in the range (random bases, +-1 and +-2 LSB)."""
-    s = make_session(n, seed=17)
+    s = make_session(n, seed=17, compare_digit_bits=d)
     g = torch.Generator().manual_seed(3)
     base = torch.randint(-(1 << 31), 1 << 31, (2000,), generator=g)
     for d in (1, -1, 2, -2, 0):
@@ -115,11 +125,12 @@ ARGMAX_ROWS = [
 ]
 
 
+@DIGITS
 @N_PARTIES
 @pytest.mark.parametrize("row", ARGMAX_ROWS, ids=lambda r: f"C{len(r)}")
-def test_argmax_ties_first_index(make_session, n, row):
+def test_argmax_ties_first_index(make_session, n, row, d):
     """Within a row every pairwise difference is < 2^32 LSB (the comparison range)."""
-    s = make_session(n, seed=len(row))
+    s = make_session(n, seed=len(row), compare_digit_bits=d)
     k = torch.tensor([row, [-v for v in row]], dtype=torch.int64)
     x = as_real(k)
     X = share_wide(s, k)
@@ -131,3 +142,35 @@ def test_argmax_ties_first_index(make_session, n, row):
     assert torch.equal(X.t().argmax(0).reveal(), x.t().argmax(0).double())
     # fused-truncation mode (2f fractional bits, exact multiples of 2^16)
     assert torch.equal((X * 1.0).argmax(-1).reveal(), x.argmax(-1).double())
+
+
+# values concentrated where digit carries and borrows happen: the range limits, digit boundaries (every
+# multiple of 2^4 and 2^8 +- a few LSB), powers of two, and uniform values
+_TOP = (1 << 32) - 1
+_near = st.builds(lambda base, k, e: max(-_TOP, min(_TOP, base * (1 << k) + e)),
+                  st.integers(-(1 << 28), 1 << 28), st.sampled_from([0, 4, 8, 12, 16, 24]), st.integers(-3, 3))
+_lsbs = st.one_of(st.integers(-_TOP, _TOP), _near, st.sampled_from([0, 1, -1, _TOP, -_TOP, _TOP - 1, -_TOP + 1]))
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(_lsbs, min_size=1, max_size=40), st.lists(st.lists(_lsbs, min_size=3, max_size=3), min_size=1, max_size=6),
+       st.sampled_from([8, 4]), st.sampled_from([2, 3]), st.integers(0, 2**16))
+def test_random_values_exact_for_both_digit_sizes(make_session, lsbs, rows, d, n, seed):
+    """Sign, ReLU (plain and truncation-fused) and argmax/max are exact on random values up to the range limit
+    +-(2^32 - 1) LSB; argmax rows keep every pairwise difference in range."""
+    s = make_session(n, seed=seed, compare_digit_bits=d)
+    k = torch.tensor(lsbs, dtype=torch.int64)
+    x = as_real(k)
+    X = share_wide(s, k)
+    assert torch.equal(s.from_shares(compare_bit(s, X.shares), 0).reveal(), (k >= 0).double())
+    assert torch.equal(X.relu().reveal(), x.relu())
+    assert torch.equal((X * 1.0).relu().reveal(), x.relu())
+    r = torch.tensor(rows, dtype=torch.int64)
+    r = torch.where((r.max(-1, keepdim=True).values - r.min(-1, keepdim=True).values) > _TOP, r // 2, r)
+    assert int((r.max(-1).values - r.min(-1).values).max()) <= _TOP
+    R = share_wide(s, r)
+    want = as_real(r)
+    values, idx = R.max(-1)
+    assert torch.equal(idx.reveal(), want.argmax(-1).double())
+    assert torch.equal(values.reveal(), want.max(-1).values)
+    assert torch.equal((R * 1.0).argmax(-1).reveal(), want.argmax(-1).double())

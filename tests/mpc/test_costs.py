@@ -22,6 +22,10 @@ conv2d, fresh [2,3,6,6] * [4,3,3,3]                    1       2 592          5 
 ReLU, 1024 elements                                    4       9 344          18 688        (73 bits/element)
 compare_bit, 1024 elements                             4       9 344          18 688
 argmax over 10 classes, 16 rows                        5       2 170          4 340
+--- with 4-bit comparison digits (compare_digit_bits=4: 8 digits, L = 3 levels, 7 + 3 + 1 ANDs) ---
+ReLU, 1024 elements                                    5       11 136         22 272        (87 bits/element)
+compare_bit, 1024 elements                             5       11 136         22 272
+argmax over 10 classes, 16 rows                        6       3 430          6 860         (1715 bits/row)
 truncation, 1024 elements                              1       8 192          16 384
 share, 32 elements (outside owner)                     1       0              0             (owner: n x 256)
 reveal, 32 elements, to one other receiver             1       256            256
@@ -150,40 +154,48 @@ def _trunc(make, n, expect):
     assert out.frac_bits == 16
 
 
+CMP_1024 = {8: (4, 9_344), 4: (5, 11_136)}  # digit bits -> (rounds, bytes to each other party), 1024 elements
+ARGMAX_16x10 = {8: (5, 2_170), 4: (6, 3_430)}
+
+
 def _compare_bit(make, n, expect):
-    s = make(seed=5)
-    h = s.share(torch.randn(16, 64))
-    expect(s, lambda: compare_bit(s, h.shares), literal=(4, (n - 1) * 9_344), numel=1024)
-    # the operators use the same protocol, also with the truncation of a product fused into the opening
-    expect(s, lambda: h >= 0.25, literal=(4, (n - 1) * 9_344), numel=1024)
-    expect(s, lambda: (h * 0.5) < 0.1, literal=(4, (n - 1) * 9_344), numel=1024)
+    for d, (rounds, sent) in CMP_1024.items():
+        s = make(seed=5, compare_digit_bits=d)
+        h = s.share(torch.randn(16, 64))
+        expect(s, lambda: compare_bit(s, h.shares), literal=(rounds, (n - 1) * sent), numel=1024, d=d)
+        # the operators use the same protocol, also with the truncation of a product fused into the opening
+        expect(s, lambda: h >= 0.25, literal=(rounds, (n - 1) * sent), numel=1024, d=d)
+        expect(s, lambda: (h * 0.5) < 0.1, literal=(rounds, (n - 1) * sent), numel=1024, d=d)
 
 
 def _relu(make, n, expect):
-    s = make(seed=4)
-    h = s.share(torch.randn(16, 64))
-    expect(s, lambda: h.relu(), literal=(4, (n - 1) * 9_344), numel=1024)
-    p = h * 0.5  # 2f fractional bits: the truncation is fused into the ReLU's first opening (no extra round)
-    assert p.frac_bits == 32
-    expect(s, lambda: p.relu(), literal=(4, (n - 1) * 9_344), numel=1024)
-    # rounds grow with log2 of the comparison range (one carry-tree level per doubling of the digits)
-    for cb, levels in [(16, 1), (24, 2), (40, 3), (48, 3)]:
-        s = make(seed=cb, compare_bits=cb, precision_bits=8)
+    for d, (rounds, sent) in CMP_1024.items():
+        s = make(seed=4, compare_digit_bits=d)
+        h = s.share(torch.randn(16, 64))
+        expect(s, lambda: h.relu(), literal=(rounds, (n - 1) * sent), numel=1024, d=d)
+        p = h * 0.5  # 2f fractional bits: the truncation is fused into the ReLU's first opening (no extra round)
+        assert p.frac_bits == 32
+        expect(s, lambda: p.relu(), literal=(rounds, (n - 1) * sent), numel=1024, d=d)
+    # rounds grow with log2 of the number of digits (one carry-tree level per doubling)
+    for d, cb, levels in [(8, 16, 1), (8, 24, 2), (8, 40, 3), (8, 48, 3),
+                          (4, 16, 2), (4, 20, 3), (4, 24, 3), (4, 40, 4), (4, 48, 4)]:
+        s = make(seed=cb, compare_bits=cb, precision_bits=8, compare_digit_bits=d)
         h = s.share(torch.randn(3, 5))
-        _, delta = expect(s, lambda: h.relu(), numel=15, j=cb)
+        _, delta = expect(s, lambda: h.relu(), numel=15, j=cb, d=d)
         assert delta["relu"][0] == 2 + levels
 
 
 def _argmax(make, n, expect):
-    s = make(seed=6)
-    for n_cls in (2, 3, 10, 17):
-        logits = s.share(torch.randn(16, n_cls))
-        literal = (5, (n - 1) * 2_170) if n_cls == 10 else None
-        _, delta = expect(s, lambda: logits.argmax(-1), literal=literal, numel=16 * n_cls, n_cls=n_cls)
-        assert delta["argmax"][0] == 5  # constant in the number of classes
-    x, w = s.share(torch.randn(16, 20)), s.share(torch.randn(20, 10))
-    logits = x @ w  # client inputs: 0 rounds; 2f fractional bits, truncation fused into the argmax opening
-    expect(s, lambda: logits.argmax(-1), literal=(5, (n - 1) * 2_170), numel=160, n_cls=10)
+    for d, (rounds, sent) in ARGMAX_16x10.items():
+        s = make(seed=6, compare_digit_bits=d)
+        for n_cls in (2, 3, 10, 17):
+            logits = s.share(torch.randn(16, n_cls))
+            literal = (rounds, (n - 1) * sent) if n_cls == 10 else None
+            _, delta = expect(s, lambda: logits.argmax(-1), literal=literal, numel=16 * n_cls, n_cls=n_cls, d=d)
+            assert delta["argmax"][0] == rounds  # constant in the number of classes
+        x, w = s.share(torch.randn(16, 20)), s.share(torch.randn(20, 10))
+        logits = x @ w  # client inputs: 0 rounds; 2f fractional bits, truncation fused into the argmax opening
+        expect(s, lambda: logits.argmax(-1), literal=(rounds, (n - 1) * sent), numel=160, n_cls=10, d=d)
 
 
 SCENARIOS: dict[str, Callable] = {

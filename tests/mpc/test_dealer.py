@@ -1,12 +1,17 @@
 """The trusted dealer's preprocessing: record the plan of one batch, generate material for more batches ahead of
-time, then run them with no inline dealer work; a request that does not match the store is refused."""
+time, then run them with no inline dealer work; a request that does not match the store is refused. And its
+material on the real wire: parties after the first receive a seed per request, and expand the same shares."""
 from __future__ import annotations
+
+import warnings
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from lightning_smpc.mpc import DealerStoreError
+from lightning_smpc.mpc import DealerStoreError, Session
+from lightning_smpc.mpc.dealer import Request
+from lightning_smpc.mpc.distributed import run_parties
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
@@ -43,9 +48,10 @@ def check_batch(logits, labels, x, plain_params):
     assert torch.equal(labels[clear], want.argmax(-1)[clear])
 
 
+@pytest.mark.parametrize("d", [8, 4], ids=["digits8", "digits4"])
 @N_PARTIES
-def test_preprocessed_batches_need_no_inline_dealer_work(make_session, n):
-    s = make_session(n, seed=21)
+def test_preprocessed_batches_need_no_inline_dealer_work(make_session, n, d):
+    s = make_session(n, seed=21, compare_digit_bits=d)
     plain = mlp_weights()
     params = [s.share(t, owner="alice") for t in plain]  # the model owner's weights, shared once
     g = torch.Generator().manual_seed(1)
@@ -114,3 +120,53 @@ def test_mismatched_protocol_order_raises(make_session):
     s.preprocess(s.dealer.stop_recording(), 1)
     with pytest.raises(DealerStoreError):
         X.argmax(-1)  # the store holds ReLU material for this shape, not argmax material
+
+
+# ---------------------------------------------------------------------------------------------- seeds on the wire
+SHAPE = (300, 40)
+
+
+def material_then_compute(sess):
+    """Material requests alone first (nothing else crosses the links), then a small ReLU -> argmax computation."""
+    warnings.simplefilter("ignore")
+    tri = sess.dealer.request(Request("beaver", ("mul", (), SHAPE, SHAPE, (), ()), (None, None)))
+    cmp = sess.dealer.request(Request("cmp", (SHAPE, "trunc", 16, None, "relu")))
+    links_after_material = dict(sess.comm.links.stats) if sess.local_party is not None else None
+    g = torch.Generator().manual_seed(5)
+    x, w = torch.randn(8, 20, generator=g, dtype=torch.float64), torch.randn(10, 20, generator=g, dtype=torch.float64)
+    mine = lambda owner, v: v if sess.local_party in (None, owner) else None  # noqa: E731
+    X = sess.share(mine("bob", x), owner="bob", shape=tuple(x.shape))
+    W = sess.share(mine("alice", w), owner="alice", shape=tuple(w.shape))
+    h = F.linear(X, W).relu()
+    return {"a": tri["a"], "b": tri["b"], "c": tri["c"], "r": cmp["r"], "u": cmp["u"], "rho_a": cmp["rho_a"],
+            "rho_x": cmp["rho_x"], "links": links_after_material, "h": h.reveal(), "argmax": h.argmax(-1).reveal()}
+
+
+@pytest.mark.parametrize("d", [4])
+def test_distributed_parties_after_the_first_receive_only_seeds(d):
+    """In separate processes: bob's material comes from a 16-byte seed per request (the bytes on his links are the
+    ids and seeds only), alice's from her seed plus the corrections; the two reconstruct the dealer's
+    correlations; the dealer's accounting is exactly what crossed the links; results equal the simulated runtime's."""
+    parties = ("alice", "bob")
+    alice, bob, dealer = run_parties(material_then_compute, parties=parties, timeout=60, compare_digit_bits=d)
+    A, B = alice["result"], bob["result"]
+    both = lambda k: A[k] + B[k]  # noqa: E731  (each process holds its own row)
+    assert torch.equal(both("a") * both("b"), both("c"))
+    assert torch.equal(both("u"), (both("r") & ((1 << 63) - 1)) >> 16)
+    assert torch.equal(both("rho_a"), (A["rho_x"] ^ B["rho_x"]).to(torch.int64))
+    # what actually crossed the links during the material requests (plaintext bytes, before encryption)
+    two = 2 * 16 + 2 * 8  # two seeds, the ids of the triple's two fresh masks
+    assert B["links"]["plain_bytes_received"] == two
+    assert B["links"]["wire_bytes_received"] <= two + 2 * 3 * 24  # + counter and GCM tag per tensor
+    assert A["links"]["plain_bytes_received"] > 300 * 40 * (8 + 8 + 4 + 8)  # c, u, r63 (narrow), rho_a, ...
+    # the whole run: the dealer counted exactly what it sent
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sim = Session(parties=parties, seed=0, compare_digit_bits=d)
+        want = material_then_compute(sim)
+    assert dealer["bob"]["bytes_received"] == sim.comm.stats(offline=True)["bob"]["bytes_received"] < 1024
+    assert dealer["alice"]["bytes_received"] == sim.comm.stats(offline=True)["alice"]["bytes_received"]
+    for run in (alice, bob):
+        assert run["rounds"] == sim.comm.rounds
+        assert (run["result"]["h"] - want["h"]).abs().max() < 1e-3
+        assert torch.equal(run["result"]["argmax"], want["argmax"])

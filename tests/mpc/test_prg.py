@@ -94,3 +94,40 @@ def test_secure_sessions_share_differently(make_session):
     assert not torch.equal(s1.share(x).shares, s2.share(x).shares)
     t1, t2 = make_session(2, seed=3), make_session(2, seed=3)
     assert torch.equal(t1.share(x).shares, t2.share(x).shares)
+
+
+# ---------------------------------------------------------------------------------------------- material seeds
+def test_material_seed_expands_to_aes256_ctr_under_a_hashed_key():
+    """A seed's stream is AES-256-CTR keyed by SHA-256(domain || seed): the dealer and the seed's holder draw the
+    same bytes, and a seed of the wrong length is refused."""
+    import hashlib
+
+    seed = bytes(range(16))
+    key = hashlib.sha256(b"lightning_smpc/material-seed/v1\x00" + seed).digest()
+    assert CSPRNG.from_seed(seed).random_bytes(100).tobytes() == CSPRNG(key).random_bytes(100).tobytes()
+    a, b = CSPRNG.from_seed(seed), CSPRNG.from_seed(seed)
+    assert torch.equal(a.draw((3, 4), torch.int64), b.draw((3, 4), torch.int64))
+    assert not torch.equal(CSPRNG.from_seed(bytes(16)).int64((8,)), CSPRNG.from_seed(seed).int64((8,)))
+    for bad in (b"", bytes(15), bytes(32)):
+        with pytest.raises(ValueError, match="16-byte seed"):
+            CSPRNG.from_seed(bad)
+
+
+def test_seeds_are_fresh_from_the_stream():
+    """Seeds come from the generator's stream (secure: keyed from os.urandom), so they never repeat."""
+    g = make_prg(None)
+    seeds = [g.seed() for _ in range(20_000)]
+    assert all(len(s) == 16 for s in seeds) and len(set(seeds)) == len(seeds)
+    assert make_prg(None).seed() != make_prg(None).seed()
+
+
+def test_draw_formats():
+    g = CSPRNG(KEY)
+    assert g.draw((2, 3), torch.int64).dtype == torch.int64
+    t = g.draw((4096,), torch.int16)
+    assert t.dtype == torch.int16 and t.shape == (4096,)
+    assert int(t.min()) < -16000 and int(t.max()) > 16000  # all 16 bits random (sign included)
+    bits = g.draw((5, 7), torch.uint8)
+    assert bits.shape == (5, 7) and set(bits.unique().tolist()) <= {0, 1}
+    with pytest.raises(TypeError):
+        g.draw((2,), torch.float32)

@@ -1,7 +1,10 @@
 """Wire format between processes: dealer requests as canonical JSON (round trip, strict rejection) and material
-whose layout every party derives from the request alone (checked against what the dealer really generates)."""
+whose layout every party derives from the request alone (checked against what the dealer really generates):
+parties 1..n-1 receive the mask ids and a 16-byte seed only and expand exactly the dealer's tensors from it; the
+first party expands the uniform shares and receives the corrections."""
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 
@@ -16,6 +19,9 @@ from lightning_smpc.mpc.prg import make_prg
 from lightning_smpc.mpc.wire import (
     MAX_NUMEL, WireError, decode_request, encode_request, material_from, material_layout, material_tensors,
 )
+
+DIGITS = pytest.mark.parametrize("cb, d", [(16, 8), (20, 4)], ids=["digits8", "digits4"])
+UNIFORM = {("a", None), ("b", None), ("r", None), ("rho_x", None)} | {(f"and{k}", i) for k in range(4) for i in (0, 1)}
 
 PARTIES = ("alice", "bob", "carol")
 dims = st.lists(st.integers(0, 5), min_size=0, max_size=4).map(tuple)
@@ -92,9 +98,9 @@ def test_request_round_trip(req):
     assert encode_request(decode_request(data, PARTIES), PARTIES) == data  # canonical: one encoding per request
 
 
-def _dealer(n=3, compare_bits=16):
+def _dealer(n=3, compare_bits=16, digit_bits=8):
     parties = PARTIES[:n]
-    return TrustedDealer("dealer", parties, make_prg(0), Communicator(parties), compare_bits, "cpu"), parties
+    return TrustedDealer("dealer", parties, make_prg(0), Communicator(parties), compare_bits, "cpu", digit_bits), parties
 
 
 FIXED = [  # every kind, op, mode and use at least once (hypothesis adds random ones below)
@@ -110,15 +116,25 @@ FIXED = [  # every kind, op, mode and use at least once (hypothesis adds random 
      for mode in ("mask", "trunc") for use in ("bit", "relu", "argmax")]
 
 
-def _check_layout(req, n):
-    """Each party's derived layout is exactly its slice of what the dealer generates."""
-    dealer, parties = _dealer(n, compare_bits=16)
+def _check_layout(req, n, cb=16, d=8):
+    """Each party's derived layout is exactly its slice of what the dealer generates, and the material a party
+    rebuilds from its message (expanding its seed) equals the dealer's, tensor for tensor."""
+    dealer, parties = _dealer(n, compare_bits=cb, digit_bits=d)
     if req.kind == "input_mask" and req.params[1] not in parties:
         req = Request("input_mask", (req.params[0], parties[-1]))
     mat = dealer._generate(req)
+    assert len(set(mat.seeds)) == n and all(len(x) == 16 for x in mat.seeds)
     for i, party in enumerate(parties):
-        layout = material_layout(req, i, parties, 16)
+        layout = material_layout(req, i, parties, cb, d)
         tensors = material_tensors(mat, layout, i, n)  # raises on any mismatch with the generated material
+        assert [(tuple(t.shape), t.dtype) for t in tensors] == layout.specs()
+        assert sum(t.numel() * t.element_size() for t in tensors) == layout.nbytes
+        assert bytes(tensors[1].tolist()) == mat.seeds[i]
+        owner = req.kind == "input_mask" and req.params[1] == party
+        if i > 0:  # the mask ids, the seed (and the owner's copy of every party's seed of its mask): nothing else
+            assert len(tensors) == 2 + owner and layout.nbytes == 8 * len(mat.created) + 16 * (1 + owner * n)
+        else:  # the first party expands the uniform shares and receives every correlated one
+            assert {(s.key, s.index) for s in layout.slots if s.seeded} == {(s.key, s.index) for s in layout.slots} & UNIFORM
         got = material_from(layout, [t.clone() for t in tensors])
         assert got.created == mat.created and got.mask_keys == mat.mask_keys
         assert ("owner_mask" in got.data) == (req.kind == "input_mask" and req.params[1] == party)  # only the owner
@@ -133,10 +149,11 @@ def _check_layout(req, n):
         assert set(got.data) == set(mat.data) - ({"owner_mask"} if "owner_mask" not in got.data else set())
 
 
+@DIGITS
 @pytest.mark.parametrize("n", [2, 3])
 @pytest.mark.parametrize("req", FIXED, ids=lambda r: f"{r.kind}-{r.params[0] if r.kind == 'beaver' else r.params[-1]}")
-def test_layout_matches_the_dealers_material(req, n):
-    _check_layout(req, n)
+def test_layout_matches_the_dealers_material(req, n, cb, d):
+    _check_layout(req, n, cb, d)
 
 
 @settings(max_examples=40, deadline=None)
@@ -145,9 +162,84 @@ def test_layout_matches_the_dealers_material(req, n):
     st.builds(lambda s, m: Request("trunc", (s, m)), dims, st.integers(0, 62)),
     beaver_requests().map(lambda r: Request("beaver", r.params[:4] + ((), ()), (None, None))),
     cmp_requests(),
-), st.sampled_from([2, 3]))
-def test_layout_matches_the_dealers_material_random(req, n):
-    _check_layout(req, n)
+), st.sampled_from([2, 3]), st.sampled_from([(16, 8), (20, 4)]))
+def test_layout_matches_the_dealers_material_random(req, n, cbd):
+    _check_layout(req, n, *cbd)
+
+
+@DIGITS
+@pytest.mark.parametrize("n", [2, 3])
+def test_material_reconstructs_the_dealers_correlations(n, cb, d):
+    """The shares (seeded rows plus the first party's corrections) reconstruct what each protocol relies on:
+    c = a * b; u = (r mod 2^63) >> m and r_63 (the latter modulo 2^(m+1): it is only used times 2^(63-m), and
+    travels as a narrow type); the AND triples; the daBit's two sharings; the comparison tables of the offset."""
+    dealer, parties = _dealer(n, cb, d)
+    xor = lambda t: functools.reduce(torch.bitwise_xor, list(t))  # noqa: E731
+    tri = dealer._generate(Request("beaver", ("mul", (), (6, 5), (6, 5), (), ()), (None, None)))
+    assert torch.equal(tri["a"].sum(0) * tri["b"].sum(0), tri["c"].sum(0))
+    m = 16
+    mat = dealer._generate(Request("cmp", ((40, 7), "trunc", m, None, "relu")))
+    r, u, r63 = mat["r"].sum(0), mat["u"].sum(0), mat["r63"].sum(0)
+    assert torch.equal(u, (r & ((1 << 63) - 1)) >> m)
+    assert torch.equal(r63 & ((1 << (m + 1)) - 1), (r >> 63) & 1)
+    assert torch.equal((r63 << (63 - m)), ((r >> 63) & 1) << (63 - m))  # all the protocol uses
+    w0 = material_layout(Request("cmp", ((40, 7), "trunc", m, None, "relu")), 0, parties, cb, d)
+    assert {s.key: s.wire_spec()[1] for s in w0.wire_slots()}["r63"] == torch.int32
+    for level in range(3 if d == 4 else 1):
+        a, b, c = (xor(t) for t in mat[f"and{level}"])
+        assert torch.equal(a & b, c)
+    rho = xor(mat["rho_x"]).to(torch.int64)
+    assert torch.equal(mat["rho_a"].sum(0), rho)
+    assert torch.equal(mat["u_rho"].sum(0), u * rho)
+    # digit i of the table row: bit q of G_i is [q > 2^d - 1 - digit_i(-u mod 2^j)]
+    table = xor(mat["gt_table"])
+    off = -u
+    for i in range(cb // d):
+        digit = (off >> (d * i)) & ((1 << d) - 1)
+        for q in (0, (1 << d) - 1, 5):
+            if d == 8:
+                bit = (table[..., i, q >> 6] >> (q & 63)) & 1
+            else:
+                bit = (table[..., i].to(torch.int64) >> q) & 1
+            assert torch.equal(bit, (q > (1 << d) - 1 - digit).to(torch.int64))
+
+
+def test_seeds_are_fresh_per_request_and_party():
+    dealer, parties = _dealer(3)
+    seen = []
+    for _ in range(50):
+        seen += dealer._generate(Request("trunc", ((2,), 8))).seeds
+    assert len(set(seen)) == len(seen) == 150
+
+
+@DIGITS
+def test_offline_accounting_is_the_bytes_of_the_messages(cb, d):
+    """What the dealer counts per party is exactly the size of the message it would send it."""
+    dealer, parties = _dealer(3, cb, d)
+    reqs = FIXED + [Request("input_mask", ((4, 5), "alice"))]
+    for req in reqs:
+        dealer._generate(req)
+    got = {p: v["bytes_received"] for p, v in dealer.comm.stats(offline=True).items() if p in parties}
+    want = {p: sum(material_layout(req, i, parties, cb, d).nbytes for req in reqs) for i, p in enumerate(parties)}
+    assert got == want
+    assert got["bob"] == got["carol"] + 3 * 16  # bob owns an input: every party's seed of its mask
+    assert got["carol"] < 32 * len(reqs) < got["alice"]
+
+
+def test_digit_size_shrinks_the_first_partys_tables():
+    """4-bit digits: 16-bit tables (one int16 per digit), twice the digits: 8x fewer table bytes."""
+    req = Request("cmp", ((10, 100), "trunc", 16, None, "relu"))
+    tables = {}
+    for d in (8, 4):
+        lay = material_layout(req, 0, PARTIES, 32, d)
+        (gt,) = [s for s in lay.slots if s.key == "gt_table"]
+        tables[d] = gt
+    assert tables[8].shape == (1, 10, 100, 4, 4) and tables[8].dtype == torch.int64
+    assert tables[4].shape == (1, 10, 100, 8) and tables[4].dtype == torch.int16
+    with pytest.raises(WireError, match="multiple of the digit size"):
+        material_layout(req, 0, PARTIES, 20, 8)
+    with pytest.raises(WireError, match="digit size"):
+        material_layout(req, 0, PARTIES, 32, 2)
 
 
 def test_layout_of_a_product_with_a_reused_mask():
