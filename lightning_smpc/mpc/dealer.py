@@ -34,69 +34,19 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from . import transforms
 from .errors import DealerStoreError
+from .material import DIGIT_BITS, DIGIT_CHOICES, Material, Request, gt_table_spec
 from .prg import SEED_BYTES, CSPRNG
+from .wire import expand_seeded, material_layout, narrow
 from .ring import ring_conv2d, ring_matmul
 
 __all__ = ["Request", "Material", "TrustedDealer", "DIGIT_BITS", "DIGIT_CHOICES", "gt_table_spec"]
-
-DIGIT_BITS = 8  # default comparison digit size: tables of 2^8 bits = 4 int64 words per digit
-DIGIT_CHOICES = (4, 8)  # 4: tables of 16 bits (one int16) per digit, twice the digits, one more carry level
-
-
-def gt_table_spec(digit_bits: int) -> tuple[tuple, torch.dtype]:
-    """(trailing dims per digit, dtype) of a digit's greater-than table: ``((4,), int64)`` for 8-bit digits
-    (256 bits), ``((), int16)`` for 4-bit digits (16 bits)."""
-    if digit_bits == 8:
-        return (4,), torch.int64
-    if digit_bits == 4:
-        return (), torch.int16
-    raise ValueError(f"Expected a comparison digit size in {DIGIT_CHOICES}, got {digit_bits}.")
-
-
-@dataclass(frozen=True)
-class Request:
-    """A dealer request: ``kind``, hashable ``params`` and the mask ids it refers to (``refs``)."""
-
-    kind: str
-    params: tuple
-    refs: tuple = ()
-
-    def remap(self, idmap: dict[int, int]) -> "Request":
-        return Request(self.kind, self.params, tuple(idmap.get(r, r) if r is not None else None for r in self.refs))
-
-
-@dataclass
-class Material:
-    """Shares (leading party axis) of one correlation.
-
-    ``created`` lists the mask ids it issued and ``mask_keys`` (same order) the entry of ``data`` that holds
-    each one's shares: a Beaver triple issues its ``"a"`` and/or ``"b"`` operand mask, an input mask ``"a"``.
-    A later product that reuses a mask must take exactly that entry (never assume ``"a"``).
-    """
-
-    data: dict[str, Any]
-    created: tuple = ()
-    mask_keys: tuple = ()
-    seeds: tuple | None = None  # dealer side: each party's seed (what parties 1..n-1 receive instead of shares)
-
-    def mask_shares(self, mask_id: int) -> torch.Tensor:
-        """The parties' shares of the mask ``mask_id`` that this material issued."""
-        return self.data[self.mask_keys[self.created.index(mask_id)]]
-
-    def __getitem__(self, key: str) -> Any:
-        return self.data[key]
-
-    def get(self, key: str, default=None) -> Any:
-        return self.data.get(key, default)
-
 
 @dataclass
 class _PlanEntry:
@@ -143,7 +93,6 @@ class _Shares:
     """
 
     def __init__(self, dealer: "TrustedDealer", layouts, seeds) -> None:
-        from .wire import expand_seeded  # wire imports this module
 
         n, device = dealer.n, dealer.device
         self.n = n
@@ -173,7 +122,6 @@ class _Shares:
 
     def arith(self, key: str, v: torch.Tensor, index: int | None = None) -> torch.Tensor:
         """Additive shares of ``v``: the first party's row is the correction (reduced to its wire type if narrow)."""
-        from .wire import narrow
 
         slot, t = self._slot(key, index, False)
         row0 = v - (t[1:].sum(0) if self.n > 2 else t[1])
@@ -315,7 +263,6 @@ class TrustedDealer:
     # ------------------------------------------------------------------ generators
     def _generate(self, req: Request) -> Material:
         """Draw each party's seed, expand the seeded shares, run the kind's generator, account the messages."""
-        from .wire import material_layout  # wire imports this module
 
         layouts = [material_layout(req, p, self.parties, self.compare_bits, self.digit_bits, check=False)
                    for p in range(self.n)]

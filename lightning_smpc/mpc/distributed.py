@@ -59,7 +59,8 @@ import torch.multiprocessing as mp
 
 from . import wire
 from .comm import Communicator
-from .dealer import DIGIT_BITS, Material, TrustedDealer, _DealerTimes
+from .dealer import TrustedDealer, _DealerTimes
+from .material import DIGIT_BITS, Material
 from .errors import SmpcError
 from .links import Identity, LinkError, Links, Roster, handshake
 from .prg import make_prg

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .dealer import DIGIT_BITS, DIGIT_CHOICES, Material, Request, gt_table_spec
+from .material import DIGIT_BITS, DIGIT_CHOICES, Material, Request, gt_table_spec
 from .errors import SmpcError
 from .prg import SEED_BYTES, CSPRNG
 

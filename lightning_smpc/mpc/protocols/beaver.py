@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from ..dealer import Request
+from ..material import Request
 from ..mask import Mask, MaskHandle
 from ..transforms import align_party
 from ..ring import LimbOperand, ring_conv2d, ring_matmul

@@ -35,7 +35,7 @@ import itertools
 
 import torch
 
-from ..dealer import DIGIT_BITS, Request
+from ..material import DIGIT_BITS, Request
 from ._cost import nbytes, protocol, tree_pairs
 from .truncation import HALF, trunc_from_opened
 

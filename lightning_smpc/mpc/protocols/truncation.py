@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from ..dealer import Request
+from ..material import Request
 from ._cost import nbytes, protocol
 
 HALF = 1 << 62
