@@ -184,7 +184,8 @@ class RemoteDealer:
             self.links.send(self.dealer_rank, torch.tensor([len(data)], dtype=torch.int64), _LEN_TAG)
             self.links.send(self.dealer_rank, torch.frombuffer(bytearray(data), dtype=torch.uint8), _REQ_TAG)
         layout = wire.material_layout(req, self.party, self.parties, self.compare_bits, self.digit_bits)
-        tensors = self.links.recv_many(self.dealer_rank, layout.specs(), f"material:{wire.request_digest(data)}")
+        tag = _material_tag(wire.request_digest(data), self.compare_bits, self.digit_bits)
+        tensors = self.links.recv_many(self.dealer_rank, layout.specs(), tag)
         self.times.requests_inline += 1
         return wire.material_from(layout, tensors)
 
@@ -201,6 +202,12 @@ class RemoteDealer:
         raise NotImplementedError("Preprocessing into a store is available in the simulated runtime only.")
 
     stop_recording = preprocess = record
+
+
+def _material_tag(digest: str, compare_bits: int, digit_bits: int) -> str:
+    """Bound into each material message's associated data: a party configured with another comparison range or
+    digit size fails authentication at once (with seeds only, its layout would otherwise go unchecked)."""
+    return f"material:{digest}:cb{compare_bits}:d{digit_bits}"
 
 
 def serve_dealer(
@@ -242,7 +249,7 @@ def serve_dealer(
         mat = dealer._generate(req)
         dealer.times.inline_seconds += time.perf_counter() - t0
         dealer.times.requests_inline += 1
-        tag = f"material:{wire.request_digest(data.numpy().tobytes())}"
+        tag = _material_tag(wire.request_digest(data.numpy().tobytes()), compare_bits, compare_digit_bits)
         for i, peer in enumerate(peers):
             layout = wire.material_layout(req, i, parties, compare_bits, compare_digit_bits)
             links.send_many(peer, wire.material_tensors(mat, layout, i, n), tag)
