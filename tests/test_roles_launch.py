@@ -20,7 +20,8 @@ from lightning_smpc.mnist import MNIST_FILES, MNISTClassifier, MNISTDataModule
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "examples" / "secure_predict_roles.py"
-DATA_DIR = os.environ.get("SMPC_DATA_DIR", str(REPO.parent / "shared" / "data"))
+# absolute: the role processes run in a temporary directory (CI passes a relative SMPC_DATA_DIR)
+DATA_DIR = str(Path(os.environ.get("SMPC_DATA_DIR", str(REPO.parent / "shared" / "data"))).resolve())
 HAVE_DATA = all((Path(DATA_DIR) / "MNIST" / "raw" / f).is_file() for f in MNIST_FILES)
 pytestmark = [pytest.mark.skipif(not HAVE_DATA, reason="MNIST files missing"), pytest.mark.filterwarnings("ignore")]
 N_TEST = 64
