@@ -77,3 +77,18 @@ def test_an_unforeseen_short_batch_falls_back_to_inline_dealer_work() -> None:
     loader = DataLoader(TensorDataset(X), batch_sampler=FixedBatches())
     model, strategy, out = _predict(loader)
     _check(model, strategy, out, X[:56], discards=1)  # batches 3 and 4 had been preprocessed at size 16
+
+
+def test_four_bit_comparison_digits_reach_the_session_with_the_same_results() -> None:
+    """compare_digit_bits=4: 16-entry tables (fewer dealer bytes), one more carry level (more rounds), same labels."""
+    runs = {}
+    for digits in (8, 4):
+        model = Tiny()
+        strategy = SecurePredictStrategy(reveal="labels", seed=0, compare_digit_bits=digits)
+        trainer = Trainer(strategy=strategy, logger=False, enable_progress_bar=False, enable_model_summary=False)
+        labels = torch.cat(trainer.predict(model, DataLoader(TensorDataset(X), batch_size=16)))
+        runs[digits] = (labels, strategy.comm_stats()["alice"]["rounds"], strategy.comm_stats(offline=True)["alice"]["bytes_received"])
+    assert torch.equal(runs[8][0], runs[4][0])
+    with torch.no_grad():
+        assert torch.equal(runs[4][0], Tiny()(X).argmax(-1))
+    assert runs[4][1] > runs[8][1] and runs[4][2] < runs[8][2]
