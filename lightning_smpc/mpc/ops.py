@@ -14,7 +14,7 @@ from . import protocols as P
 from . import transforms
 from .errors import ShapeMismatchError, UnsupportedOpError
 from .ring import ring_conv2d, ring_matmul
-from .tensor import ARGMAX_SAFE, ShareTensor, SkippedSoftmax, check_same_session, implements
+from .tensor import FAMILIES, ShareTensor, SkippedSoftmax, check_same_session, implements, op_names
 
 Tensor = torch.Tensor
 MaxResult = namedtuple("MaxResult", ["values", "indices"])
@@ -76,7 +76,7 @@ def _bind_meta():  # each metadata func needs to know which func it is: register
         def handler(*args, _f=f, **kwargs):
             with torch._C.DisableTorchFunctionSubclass():
                 return _f(*args, **kwargs)
-        implements(f)(handler)
+        implements(f, family="metadata", softmax_safe=True)(handler)
 
 
 _bind_meta()
@@ -103,7 +103,7 @@ def _meta_shape(x: ShareTensor, fn, *args, **kwargs) -> tuple:
     return tuple(fn(torch.empty(_shape_of(x), device="meta"), *args, **kwargs).shape)
 
 
-@implements(Tensor.view, Tensor.reshape, torch.reshape)
+@implements(Tensor.view, Tensor.reshape, torch.reshape, family="shape")
 def _view(x, *shape, **kw):
     shape = kw.get("shape", shape)
     if len(shape) == 1 and isinstance(shape[0], (tuple, list, torch.Size)):
@@ -113,22 +113,22 @@ def _view(x, *shape, **kw):
     return _reshape_to(x, _meta_shape(x, torch.reshape, tuple(int(s) for s in shape)))
 
 
-@implements(Tensor.flatten, torch.flatten)
+@implements(Tensor.flatten, torch.flatten, family="shape")
 def _flatten(x, start_dim=0, end_dim=-1):
     return _reshape_to(x, _meta_shape(x, torch.flatten, start_dim, end_dim))
 
 
-@implements(Tensor.unsqueeze, torch.unsqueeze)
+@implements(Tensor.unsqueeze, torch.unsqueeze, family="shape")
 def _unsqueeze(x, dim):
     return _reshape_to(x, _meta_shape(x, torch.unsqueeze, dim))
 
 
-@implements(Tensor.squeeze, torch.squeeze)
+@implements(Tensor.squeeze, torch.squeeze, family="shape")
 def _squeeze(x, dim=None):
     return _reshape_to(x, _meta_shape(x, torch.squeeze) if dim is None else _meta_shape(x, torch.squeeze, dim))
 
 
-@implements(Tensor.view_as, Tensor.reshape_as)
+@implements(Tensor.view_as, Tensor.reshape_as, family="shape")
 def _view_as(x, other):
     return _reshape_to(x, tuple(other.shape))
 
@@ -158,7 +158,7 @@ def _dims(x: ShareTensor, dim) -> tuple[int, ...]:
     return dims if nd else ()
 
 
-@implements(Tensor.permute, torch.permute)
+@implements(Tensor.permute, torch.permute, family="shape")
 def _permute(x, *dims, **kw):
     dims = kw.get("dims", dims)
     if len(dims) == 1 and isinstance(dims[0], (tuple, list, torch.Size)):
@@ -170,7 +170,7 @@ def _permute(x, *dims, **kw):
     return _step(x, ("permute", perm))
 
 
-@implements(Tensor.transpose, torch.transpose)
+@implements(Tensor.transpose, torch.transpose, family="shape")
 def _transpose(x, dim0, dim1):
     nd = len(_shape_of(x))
     perm = list(range(nd))
@@ -179,7 +179,7 @@ def _transpose(x, dim0, dim1):
     return _step(x, ("permute", tuple(perm)))
 
 
-@implements(Tensor.t, torch.t)
+@implements(Tensor.t, torch.t, family="shape")
 def _t(x):
     nd = len(_shape_of(x))
     if nd > 2:
@@ -187,13 +187,13 @@ def _t(x):
     return x if nd < 2 else _transpose(x, 0, 1)
 
 
-@implements(Tensor.T.__get__)
+@implements(Tensor.T.__get__, family="shape")
 def _T(x):  # torch: all dims reversed (deprecated for nd != 2, but that is what it computes)
     nd = len(_shape_of(x))
     return x if nd < 2 else _permute(x, tuple(reversed(range(nd))))
 
 
-@implements(Tensor.__getitem__)
+@implements(Tensor.__getitem__, family="shape")
 def _getitem(x, idx):
     h = transforms.hashable_index(idx)
     if h is not None:
@@ -206,12 +206,12 @@ def _getitem(x, idx):
     return _wrap(x, torch.stack(rows), x._frac)
 
 
-@implements(Tensor.contiguous, Tensor.clone, Tensor.detach, Tensor.requires_grad_)
+@implements(Tensor.contiguous, Tensor.clone, Tensor.detach, Tensor.requires_grad_, family="metadata", softmax_safe=True)
 def _identity(x, *args, **kwargs):
     return x
 
 
-@implements(Tensor.to, Tensor.cpu, Tensor.cuda, Tensor.float, Tensor.type_as)
+@implements(Tensor.to, Tensor.cpu, Tensor.cuda, Tensor.float, Tensor.type_as, family="metadata", softmax_safe=True)
 def _to(x, *args, **kwargs):
     device = kwargs.get("device")
     for a in args:
@@ -242,8 +242,8 @@ def _join(kind):
     return handler
 
 
-implements(torch.cat, torch.concat)(_join("cat"))
-implements(torch.stack)(_join("stack"))
+implements(torch.cat, torch.concat, family="shape")(_join("cat"))
+implements(torch.stack, family="shape")(_join("stack"))
 
 # ------------------------------------------------------------------------------------------ arithmetic
 
@@ -269,12 +269,12 @@ def _add(x, y, sign: int = 1):
     return _add(_neg(y) if sign == -1 else y, x)
 
 
-@implements(Tensor.__add__, Tensor.__radd__, Tensor.add, torch.add)
+@implements(Tensor.__add__, Tensor.__radd__, Tensor.add, torch.add, family="arithmetic")
 def _h_add(x, y, *, alpha=1):
     return _add(x, _scaled(y, alpha))
 
 
-@implements(Tensor.__sub__, Tensor.sub, torch.sub)
+@implements(Tensor.__sub__, Tensor.sub, torch.sub, family="arithmetic")
 def _h_sub(x, y, *, alpha=1):
     return _add(x, _scaled(y, alpha), -1)
 
@@ -286,17 +286,17 @@ def _scaled(y, alpha):
     return _h_mul(y, alpha) if isinstance(y, ShareTensor) else torch.as_tensor(y) * alpha
 
 
-@implements(Tensor.__rsub__)
+@implements(Tensor.__rsub__, family="arithmetic")
 def _h_rsub(x, y):
     return _add(y, x, -1) if isinstance(y, ShareTensor) else _add(_neg(x), y)
 
 
-@implements(Tensor.__neg__, Tensor.neg, torch.neg)
+@implements(Tensor.__neg__, Tensor.neg, torch.neg, family="arithmetic")
 def _neg(x):
     return _wrap(x, -x._shares, x._frac, None)
 
 
-@implements(Tensor.__mul__, Tensor.__rmul__, Tensor.mul, torch.mul)
+@implements(Tensor.__mul__, Tensor.__rmul__, Tensor.mul, torch.mul, family="arithmetic")
 def _h_mul(x, y):
     if not isinstance(x, ShareTensor):
         x, y = y, x
@@ -335,12 +335,12 @@ def _in_place(handler):
     return op
 
 
-implements(Tensor.__iadd__, Tensor.add_)(_in_place(lambda x, y, alpha=1: _h_add(x, y, alpha=alpha)))
-implements(Tensor.__isub__, Tensor.sub_)(_in_place(lambda x, y, alpha=1: _h_sub(x, y, alpha=alpha)))
-implements(Tensor.__imul__, Tensor.mul_)(_in_place(_h_mul))
+implements(Tensor.__iadd__, Tensor.add_, family="arithmetic")(_in_place(lambda x, y, alpha=1: _h_add(x, y, alpha=alpha)))
+implements(Tensor.__isub__, Tensor.sub_, family="arithmetic")(_in_place(lambda x, y, alpha=1: _h_sub(x, y, alpha=alpha)))
+implements(Tensor.__imul__, Tensor.mul_, family="arithmetic")(_in_place(_h_mul))
 
 
-@implements(Tensor.__truediv__, Tensor.div, torch.div)
+@implements(Tensor.__truediv__, Tensor.div, torch.div, family="arithmetic")
 def _h_div(x, y, *, rounding_mode=None):
     if isinstance(y, ShareTensor):
         raise UnsupportedOpError("Division by a secret-shared value is not supported (only by public values).")
@@ -423,7 +423,7 @@ def _bilinear(op: str, x, w, **kwargs):
     return ShareTensor(P.beaver(sess, op, x, w, **kwargs), sess, x._frac + w._frac)
 
 
-@implements(Tensor.__matmul__, Tensor.matmul, torch.matmul, Tensor.mm, torch.mm)
+@implements(Tensor.__matmul__, Tensor.matmul, torch.matmul, Tensor.mm, torch.mm, family="bilinear")
 def _h_matmul(x, y):
     xs = x.shape if isinstance(x, ShareTensor) else torch.as_tensor(x).shape
     ys = y.shape if isinstance(y, ShareTensor) else torch.as_tensor(y).shape
@@ -442,7 +442,7 @@ def _h_matmul(x, y):
     return _bilinear("matmul", x, y)
 
 
-@implements(F.linear)
+@implements(F.linear, family="bilinear")
 def _h_linear(x, weight, bias=None):
     if isinstance(x, ShareTensor) and x.shape[-1] != weight.shape[-1]:
         raise ShapeMismatchError(f"Expected input features {weight.shape[-1]} for linear, but got shape {tuple(x.shape)}.")
@@ -453,7 +453,7 @@ def _h_linear(x, weight, bias=None):
     return out if bias is None else _add(out, bias)
 
 
-@implements(F.conv2d)
+@implements(F.conv2d, family="bilinear")
 def _h_conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     if isinstance(padding, str):
         raise UnsupportedOpError("conv2d with string padding is not supported on shares; pass integers.")
@@ -468,7 +468,7 @@ def _pair(v):
     return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
 
 
-@implements(Tensor.sum, torch.sum)
+@implements(Tensor.sum, torch.sum, family="reduction")
 def _h_sum(x, dim=None, keepdim=False, dtype=None):
     _no_dtype(dtype, "sum")
     dims = _dims(x, dim)
@@ -477,7 +477,7 @@ def _h_sum(x, dim=None, keepdim=False, dtype=None):
     return _wrap(x, x._shares.sum(tuple(d + 1 for d in dims), keepdim=keepdim), x._frac, None)
 
 
-@implements(Tensor.mean, torch.mean)
+@implements(Tensor.mean, torch.mean, family="reduction")
 def _h_mean(x, dim=None, keepdim=False, dtype=None):
     total = _h_sum(x, dim, keepdim, dtype)
     count = math.prod(_shape_of(x)[d] for d in _dims(x, dim))
@@ -500,7 +500,7 @@ def _fused_m(x: ShareTensor) -> tuple[Tensor, int | None, int]:
     return x._shares, None, x._frac
 
 
-@implements(F.relu, torch.relu, Tensor.relu)
+@implements(F.relu, torch.relu, Tensor.relu, family="nonlinear")
 def _h_relu(x, inplace=False):
     shares, m, frac = _fused_m(x)
     return _wrap(x, P.relu(x._session, shares, m), frac, None)
@@ -518,22 +518,22 @@ def _cmp(x, y, strict: bool):
     return ShareTensor(bit, d._session, 0)
 
 
-@implements(Tensor.__ge__, Tensor.ge, torch.ge)
+@implements(Tensor.__ge__, Tensor.ge, torch.ge, family="nonlinear")
 def _h_ge(x, y):
     return _cmp(x, y, strict=False)
 
 
-@implements(Tensor.__gt__, Tensor.gt, torch.gt)
+@implements(Tensor.__gt__, Tensor.gt, torch.gt, family="nonlinear")
 def _h_gt(x, y):
     return _cmp(x, y, strict=True)
 
 
-@implements(Tensor.__le__, Tensor.le, torch.le)
+@implements(Tensor.__le__, Tensor.le, torch.le, family="nonlinear")
 def _h_le(x, y):
     return _cmp(y, x, strict=False)
 
 
-@implements(Tensor.__lt__, Tensor.lt, torch.lt)
+@implements(Tensor.__lt__, Tensor.lt, torch.lt, family="nonlinear")
 def _h_lt(x, y):
     return _cmp(y, x, strict=True)
 
@@ -566,7 +566,7 @@ def _argmax_parts(x: ShareTensor, dim, keepdim: bool, want_max: bool):
     return onehot, index, mx, frac
 
 
-@implements(Tensor.argmax, torch.argmax)
+@implements(Tensor.argmax, torch.argmax, family="nonlinear", softmax_safe=True)
 def _h_argmax(x, dim=None, keepdim=False):
     _, index, _, _ = _argmax_parts(x, dim, keepdim, False)
     out = ShareTensor(index, x._session, 0)
@@ -581,7 +581,7 @@ def argmax_onehot(x: ShareTensor, dim: int = -1) -> ShareTensor:
     return ShareTensor(onehot, x._session, 0)
 
 
-@implements(Tensor.amax, torch.amax)
+@implements(Tensor.amax, torch.amax, family="nonlinear", softmax_safe=True)
 def _h_amax(x, dim=(), keepdim=False):
     dims = _dims(x, dim)
     if len(dims) == 1:
@@ -591,7 +591,7 @@ def _h_amax(x, dim=(), keepdim=False):
     raise UnsupportedOpError("amax over several (but not all) dims is not supported on shares; reshape first.")
 
 
-@implements(Tensor.max, torch.max)
+@implements(Tensor.max, torch.max, family="nonlinear", softmax_safe=True)
 def _h_max(x, dim=None, keepdim=False):
     if isinstance(dim, ShareTensor) or (dim is not None and not isinstance(dim, int)):
         raise UnsupportedOpError("max(x, y) elementwise is not supported; use torch.maximum-free code or relu(x-y)+y.")
@@ -711,7 +711,7 @@ def _no_empty_window(name: str, rows, cols) -> None:
                                  "padding or dilation.")
 
 
-@implements(F.max_pool2d, getattr(F, "_max_pool2d", F.max_pool2d), Tensor.max_pool2d if hasattr(Tensor, "max_pool2d") else F.max_pool2d)
+@implements(F.max_pool2d, getattr(F, "_max_pool2d", F.max_pool2d), Tensor.max_pool2d if hasattr(Tensor, "max_pool2d") else F.max_pool2d, family="pooling")
 def _h_max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
     """Max pooling with any padding, stride, dilation and ``ceil_mode``: padded taps hold :func:`maxpool_fill`."""
     _pooling_input(x, "max_pool2d")
@@ -725,7 +725,7 @@ def _h_max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=
     return _window_max(x, _windows(x, rows, cols, maxpool_fill(x._session, x._frac)))
 
 
-@implements(F.avg_pool2d, torch._C._nn.avg_pool2d)
+@implements(F.avg_pool2d, torch._C._nn.avg_pool2d, family="pooling")
 def _h_avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True, divisor_override=None):
     """Window sums (local) divided by torch's public divisor per window (padding counted or not, or the override)."""
     _pooling_input(x, "avg_pool2d")
@@ -747,7 +747,7 @@ def _scalar_if_uniform(d):
     return float(d.flatten()[0]) if isinstance(d, Tensor) and bool((d == d.flatten()[0]).all()) else d
 
 
-@implements(F.adaptive_avg_pool2d)
+@implements(F.adaptive_avg_pool2d, family="pooling")
 def _h_adaptive_avg_pool2d(x, output_size):
     """Adaptive average pooling: the windows follow from the (public) input size; global pooling included."""
     _pooling_input(x, "adaptive_avg_pool2d")
@@ -759,7 +759,7 @@ def _h_adaptive_avg_pool2d(x, output_size):
     return _divide_public(_wrap(x, win, x._frac, None), _scalar_if_uniform(divisor))
 
 
-@implements(F.adaptive_max_pool2d)
+@implements(F.adaptive_max_pool2d, family="pooling")
 def _h_adaptive_max_pool2d(x, output_size, return_indices=False):
     """Adaptive max pooling; the narrower windows are filled like padding (:func:`maxpool_fill`)."""
     _pooling_input(x, "adaptive_max_pool2d")
@@ -770,7 +770,7 @@ def _h_adaptive_max_pool2d(x, output_size, return_indices=False):
     return _window_max(x, _windows(x, _adaptive_axis(h, oh), _adaptive_axis(w, ow), maxpool_fill(x._session, x._frac)))
 
 
-@implements(F.pad)
+@implements(F.pad, family="pooling")
 def _h_pad(x, pad, mode="constant", value=None):
     """``F.pad`` on shares, local: ``constant`` pads each share with 0 and the first party adds a nonzero public
     ``value``; ``reflect``/``replicate``/``circular`` copy input elements, so each party pads its own share row."""
@@ -790,14 +790,14 @@ def _h_pad(x, pad, mode="constant", value=None):
     return _wrap(x, out.reshape(tuple(sh.shape[:sh.dim() - k]) + tuple(out.shape[1:])), x._frac, None)
 
 
-@implements(F.dropout, torch.dropout)
+@implements(F.dropout, torch.dropout, family="layers", softmax_safe=True)
 def _h_dropout(x, p=0.5, training=True, inplace=False):
     if training:
         raise UnsupportedOpError("dropout in training mode on shares: call model.eval() (predict does).")
     return x
 
 
-@implements(F.softmax, F.log_softmax, torch.softmax, torch.log_softmax, Tensor.softmax, Tensor.log_softmax)
+@implements(F.softmax, F.log_softmax, torch.softmax, torch.log_softmax, Tensor.softmax, Tensor.log_softmax, family="layers", softmax_safe=True)
 def _h_softmax(x, dim=None, *args, **kwargs):
     """Skipped: monotone along ``dim``, so an argmax over ``dim`` is unchanged. The result is marked with
     that dim: only an argmax over it (or the indices of a max over it) may use it; nothing reveals it."""
@@ -842,12 +842,7 @@ def _check_skipped_argmax(x: ShareTensor, dim) -> None:
         )
 
 
-# Shape ops are not safe: they move the softmax dim (the mark would have to follow it); argmax/max check it.
-ARGMAX_SAFE.update(
-    _META + [Tensor.argmax, torch.argmax, Tensor.max, torch.max, Tensor.amax, torch.amax, Tensor.contiguous,
-             Tensor.clone, Tensor.detach, Tensor.to, Tensor.cpu, Tensor.cuda, Tensor.float, F.softmax, F.log_softmax,
-             torch.softmax, torch.log_softmax, Tensor.softmax, Tensor.log_softmax, F.dropout, torch.dropout]
-)
+# Shape ops are not declared softmax_safe: they move the softmax dim (the mark would have to follow it).
 
 
 def to_precision(x: ShareTensor) -> ShareTensor:
@@ -857,6 +852,13 @@ def to_precision(x: ShareTensor) -> ShareTensor:
 
 def supported_ops() -> list[str]:
     """Names of the torch callables that run on shares."""
-    from .tensor import OP_TABLE
+    return op_names()
 
-    return sorted({torch.overrides.resolve_name(f) or getattr(f, "__name__", repr(f)) for f in OP_TABLE})
+
+def ops_table_markdown() -> str:
+    """The README's table of supported ops, generated from the op declarations (a test keeps it current)."""
+    rows = ["| family | torch callables |", "|---|---|"]
+    for fam in FAMILIES:
+        names = [n.replace("torch.nn.functional.", "F.") for n in op_names(fam)]
+        rows.append(f"| {fam} | {', '.join(f'`{n}`' for n in names)} |")
+    return "\n".join(rows)

@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import torch
 
-from .errors import RevealNotAllowedError, SessionMismatchError, UnsupportedOpError
+from .errors import SessionMismatchError, UnsupportedOpError
 
 __all__ = ["ShareTensor", "OP_TABLE", "implements"]
 
@@ -38,15 +38,45 @@ class SkippedSoftmax:
     dim: int | None
 
 
-def implements(*funcs: Callable):
-    """Register a handler for the given torch callables."""
+# One declaration per op is the single source of dispatch (OP_TABLE), of the ops a skipped softmax allows
+# (ARGMAX_SAFE), of supported_ops() / the error text, and of the README's op table (ops.ops_table_markdown()).
+FAMILIES = ("metadata", "shape", "arithmetic", "bilinear", "reduction", "nonlinear", "pooling", "layers")
+OP_FAMILY: dict[Callable, str] = {}
+
+
+def implements(*funcs: Callable, family: str, softmax_safe: bool = False):
+    """Register a handler for the given torch callables.
+
+    Args:
+        family: one of :data:`FAMILIES` (documentation and error text).
+        softmax_safe: the op may take the output of a skipped softmax (it keeps the value and its layout, or it
+            is an argmax/max that checks the softmax's dim itself).
+    """
+    if family not in FAMILIES:
+        raise ValueError(f"unknown op family {family!r}; expected one of {FAMILIES}")
 
     def deco(handler):
         for f in funcs:
             OP_TABLE[f] = handler
+            OP_FAMILY[f] = family
+            if softmax_safe:
+                ARGMAX_SAFE.add(f)
         return handler
 
     return deco
+
+
+def op_names(family: str | None = None) -> list[str]:
+    """Sorted names of the registered torch callables (of one family)."""
+    return sorted({_name(f) for f, fam in OP_FAMILY.items() if family in (None, fam)})
+
+
+def _short(name: str) -> str:
+    return name.replace("torch.nn.functional.", "F.").replace("torch.Tensor.", "Tensor.")
+
+
+def _name(f: Callable) -> str:
+    return torch.overrides.resolve_name(f) or getattr(f, "__name__", repr(f))
 
 
 class ShareTensor(torch.Tensor):
@@ -121,10 +151,9 @@ class ShareTensor(torch.Tensor):
         if handler is None:
             name = torch.overrides.resolve_name(func) or getattr(func, "__name__", repr(func))
             raise UnsupportedOpError(
-                f"`{name}` has no secure implementation on secret shares. Supported ops: linear, conv2d, "
-                "matmul, +, -, *, / by public values, sum/mean, relu, max/avg pooling (also padded and adaptive), "
-                "F.pad, argmax/max, comparisons, eval-mode dropout/batch norm and the shape ops (see "
-                "lightning_smpc.mpc.supported_ops()). In-place ops other than +=, -=, *= are not supported."
+                f"`{name}` has no secure implementation on secret shares. Supported: "
+                + "; ".join(f"{fam}: {', '.join(_short(n) for n in op_names(fam))}" for fam in FAMILIES if fam != "metadata")
+                + " (lightning_smpc.mpc.supported_ops() lists them)."
             )
         return handler(*args, **kwargs)
 
