@@ -19,7 +19,7 @@ from lightning.pytorch.strategies.launchers.launcher import _Launcher
 from lightning.pytorch.strategies.launchers.multiprocessing import _GlobalStateSnapshot
 from lightning.pytorch.trainer.states import TrainerStatus
 
-from .mpc.distributed import PartyProcessError, _abort, _from_bytes, _to_bytes
+from .mpc.distributed import PartyProcessError, _abort, _from_bytes, _stop, _to_bytes
 
 __all__ = ["PartyLauncher", "PartyProcessError"]
 
@@ -53,8 +53,12 @@ class PartyLauncher(_Launcher):
             p.start()
         try:
             reports = self._collect(results, world, strategy.timeout + 30)
-        finally:
-            self._stop_all()
+        except BaseException:
+            _stop(self.procs)  # a failed run: the others were given their settling time in _collect
+            raise
+        for p in self.procs:  # every role reported; each exits right after
+            p.join(timeout=5)
+        _stop(self.procs)
         strategy._receive_reports(reports)
         if trainer is not None:
             trainer.state.status = TrainerStatus.FINISHED
@@ -117,17 +121,6 @@ class PartyLauncher(_Launcher):
         others = [f"  {name(k)} (rank {k}): {e.strip().splitlines()[-1]}" for k, e in sorted(errors.items()) if k != r]
         tail = ("\nthen, as a consequence:\n" + "\n".join(others)) if others else ""
         return head + tail + "\nThe other processes were stopped."
-
-    def _stop_all(self) -> None:
-        for p in self.procs:
-            p.join(timeout=5)
-        for p in self.procs:
-            if p.is_alive():
-                p.terminate()
-                p.join(timeout=5)
-            if p.is_alive():
-                p.kill()
-                p.join()
 
     def __getstate__(self) -> dict:  # the trainer (with this launcher) is pickled into every child process
         state = self.__dict__.copy()

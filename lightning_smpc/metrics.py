@@ -188,12 +188,8 @@ class SecureAccuracy(Metric):
         self.update(*args, **kwargs)
 
     def _reveal(self, shares: torch.Tensor, frac_bits: int, name: str) -> Optional[torch.Tensor]:
-        """Reveal to ``reveal_to``: a compute party (parties as processes) or an outside receiver (simulated).
-        None in a process that is not the receiver."""
-        sess = self.session
-        if self.reveal_to in sess.parties:
-            return sess.reveal_raw(shares, frac_bits, name, to=self.reveal_to)
-        return sess.reveal_raw(shares, frac_bits, name, to=(), outside=self.reveal_to)
+        """Reveal to ``reveal_to`` (None in a party's process that is not the receiver)."""
+        return self.session.reveal_for(ShareTensor(shares, self.session, frac_bits), self.reveal_to, name)
 
     def compute(self) -> Optional[torch.Tensor]:
         """The accuracy, revealed to ``reveal_to`` (None in a party's process that is not the receiver)."""

@@ -365,12 +365,11 @@ class SecurePredictStrategy(ParallelStrategy):
 
     def _released(self, out: ShareTensor) -> Any:
         client = self.client_party if self.distributed else self.client
-        receiver = dict(to=client) if client in self.parties else dict(to=(), outside=client)
         if self.reveal == "labels":
-            labels = self.session.reveal(out.argmax(dim=-1), name="predicted labels", **receiver)
+            labels = self.session.reveal_for(out.argmax(dim=-1), client, "predicted labels")
             return None if labels is None else labels.round().to(torch.int64)
         if self.reveal == "logits":
-            logits = self.session.reveal(out, name="logits", **receiver)
+            logits = self.session.reveal_for(out, client, "logits")
             return None if logits is None else logits.to(torch.float32)
         return None if self.distributed else out  # a process's own share is never handed out
 

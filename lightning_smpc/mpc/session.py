@@ -181,6 +181,13 @@ class Session:
         self.ledger.append(RevealRecord(name or "value", tuple(x.shape), shown))
         return None if plain is None else self.encoder.decode(plain, x.frac_bits)
 
+    def reveal_for(self, x: ShareTensor, receiver: str, name: str) -> torch.Tensor | None:
+        """Reveal ``x`` to one receiver named by role: a compute party (its own process learns it; parties as
+        processes) or an outside receiver such as the model owner or the client (simulated runtime)."""
+        if receiver in self.parties:
+            return self.reveal(x, to=receiver, name=name)
+        return self.reveal(x, to=(), outside=receiver, name=name)
+
     def reveal_raw(self, shares: torch.Tensor, frac_bits: int, name: str, to: str | tuple[str, ...] | None = None,
                    outside: str | None = None) -> torch.Tensor:
         """Reveal raw shares (e.g. a metric state kept as ``[n_parties, ...]`` int64); recorded in the ledger."""
