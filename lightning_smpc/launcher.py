@@ -1,4 +1,4 @@
-"""Spawns one process per role (compute parties + crypto provider) for ``SecurePredictStrategy(runtime="distributed")``.
+"""Starts one process per role (compute parties + crypto provider) for ``SecurePredictStrategy(runtime="distributed")``.
 
 Lightning's ``_MultiProcessingLauncher`` returns the results of process 0 only and forbids returning predictions;
 the roles here differ (the client's process holds the revealed labels, the model owner's the revealed metrics),
@@ -13,22 +13,23 @@ import time
 import traceback
 from typing import Any, Callable
 
+import torch
 import torch.multiprocessing as mp
 from lightning.fabric.utilities.distributed import _set_num_threads_if_needed
 from lightning.pytorch.strategies.launchers.launcher import _Launcher
 from lightning.pytorch.strategies.launchers.multiprocessing import _GlobalStateSnapshot
 from lightning.pytorch.trainer.states import TrainerStatus
 
-from .mpc.distributed import PartyProcessError, _abort, _from_bytes, _stop, _to_bytes
+from .mpc.distributed import PartyProcessError, _abort, _from_bytes, _stop, _to_bytes, resolve_start_method
 
-__all__ = ["PartyLauncher", "PartyProcessError"]
+__all__ = ["PartyLauncher", "PartyProcessError", "resolve_start_method"]
 
 # Errors a process reports when a PEER failed (its sockets closed, or it stopped answering)
 _PEER_FAILURES = ("Connection reset by peer", "Connection closed by peer", "Timed out", "timed out")
 
 
 class PartyLauncher(_Launcher):
-    """Starts ``strategy.num_processes`` processes with the ``spawn`` method, one per role, on this machine."""
+    """Starts ``strategy.num_processes`` processes, one per role, on this machine (``strategy.start_method``)."""
 
     def __init__(self, strategy) -> None:
         self._strategy = strategy
@@ -41,12 +42,14 @@ class PartyLauncher(_Launcher):
     def launch(self, function: Callable, *args: Any, trainer=None, **kwargs: Any) -> Any:
         strategy = self._strategy
         os.environ["MASTER_PORT"] = str(strategy.cluster_environment.main_port)
-        ctx = mp.get_context("spawn")
+        world = strategy.num_processes
+        method = resolve_start_method(strategy.start_method, world)
+        ctx = mp.get_context(method)
         results = ctx.SimpleQueue()
         state = _GlobalStateSnapshot.capture()
-        world = strategy.num_processes
         self.procs = [
-            ctx.Process(target=_entry, args=(rank, world, trainer, function, args, kwargs, results, state), daemon=False)
+            ctx.Process(target=_entry, args=(rank, world, trainer, function, args, kwargs, results, state, method),
+                        daemon=False)
             for rank in range(world)
         ]
         for p in self.procs:
@@ -133,11 +136,15 @@ class PartyLauncher(_Launcher):
                 os.kill(p.pid, signum)
 
 
-def _entry(rank: int, world: int, trainer, function, args, kwargs, results, state) -> None:
+def _entry(rank: int, world: int, trainer, function, args, kwargs, results, state, method: str) -> None:
     """One role's process: run the predict loop, send back this role's report (or its error)."""
     state.restore()
     os.environ["LOCAL_RANK"] = str(rank)
-    _set_num_threads_if_needed(num_processes=world)
+    if method == "fork":  # see resolve_start_method: no OpenMP thread pool in a forked child
+        torch.set_num_threads(1)
+        os.environ["OMP_NUM_THREADS"] = "1"
+    else:
+        _set_num_threads_if_needed(num_processes=world)
     try:
         predictions = function(*args, **kwargs)
         strategy = trainer.strategy

@@ -17,6 +17,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_smpc import SecureAccuracy, SecurePredictStrategy
+from lightning_smpc.launcher import resolve_start_method
 from lightning_smpc.mpc.distributed import PartyProcessError
 
 pytestmark = pytest.mark.filterwarnings("ignore")
@@ -52,9 +53,9 @@ def _run(runtime: str, n: int, reveal: str = "labels", model=None, **kwargs):
     return strategy, out
 
 
-@pytest.mark.parametrize("n", [2, 3], ids=["2pc", "3pc"])
-def test_same_results_and_traffic_as_the_simulated_runtime(n: int) -> None:
-    dist_strategy, dist_out = _run("distributed", n)
+@pytest.mark.parametrize("n, start_method", [(2, None), (3, None), (2, "spawn")], ids=["2pc", "3pc", "2pc-spawn"])
+def test_same_results_and_traffic_as_the_simulated_runtime(n: int, start_method) -> None:
+    dist_strategy, dist_out = _run("distributed", n, start_method=start_method)
     # the same roles: the model owner is the first party, the client the last (as the distributed defaults)
     sim_strategy, sim_out = _run("simulated", n, seed=0, model_owner=PARTIES[n][0], client=PARTIES[n][-1])
     assert torch.equal(torch.cat(dist_out), torch.cat(sim_out))  # revealed labels, in the user's process
@@ -94,3 +95,29 @@ def test_a_hanging_party_ends_the_run_within_the_timeout() -> None:
         _run("distributed", 2, model=Tiny(die_on_rank=0, hang=True), timeout=8)
     assert time.monotonic() - t0 < 8 + 30  # the timeout, the settling time and the process start
     assert multiprocessing.active_children() == []
+
+
+def test_start_method_forks_only_where_each_role_gets_one_core(monkeypatch) -> None:
+    monkeypatch.setattr("sys.platform", "linux")
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert resolve_start_method(None, 3) == "fork"
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)  # roles could use 5 threads each: forked ones could not
+    assert resolve_start_method(None, 3) == "spawn"
+    assert resolve_start_method("fork", 3) == "fork"
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setattr("sys.platform", "darwin")
+    assert resolve_start_method(None, 3) == "spawn"
+    with pytest.raises(ValueError, match="start_method"):
+        resolve_start_method("thread", 3)
+    with pytest.raises(ValueError, match="start_method"):
+        SecurePredictStrategy(runtime="distributed", start_method="thread")
+
+
+def test_no_fork_once_cuda_is_initialized(monkeypatch) -> None:
+    monkeypatch.setattr("sys.platform", "linux")
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    assert resolve_start_method(None, 3) == "spawn"
+    with pytest.raises(RuntimeError, match="start_method='spawn'"):
+        resolve_start_method("fork", 3)

@@ -67,7 +67,7 @@ from .prg import make_prg
 
 __all__ = [
     "run_parties", "establish_links", "party_session", "serve_dealer", "finish", "DistributedCommunicator",
-    "RemoteDealer", "PartyProcessError", "DEFAULT_TIMEOUT",
+    "RemoteDealer", "PartyProcessError", "DEFAULT_TIMEOUT", "START_METHODS", "resolve_start_method",
 ]
 
 DEFAULT_TIMEOUT = 60.0  # seconds per operation (gloo's own default under Lightning/torch is 1800 s)
@@ -366,8 +366,8 @@ def _abort() -> None:
 
 
 def _worker(rank, world, port, names, parties, crypto_provider, seed, timeout, roster_text, identity_pem,
-            session_kwargs, fn, results, progress) -> None:
-    torch.set_num_threads(1)
+            session_kwargs, fn, results, progress, method="spawn") -> None:
+    torch.set_num_threads(1)  # also what a forked child needs (see resolve_start_method)
     name = names[rank]
     _set_progress(progress, "starting the process group")
     try:
@@ -399,6 +399,32 @@ def _worker(rank, world, port, names, parties, crypto_provider, seed, timeout, r
         os._exit(1)
 
 
+START_METHODS = ("fork", "spawn", "forkserver")
+
+
+def resolve_start_method(requested: str | None, num_processes: int) -> str:
+    """The ``multiprocessing`` start method for the role processes.
+
+    ``fork`` starts a role in milliseconds (``spawn`` re-imports torch and Lightning in every process: about
+    2 s each, 6-7 s for three processes on a 2-core machine, measured), but a forked child must not start
+    OpenMP threads once the parent has used them (libgomp hangs: measured with torch's pip wheel), so forked
+    roles run one intra-op thread each. ``None`` picks ``fork`` where that costs nothing: on Linux, CUDA not
+    initialized in this process, and at most one core per role anyway; otherwise ``spawn``.
+    """
+    if requested is not None and requested not in START_METHODS:
+        raise ValueError(f"Expected `start_method` to be one of {START_METHODS} or None, but got {requested!r}.")
+    cuda_ready = torch.cuda.is_available() and torch.cuda.is_initialized()
+    if requested == "fork" and cuda_ready:
+        raise RuntimeError("Cannot fork the role processes: CUDA is already initialized in this process. "
+                           "Use SecurePredictStrategy(start_method='spawn').")
+    if requested is not None:
+        return requested
+    one_core_each = (os.cpu_count() or 1) // max(num_processes, 1) <= 1
+    if sys.platform.startswith("linux") and not cuda_ready and one_core_each:
+        return "fork"
+    return "spawn"
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -419,7 +445,7 @@ def _stop(procs) -> None:
 def run_parties(
     fn: Callable, parties: tuple[str, ...] = ("alice", "bob"), crypto_provider: str = "crypto_provider",
     seed: int | None = None, timeout: float = DEFAULT_TIMEOUT, roster: Roster | str | None = None,
-    identities: dict[str, Identity] | None = None, **session_kwargs,
+    identities: dict[str, Identity] | None = None, start_method: str | None = None, **session_kwargs,
 ) -> list:
     """Run ``fn(session)`` in one process per party (plus the dealer's) over gloo on 127.0.0.1.
 
@@ -427,7 +453,8 @@ def run_parties(
     authenticated, encrypted links (:mod:`.links`); with ``roster`` and ``identities`` (name ->
     :class:`~.links.Identity`) the processes prove those identities (``identities`` alone: the roster is
     made from them), otherwise fresh ones are used.
-    ``timeout`` (seconds) bounds every single operation.
+    ``timeout`` (seconds) bounds every single operation. ``start_method``: see :func:`resolve_start_method`
+    (``None``: ``fork`` where each process would get one core anyway, else ``spawn``).
 
     Returns, per party, ``{"result": fn's return value, "stats": online traffic per party as counted in that
     process, "rounds": int, "links": the links' cost (AEAD seconds, bytes)}``; the dealer's offline
@@ -446,14 +473,15 @@ def run_parties(
     if isinstance(roster, Roster):
         roster = roster.to_text()
     pems = {n: identities[n].to_pem() for n in names if n in identities} if identities else {}
-    ctx = mp.get_context("spawn")
+    method = resolve_start_method(start_method, world)
+    ctx = mp.get_context(method)
     results = ctx.SimpleQueue()  # a synchronous put: a report is out before its process exits
     progress = [ctx.Array("c", 256, lock=False) for _ in range(world)]
     port = _free_port()
     procs = [
         ctx.Process(target=_worker, name=f"lightning_smpc-{n}", args=(
             r, world, port, names, parties, crypto_provider, seed, timeout, roster, pems.get(n), session_kwargs, fn,
-            results, progress[r]))
+            results, progress[r], method))
         for r, n in enumerate(names)
     ]
     got: dict[int, Any] = {}
