@@ -101,9 +101,9 @@ class SecureAccuracy(Metric):
       stays hidden. The result is the exact macro accuracy ``M`` rounded down to a multiple of ``2**-f``
       (``f`` = the session's ``precision_bits``), or one step below: ``0 <= M - result < 2**(1 - f)``
       (``3.1e-5`` at ``f = 16``). Cost for ``C`` classes: one comparison of ``2C`` elements, a 17-bit
-      division of ``C`` elements and a 17-bit division of one element (``f = 16``): 4 + 84 + 84 = 172 rounds
-      plus the reveal; for ``C = 10``, 3 500 bytes sent by each party with 2 parties, 7 000 with 3 (plus 8
-      each for the reveal).
+      division of ``C`` elements and a 17-bit division of one element (``f = 16``): 5 + 101 + 101 = 207 rounds
+      plus the reveal; for ``C = 10``, 3 876 bytes sent by each party with 2 parties, 7 752 with 3 (plus 8
+      each for the reveal). With ``compare_digit_bits=8``: 172 rounds, 3 500 / 7 000 bytes.
       Needs ``N < 2**compare_bits`` and ``C * 2**f < 2**compare_bits`` (``C < 65536`` with the defaults).
     * macro with ``reveal_per_class=True``: the per-class true positives, predicted counts and target
       counts (``"accuracy.true_positives"``, ``"accuracy.predicted_per_class"``,

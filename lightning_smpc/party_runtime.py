@@ -18,6 +18,7 @@ from lightning.fabric.utilities.distributed import _init_dist_connection
 
 from .mpc import distributed as mpc_dist
 from .mpc.links import Identity, Links, Roster
+from .mpc.material import DIGIT_BITS
 from .mpc.session import Session
 
 __all__ = ["World", "join", "load_keys", "party_session", "serve_dealer", "finish", "announce", "receive", "leave"]
@@ -61,7 +62,7 @@ def party_session(world: World, crypto_provider: str, **session_kwargs) -> Sessi
 
 
 def serve_dealer(world: World, crypto_provider: str, compare_bits: int, seed: Optional[int] = None,
-                 compare_digit_bits: int = 8) -> dict:
+                 compare_digit_bits: int = DIGIT_BITS) -> dict:
     """Answer the parties' requests until the first party ends the run; returns the offline traffic per party."""
     return mpc_dist.serve_dealer(world.links, world.parties, crypto_provider, compare_bits, seed, compare_digit_bits)
 

@@ -27,6 +27,7 @@ from .preprocessing import PreprocessSchedule
 from .mpc import Session, ShareTensor
 from .mpc.errors import PartyConfigError, SmpcError
 from .mpc.distributed import START_METHODS
+from .mpc.material import DIGIT_BITS
 from .validate import validate_module
 
 __all__ = ["SecurePredictStrategy", "StrategyUsageError"]
@@ -46,9 +47,10 @@ class SecurePredictStrategy(ParallelStrategy):
         crypto_provider: the trusted dealer's name.
         precision_bits: fixed-point fractional bits.
         compare_bits: range of values entering comparisons, ``|x| < 2**(compare_bits - precision_bits)``.
-        compare_digit_bits: comparison digit size, 8 (default) or 4: 4 cuts the dealer's bytes about 3x for a
-            ReLU network (8x smaller comparison tables) at one more round per ReLU/argmax and ~10% more online
-            bytes (see ``lightning_smpc.mpc.protocols.compare``).
+        compare_digit_bits: comparison digit size, 4 (default) or 8: 8 needs one round less per ReLU/argmax and
+            ~10% fewer online bytes, but 2.8x more dealer bytes for a ReLU network (16x larger comparison tables;
+            see ``lightning_smpc.mpc.protocols.compare``): worth it only when the dealer's material is delivered
+            ahead of time and round trips are expensive.
         reveal: ``"metrics"`` (default: predictions stay secret; only the metrics are revealed, to the model
             owner; the simulated runtime's ``predict`` returns :class:`ShareTensor` objects, the distributed one
             returns nothing), ``"labels"`` (argmax class indices revealed to the client) or ``"logits"`` (the
@@ -112,7 +114,7 @@ class SecurePredictStrategy(ParallelStrategy):
         timeout: float = 60.0,
         roster: Optional[str] = None,
         identity: Optional[str] = None,
-        compare_digit_bits: int = 8,
+        compare_digit_bits: int = DIGIT_BITS,
         start_method: Optional[Literal["fork", "spawn", "forkserver"]] = None,
     ) -> None:
         super().__init__()

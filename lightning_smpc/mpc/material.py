@@ -12,8 +12,10 @@ import torch
 
 __all__ = ["Request", "Material", "DIGIT_BITS", "DIGIT_CHOICES", "gt_table_spec"]
 
-DIGIT_BITS = 8  # default comparison digit size: tables of 2^8 bits = 4 int64 words per digit
-DIGIT_CHOICES = (4, 8)  # 4: tables of 16 bits (one int16) per digit, twice the digits, one more carry level
+# Default comparison digit size: 4-bit digits, tables of 16 bits (one int16) per digit. 8: tables of 2^8 bits
+# (4 int64 words) per digit, half the digits, one carry level less (fewer rounds, 2.8x more dealer bytes).
+DIGIT_BITS = 4
+DIGIT_CHOICES = (4, 8)
 
 
 def gt_table_spec(digit_bits: int) -> tuple[tuple, torch.dtype]:

@@ -44,10 +44,10 @@ class Session:
             ``x >= y`` for ``|x - y|`` below that; ``share`` accepts ``|x| < 2**(compare_bits - 1 -
             precision_bits)`` (32768 with the defaults). A multiple of ``compare_digit_bits``; each doubling costs
             one round.
-        compare_digit_bits: digit size of the comparison protocol, 8 (default) or 4. 4 makes the dealer's
-            comparison tables 8x smaller (16 instead of 256 bits per digit: about 3x fewer dealer bytes for a
-            ReLU network) at one more round per comparison/ReLU/argmax and 14 more bits sent online per compared
-            element (see :mod:`.protocols.compare`); all parties and the dealer must use the same value.
+        compare_digit_bits: digit size of the comparison protocol, 4 (default) or 8. 8 makes the dealer's
+            comparison tables 16x larger (256 instead of 16 bits per digit: about 2.8x more dealer bytes for a
+            ReLU network) for one round less per comparison/ReLU/argmax and 14 fewer bits sent online per
+            compared element (see :mod:`.protocols.compare`); all parties and the dealer must use the same value.
         seed: ``None`` for the cryptographically secure generator; an int for the deterministic
             (insecure) test generator.
         device: where shares live (``"cpu"`` or a CUDA device).
@@ -63,8 +63,8 @@ class Session:
         tensor([[5.]], dtype=torch.float64)
         >>> x.argmax(dim=1).reveal(to="alice")
         tensor([2.], dtype=torch.float64)
-        >>> s.stats()["online"]["alice"]["rounds"]  # 2 inputs, ReLU 4, argmax 5, 2 reveals; x @ w needs none
-        13
+        >>> s.stats()["online"]["alice"]["rounds"]  # 2 inputs, ReLU 5, argmax 6, 2 reveals; x @ w needs none
+        15
     """
 
     def __init__(

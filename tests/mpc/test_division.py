@@ -79,7 +79,7 @@ def test_measured_cost_matches_divide_cost(make_session, n: int) -> None:
         divide(num, d, bits=17, frac_bits=16)
         r1, b1 = s.comm.rounds, {p: v["bytes_sent"] for p, v in s.comm.stats().items()}
         cost = divide_cost(n, numel=3, bits=17, den_opened=den_opened)
-        assert r1 - r0 == cost["rounds"] == 17 * 4 + 16
+        assert r1 - r0 == cost["rounds"] == 17 * 5 + 16  # 17 comparisons (5 rounds each) + 16 products
         assert all(b1[p] - b0.get(p, 0) == cost["bytes_sent"] for p in s.parties), (b0, b1, cost)
     assert [r for r in s.comm.records if r.kind == "reveal"] == []  # only masked openings
 

@@ -174,7 +174,7 @@ def test_relu_fuses_the_truncation(make_session, n):
     r0 = s.comm.rounds
     out = (X * Y).relu()
     assert out.frac_bits == 16
-    assert trunc_rounds(s) == 0 and s.comm.rounds - r0 == 4  # the ReLU's 4 rounds, nothing else
+    assert trunc_rounds(s) == 0 and s.comm.rounds - r0 == 5  # the ReLU's 5 rounds (4-bit digits), nothing else
     got = lsb(out.reveal())
     floor = z >> 16
     err = got - floor.clamp_min(0)

@@ -7,11 +7,11 @@ form* ``y = pub + off (mod 2^(j+1))``: ``pub`` public, ``off`` known only to the
 ``Q_j xor off_j xor carry`` where ``carry`` is the carry out of adding the low ``j`` bits.
 
 Carry. Split the low bits into ``d``-bit digits ``q_i`` (public) and ``s_i`` (dealer); ``d =
-compare_digit_bits``, 8 (default) or 4. The dealer sends XOR-shares of the ``2^d``-bit table ``G_i[u] = [u >
+compare_digit_bits``, 4 (default) or 8. The dealer sends XOR-shares of the ``2^d``-bit table ``G_i[u] = [u >
 t_i]`` with ``t_i = 2^d - 1 - s_i``; locally, ``g_i = G_i[q_i]`` (digit sum >= 2^d: generate) and ``p_i =
 G_i[q_i + 1] xor G_i[q_i] = [q_i == t_i]`` (digit sum is 2^d - 1: propagate), with ``G_i[2^d] = 1``. A
 carry-lookahead tree combines ``(g, p)`` pairs with XOR-shared Beaver ANDs: one round per level,
-``L = ceil(log2(j/d))`` levels (2 for the default ``j = 32, d = 8``; 3 with ``d = 4``).
+``L = ceil(log2(j/d))`` levels (3 for the default ``j = 32, d = 4``; 2 with ``d = 8``).
 
 Digit size, the trade-off (``j = 32``, per compared element): ``d = 8``: a 256-bit table per digit, 4
 digits, 4 ANDs in 2 levels; the first party receives 128 bytes of tables. ``d = 4``: a 16-bit table per
