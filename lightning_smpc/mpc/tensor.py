@@ -22,7 +22,8 @@ __all__ = ["ShareTensor", "OP_TABLE", "implements"]
 
 OP_TABLE: dict[Callable, Callable] = {}
 # Ops allowed on the output of a skipped softmax (its values are the logits): metadata and ops that keep the
-# value and its layout unchanged. argmax/max are allowed too and check the dim themselves (see ops._argmax_parts).
+# value and its layout unchanged. argmax/max are allowed too and check the dim themselves (see
+# ops.nonlinear._argmax_parts).
 ARGMAX_SAFE: set[Callable] = set()
 
 
@@ -39,18 +40,22 @@ class SkippedSoftmax:
 
 
 # One declaration per op is the single source of dispatch (OP_TABLE), of the ops a skipped softmax allows
-# (ARGMAX_SAFE), of supported_ops() / the error text, and of the README's op table (ops.ops_table_markdown()).
+# (ARGMAX_SAFE), of supported_ops() / the error text, and of the README's op table (ops.ops_table_markdown()),
+# which shows each op's note (its cost or restriction, OP_NOTE).
 FAMILIES = ("metadata", "shape", "arithmetic", "bilinear", "reduction", "nonlinear", "pooling", "layers")
 OP_FAMILY: dict[Callable, str] = {}
+OP_NOTE: dict[Callable, str] = {}
 
 
-def implements(*funcs: Callable, family: str, softmax_safe: bool = False):
+def implements(*funcs: Callable, family: str, softmax_safe: bool = False, note: str = ""):
     """Register a handler for the given torch callables.
 
     Args:
         family: one of :data:`FAMILIES` (documentation and error text).
         softmax_safe: the op may take the output of a skipped softmax (it keeps the value and its layout, or it
             is an argmax/max that checks the softmax's dim itself).
+        note: one short sentence, the op's cost or restriction on shares (the README's op table shows it, and an
+            :class:`UnsupportedOpError` the handler raises carries it; a test requires one for every op).
     """
     if family not in FAMILIES:
         raise ValueError(f"unknown op family {family!r}; expected one of {FAMILIES}")
@@ -59,6 +64,7 @@ def implements(*funcs: Callable, family: str, softmax_safe: bool = False):
         for f in funcs:
             OP_TABLE[f] = handler
             OP_FAMILY[f] = family
+            OP_NOTE[f] = note
             if softmax_safe:
                 ARGMAX_SAFE.add(f)
         return handler
@@ -153,13 +159,26 @@ class ShareTensor(torch.Tensor):
             raise UnsupportedOpError(
                 f"`{name}` has no secure implementation on secret shares. Supported: "
                 + "; ".join(f"{fam}: {', '.join(_short(n) for n in op_names(fam))}" for fam in FAMILIES if fam != "metadata")
-                + " (lightning_smpc.mpc.supported_ops() lists them)."
+                + " (lightning_smpc.mpc.supported_ops() lists them; the README's op table gives each one's cost "
+                "and restrictions)."
             )
-        return handler(*args, **kwargs)
+        try:
+            return handler(*args, **kwargs)
+        except UnsupportedOpError as e:  # a restriction of a supported op: say what the op does support
+            _add_op_note(e, func)
+            raise
 
     @classmethod
     def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
         raise UnsupportedOpError(f"`{func}` reached the dispatcher on secret shares; it has no secure implementation.")
+
+
+def _add_op_note(e: UnsupportedOpError, func: Callable) -> None:
+    """Attach ``func``'s note to ``e`` (shown under the traceback; Python >= 3.11). Only the innermost op that the
+    error passes through adds one (a handler may dispatch further ops)."""
+    note = OP_NOTE.get(func)
+    if note and hasattr(e, "add_note") and not getattr(e, "__notes__", None):
+        e.add_note(f"`{_short(_name(func))}` on shares: {note}")
 
 
 def _any_skipped(args, kwargs) -> bool:

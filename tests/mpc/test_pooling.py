@@ -33,13 +33,13 @@ seeds = st.integers(0, 2**31 - 1)
 @contextlib.contextmanager
 def maxpool_method(method: str):
     """Every window size uses ``method`` inside the block (the table is restored after)."""
-    saved = ops.MAXPOOL_DEFAULT, dict(ops.MAXPOOL_METHOD)
-    ops.MAXPOOL_DEFAULT = method
+    saved = ops.pooling.MAXPOOL_DEFAULT, dict(ops.MAXPOOL_METHOD)
+    ops.pooling.MAXPOOL_DEFAULT = method
     ops.MAXPOOL_METHOD.clear()
     try:
         yield
     finally:
-        ops.MAXPOOL_DEFAULT = saved[0]
+        ops.pooling.MAXPOOL_DEFAULT = saved[0]
         ops.MAXPOOL_METHOD.clear()
         ops.MAXPOOL_METHOD.update(saved[1])
 
