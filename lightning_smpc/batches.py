@@ -16,6 +16,7 @@ import torch
 __all__ = ["split_batch", "ClientLoader", "PlaceholderLoader", "PlaceholderBatch", "batch_header"]
 
 Key = Union[int, str]
+_NONE = object()
 _INPUT_KEYS = ("x", "input", "inputs", "image", "images")
 _TARGET_KEYS = ("y", "target", "targets", "label", "labels")
 
@@ -83,6 +84,11 @@ class PlaceholderBatch:
     def has_target(self) -> bool:
         return self.header["target"] is not None
 
+    @property
+    def next_same(self) -> bool:
+        """The client announced that the next batch has this batch's structure and shapes."""
+        return bool(self.header.get("next_same", False))
+
     def split(self):
         h = self.header
         if h["kind"] == "tensor":
@@ -114,7 +120,7 @@ def _decode(data: bytes) -> dict:
     shape = header.get("x_shape")
     if header.get("kind") not in ("tensor", "tuple", "list", "dict") or not isinstance(shape, list) or not all(
         isinstance(d, int) and d >= 0 for d in shape
-    ):
+    ) or not isinstance(header.get("next_same", False), bool):
         raise ValueError(f"malformed batch header {header!r}")
     return header
 
@@ -130,6 +136,7 @@ class ClientLoader:
         self.loader, self.announce = loader, announce
         self.input_key, self.target_key = input_key, target_key
         self.ended = False
+        self.next_same = False  # of the batch yielded last
         try:
             self.length = len(loader)
         except TypeError:
@@ -142,10 +149,19 @@ class ClientLoader:
         return self.length
 
     def __iter__(self) -> Iterator:
+        """One batch ahead: each header also says whether the next batch has the same structure and shapes
+        (``next_same``), so that the dealer can prepare the next batch's material while this one runs."""
         self.ended = False
-        for batch in self.loader:
-            self.announce(_encode(batch_header(batch, self.input_key, self.target_key)))
+        batches = iter(self.loader)
+        batch = next(batches, _NONE)
+        while batch is not _NONE:
+            following = next(batches, _NONE)
+            header = batch_header(batch, self.input_key, self.target_key)
+            header["next_same"] = following is not _NONE and batch_header(following, self.input_key, self.target_key) == header
+            self.next_same = header["next_same"]
+            self.announce(_encode(header))
             yield batch
+            batch = following
         self.end()
 
     def end(self) -> None:

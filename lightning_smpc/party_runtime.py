@@ -45,7 +45,7 @@ def join(cluster_environment, rank: int, parties: tuple[str, ...], crypto_provid
     """Start (or join) the process group of one run and authenticate every role; every rank calls this once."""
     names = tuple(parties) + (crypto_provider,)
     _init_dist_connection(cluster_environment, "gloo", rank, len(names), timeout=timedelta(seconds=timeout))
-    links = mpc_dist.establish_links(rank, len(names), names, roster=roster, identity=identity)
+    links = mpc_dist.establish_links(rank, len(names), names, roster=roster, identity=identity, timeout=timeout)
     return World(rank, tuple(parties), links)
 
 

@@ -1,11 +1,16 @@
-"""The offline/online schedule of the simulated runtime: the first batch's dealer requests are recorded (its
-plan); the material of the following full batches is generated ahead, at most ``ahead`` batches at a time."""
+"""The offline/online schedules: the first batch's dealer requests are recorded (its plan); the material of the
+following batches of the same shape is generated ahead.
+
+* simulated runtime (:class:`PreprocessSchedule`): into the dealer's store, at most ``ahead`` batches at a time;
+* parties as processes (:class:`StreamSchedule`): the dealer process streams the next batch's material while the
+  parties compute the current one, whenever the client announced that the next batch has the same shape.
+"""
 from __future__ import annotations
 
 import time
 from typing import Optional
 
-__all__ = ["PreprocessSchedule", "full_batches_after_first"]
+__all__ = ["PreprocessSchedule", "StreamSchedule", "full_batches_after_first"]
 
 
 class PreprocessSchedule:
@@ -69,3 +74,43 @@ def full_batches_after_first(trainer, batch_size: int) -> int:
     short_last = (n_items is not None and not drop_last and n_items % batch_size != 0
                   and n_batches >= -(-n_items // batch_size))
     return n_batches - 1 - int(short_last)
+
+
+class StreamSchedule:
+    """Parties as processes: record the plan on the first batch, then keep the dealer one batch ahead.
+
+    Every party calls the same hooks with the same ``next_same`` (from the client's batch header), so the
+    parties and the dealer process agree on what is streamed without further messages. The next batch's
+    material is requested when a batch starts (the first: when it ends), so the dealer process generates it
+    while the parties compute; a batch of another shape (a short last one) is served inline.
+    """
+
+    def __init__(self, session, enabled: bool) -> None:
+        self.session, self.enabled = session, enabled
+        self.batches_seen, self.recording = 0, False
+        self.plan: Optional[list] = None
+        self.next_same = False
+        self.seconds = 0.0
+
+    def before_batch(self, next_same: bool) -> None:
+        self.next_same = bool(next_same)
+        self.recording = self.enabled and self.batches_seen == 0
+        if self.recording:
+            self.session.record_plan()
+        elif self.plan and self.next_same:
+            self._stream()
+        self.batches_seen += 1
+
+    def after_batch(self, trainer=None, batch_size: int = 0) -> None:
+        if not self.recording:
+            return
+        self.recording = False
+        self.plan = self.session.dealer.stop_recording()
+        self.session.dealer.fallback_inline = True
+        if self.next_same:
+            self._stream()
+
+    def _stream(self) -> None:
+        t0 = time.perf_counter()
+        self.session.preprocess(self.plan, 1)
+        self.seconds += time.perf_counter() - t0

@@ -23,7 +23,7 @@ from . import folding, party_runtime
 from .batches import ClientLoader, PlaceholderBatch, PlaceholderLoader, split_batch
 from .forward import run_forward, shared_weights
 from .launcher import PartyLauncher
-from .preprocessing import PreprocessSchedule
+from .preprocessing import PreprocessSchedule, StreamSchedule
 from .mpc import Session, ShareTensor
 from .mpc.errors import PartyConfigError, SmpcError
 from .mpc.distributed import START_METHODS
@@ -60,10 +60,13 @@ class SecurePredictStrategy(ParallelStrategy):
             (default 0 and 1), a key for dicts (default "x"/"input"/"image" and "y"/"target"/"label").
             A bare tensor batch has no targets.
         preprocess: generate the dealer material for all full batches ahead of the online phase, from the
-            plan recorded on the first batch (offline/online split). ``False`` generates it inline.
-            Simulated runtime only (the distributed runtime generates material inline for now).
+            plan recorded on the first batch (offline/online split). ``False`` generates it inline. With
+            parties as processes, the dealer process streams the next batch's material while the parties
+            compute the current one (when the client's next batch has the same shape), and a request costs
+            no round trip to the dealer.
         preprocess_ahead: how many batches of dealer material the store holds at most (~120 MB per party
-            per 1000 MNIST images); it is refilled between batches, so memory stays bounded.
+            per 1000 MNIST images); it is refilled between batches, so memory stays bounded. (Parties as
+            processes: always one batch ahead.)
         seed: ``None`` (cryptographically secure) or an int for the deterministic *insecure* test PRG.
         model_owner / client: names used in the reveal ledger (simulated runtime).
         runtime: ``"simulated"`` (default: every party in this process — a demonstration) or ``"distributed"``
@@ -132,7 +135,7 @@ class SecurePredictStrategy(ParallelStrategy):
         self.reveal = reveal
         self.metrics: dict[str, Metric] = dict(metrics or {})
         self.input_key, self.target_key = input_key, target_key
-        self.preprocess = preprocess and runtime == "simulated"
+        self.preprocess = preprocess
         if preprocess_ahead < 1:
             raise ValueError(f"Expected `preprocess_ahead` to be a positive integer, but got {preprocess_ahead}.")
         self.preprocess_ahead = preprocess_ahead
@@ -303,7 +306,8 @@ class SecurePredictStrategy(ParallelStrategy):
         else:
             self.session = Session(self.parties, self.crypto_provider, self.precision_bits, self.compare_bits, self.seed, self.root_device,
                                    compare_digit_bits=self.compare_digit_bits)
-        self._schedule = PreprocessSchedule(self.session, self.preprocess, self.preprocess_ahead)
+        self._schedule = StreamSchedule(self.session, self.preprocess) if self.distributed else \
+            PreprocessSchedule(self.session, self.preprocess, self.preprocess_ahead)
         for name, metric in self.metrics.items():
             metric.to(self.root_device)
             metric.reset()
@@ -343,7 +347,10 @@ class SecurePredictStrategy(ParallelStrategy):
         if not isinstance(batch, PlaceholderBatch):
             batch = super().batch_to_device(batch, device, dataloader_idx)
         inputs, targets, rebuild = split_batch(batch, self.input_key, self.target_key)
-        self._schedule.before_batch()
+        if self.distributed:  # every party learns from the client's header whether the next batch looks alike
+            self._schedule.before_batch(inputs.next_same if isinstance(inputs, PlaceholderBatch) else self._client_loader.next_same)
+        else:
+            self._schedule.before_batch()
         shared_inputs = self._share_input(inputs, frac_bits=None)
         self._targets = None
         if targets is not None and self.metrics:
@@ -425,6 +432,8 @@ class SecurePredictStrategy(ParallelStrategy):
             "ledger": [(r.name, r.shape, r.to) for r in self.session.ledger],
             "online": self.session.comm.stats(),
             "offline": self.session.comm.stats(offline=True),
+            "dealer_requests": {k: getattr(self.session.dealer.times, k) for k in
+                                ("requests_inline", "requests_from_store", "store_discards")},
         }
 
     def _report(self, predictions: Any) -> dict:

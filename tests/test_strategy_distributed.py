@@ -46,7 +46,8 @@ Y = torch.randint(0, 4, (40,), generator=torch.Generator().manual_seed(2))
 
 
 def _run(runtime: str, n: int, reveal: str = "labels", model=None, **kwargs):
-    strategy = SecurePredictStrategy(parties=PARTIES[n], runtime=runtime, reveal=reveal, preprocess=False,
+    kwargs.setdefault("preprocess", False)
+    strategy = SecurePredictStrategy(parties=PARTIES[n], runtime=runtime, reveal=reveal,
                                      metrics={"accuracy": SecureAccuracy(num_classes=4)}, **kwargs)
     trainer = Trainer(strategy=strategy, logger=False, enable_progress_bar=False, enable_model_summary=False)
     out = trainer.predict(model or Tiny(), DataLoader(TensorDataset(X, Y), batch_size=16))
@@ -121,3 +122,52 @@ def test_no_fork_once_cuda_is_initialized(monkeypatch) -> None:
     assert resolve_start_method(None, 3) == "spawn"
     with pytest.raises(RuntimeError, match="start_method='spawn'"):
         resolve_start_method("fork", 3)
+
+
+class Uneven(Tiny):
+    """Its second batch runs one more ReLU than the others: the streamed plan no longer fits."""
+
+    def forward(self, x):
+        self.calls += 1
+        h = F.relu(self.fc1(x))
+        if self.calls == 2:
+            h = F.relu(h - 0.1)
+        return self.fc2(h)
+
+
+def _dealer_requests(strategy) -> dict:
+    return strategy.process_reports[0]["dealer_requests"]
+
+
+@pytest.mark.parametrize("n", [2, 3], ids=["2pc", "3pc"])
+def test_streamed_dealer_material_gives_the_same_results_as_the_simulated_runtime(n: int) -> None:
+    """preprocess=True: the dealer process streams the next batch's material (batches 16, 16, 8: the second is
+    streamed, the short third is served inline); same labels, metrics and online traffic as the simulated store."""
+    dist_strategy, dist_out = _run("distributed", n, preprocess=True)
+    sim_strategy, sim_out = _run("simulated", n, seed=0, preprocess=True, model_owner=PARTIES[n][0], client=PARTIES[n][-1])
+    assert torch.equal(torch.cat(dist_out), torch.cat(sim_out))
+    assert torch.equal(dist_strategy.revealed_metrics["accuracy"], sim_strategy.revealed_metrics["accuracy"])
+    assert dist_strategy.comm_stats() == sim_strategy.comm_stats()
+    requests = _dealer_requests(dist_strategy)
+    assert requests["requests_from_store"] > 0 and requests["store_discards"] == 0, requests
+    assert requests["requests_inline"] > requests["requests_from_store"]  # batches 1 and 3 inline, 2 streamed
+
+
+def test_a_batch_that_leaves_the_plan_drops_the_stream_and_goes_inline() -> None:
+    dist_strategy, dist_out = _run("distributed", 2, preprocess=True, model=Uneven())
+    sim_strategy, sim_out = _run("simulated", 2, seed=0, preprocess=True, model=Uneven(), model_owner="alice", client="bob")
+    assert torch.equal(torch.cat(dist_out), torch.cat(sim_out))
+    assert _dealer_requests(dist_strategy)["store_discards"] == 1
+    assert dist_strategy.comm_stats() == sim_strategy.comm_stats()
+
+
+def test_material_streamed_for_a_batch_that_never_comes_is_drained_at_the_end() -> None:
+    """limit_predict_batches=2 of three equal batches: the client announced a third one like the second, so its
+    material was streamed; the run still ends cleanly (the parties take and discard it before finishing)."""
+    strategy = SecurePredictStrategy(runtime="distributed", reveal="labels", metrics={"accuracy": SecureAccuracy(num_classes=4)})
+    trainer = Trainer(strategy=strategy, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                      limit_predict_batches=2)
+    out = trainer.predict(Tiny(), DataLoader(TensorDataset(torch.cat([X, X])[:48], torch.cat([Y, Y])[:48]), batch_size=16))
+    assert len(out) == 2 and strategy.revealed_counts["accuracy"][1] == 32
+    assert _dealer_requests(strategy)["requests_from_store"] > 0
+    assert multiprocessing.active_children() == []

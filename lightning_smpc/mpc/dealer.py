@@ -218,18 +218,27 @@ class TrustedDealer:
         into their material right away (``created`` maps mask ids of this repeat to their material).
         """
         t0 = time.perf_counter()
+        created: dict[int, Material] = {}
+        for i, req, mat in self.replay(plan, repeats):
+            if i == 0:
+                created = {}
+            created.update((cid, mat) for cid in mat.created)
+            if party_precompute is not None:
+                party_precompute(req, mat, created)
+            self._store.append((req, mat))
+        self.times.preprocess_seconds += time.perf_counter() - t0
+
+    def replay(self, plan: list[_PlanEntry], repeats: int):
+        """Generate the material of ``plan`` ``repeats`` times, yielding ``(index in plan, request, material)``
+        one request at a time: each repeat's requests refer to the masks that repeat created (ids remapped),
+        masks created before the plan keep their ids."""
         for _ in range(repeats):
             idmap: dict[int, int] = {}
-            created: dict[int, Material] = {}
-            for entry in plan:
+            for i, entry in enumerate(plan):
                 req = entry.request.remap(idmap)
                 mat = self._generate(req)
                 idmap.update(zip(entry.created, mat.created))
-                created.update((cid, mat) for cid in mat.created)
-                if party_precompute is not None:
-                    party_precompute(req, mat, created)
-                self._store.append((req, mat))
-        self.times.preprocess_seconds += time.perf_counter() - t0
+                yield i, req, mat
 
     @property
     def store_size(self) -> int:

@@ -50,6 +50,7 @@ import socket
 import sys
 import time
 import traceback
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -59,7 +60,7 @@ import torch.multiprocessing as mp
 
 from . import wire
 from .comm import Communicator
-from .dealer import TrustedDealer, _DealerTimes
+from .dealer import DealerStoreError, TrustedDealer, _DealerTimes, _PlanEntry
 from .material import DIGIT_BITS, Material
 from .errors import SmpcError
 from .links import Identity, LinkError, Links, Roster, handshake
@@ -156,7 +157,14 @@ class DistributedCommunicator(Communicator):
 
 
 # ---------------------------------------------------------------------------------------------- dealer transport
-_LEN_TAG, _REQ_TAG = "dealer/length", "dealer/request"
+_CTRL_TAG, _REQ_TAG = "dealer/control", "dealer/request"
+# The first party's control message to the dealer process: int64 [code, a, b]
+_END, _RECORD, _STREAM = 0, -1, -2  # code > 0: a request of `code` bytes follows (the inline path)
+_STREAM_DEPTH = 2  # repeats of streamed material the dealer keeps posted before it waits for the parties
+
+
+def _control(code: int, a: int = 0, b: int = 0) -> torch.Tensor:
+    return torch.tensor([code, a, b], dtype=torch.int64)
 
 
 class RemoteDealer:
@@ -165,6 +173,15 @@ class RemoteDealer:
     Every party encodes its own request (all parties run the same program) to derive its material layout;
     the material message is authenticated together with the request's digest, so a party whose request
     differs from the first party's fails with a :class:`~.links.LinkIntegrityError` instead of misreading.
+
+    **Streaming** (the same interface as :class:`~.dealer.TrustedDealer`'s preprocessing): :meth:`record`
+    and :meth:`stop_recording` capture one batch's requests (its plan, recorded by the dealer process too);
+    :meth:`preprocess` asks the dealer process to generate the plan's material ``repeats`` more times and
+    post it at once, without waiting for requests, while the parties compute. A request then takes the next
+    streamed message if it is the request the plan predicts (mask ids remapped to that repeat's), with no
+    round trip to the dealer. A request that differs (a batch of another shape) drops what was streamed: the
+    parties receive and discard the rest of it (all of them know its layout), then go inline
+    (``times.store_discards``), or raise :class:`~.dealer.DealerStoreError` unless :attr:`fallback_inline`.
     """
 
     def __init__(self, links: Links, parties: tuple[str, ...], dealer: str, compare_bits: int,
@@ -173,41 +190,180 @@ class RemoteDealer:
         self.party = self.parties.index(links.name)
         self.dealer_rank = links.index(dealer)
         self.times = _DealerTimes()
-        self.store_size = 0
         self.finished = False
+        self.fallback_inline = False
+        self._recording: list[_PlanEntry] | None = None
+        self._streamed: deque[tuple[int, list[_PlanEntry]]] = deque()  # (repeat's next index, plan) per repeat
+        self._idmap: dict[int, int] = {}  # plan's mask ids -> the current repeat's
+        self._told: list = []  # waits of the first party's posted messages to the dealer
 
+    # -------------------------------------------------------------------------- requests
     def request(self, req) -> Material:
         if self.finished:
             raise LinkError("The dealer was already told that this run is finished.")
         data = wire.encode_request(req, self.parties)
-        if self.party == 0:
-            self.links.send(self.dealer_rank, torch.tensor([len(data)], dtype=torch.int64), _LEN_TAG)
-            self.links.send(self.dealer_rank, torch.frombuffer(bytearray(data), dtype=torch.uint8), _REQ_TAG)
+        if self._streamed:
+            if self._predicted() == req:
+                self.times.requests_from_store += 1
+                return self._take_streamed(req, data)
+            if not self.fallback_inline:
+                raise DealerStoreError(
+                    f"Expected the online phase to ask for {self._predicted().kind} (next in the streamed plan), "
+                    f"but it asked for {req.kind}{req.params[:2]}.")
+            self.times.store_discards += 1
+            self.clear_store()
+        self._tell(_control(len(data)), _CTRL_TAG)
+        self._tell(torch.frombuffer(bytearray(data), dtype=torch.uint8), _REQ_TAG)
+        mat = self._receive(req, data)
+        self.times.requests_inline += 1
+        if self._recording is not None:
+            self._recording.append(_PlanEntry(req, mat.created))
+        return mat
+
+    def _receive(self, req, data: bytes) -> Material:
         layout = wire.material_layout(req, self.party, self.parties, self.compare_bits, self.digit_bits)
         tag = _material_tag(wire.request_digest(data), self.compare_bits, self.digit_bits)
-        tensors = self.links.recv_many(self.dealer_rank, layout.specs(), tag)
-        self.times.requests_inline += 1
-        return wire.material_from(layout, tensors)
+        return wire.material_from(layout, self.links.recv_many(self.dealer_rank, layout.specs(), tag))
+
+    def _predicted(self):
+        index, plan = self._streamed[0]
+        return plan[index].request.remap(self._idmap)
+
+    def _take_streamed(self, req, data: bytes) -> Material:
+        index, plan = self._streamed[0]
+        mat = self._receive(req, data)
+        self._idmap.update(zip(plan[index].created, mat.created))
+        if index + 1 < len(plan):
+            self._streamed[0] = (index + 1, plan)
+        else:  # this repeat is complete: the next one remaps from scratch
+            self._streamed.popleft()
+            self._idmap = {}
+        return mat
+
+    # -------------------------------------------------------------------------- plan and streaming
+    def record(self) -> None:
+        """Start recording the plan (the dealer process records the same requests)."""
+        self._tell(_control(_RECORD), _CTRL_TAG)
+        self._recording = []
+
+    def stop_recording(self) -> list[_PlanEntry]:
+        plan, self._recording = self._recording or [], None
+        return plan
+
+    def preprocess(self, plan: list[_PlanEntry], repeats: int, party_precompute=None) -> None:
+        """Have the dealer process stream the material of ``repeats`` more runs of ``plan`` (the plan recorded
+        last). The parties fold nothing ahead here (``party_precompute`` is unused): they take each message
+        when the online phase asks for it."""
+        if repeats <= 0 or not plan:
+            return
+        self._tell(_control(_STREAM, len(plan), repeats), _CTRL_TAG)
+        self._streamed.extend((0, plan) for _ in range(repeats))
+
+    @property
+    def store_size(self) -> int:
+        """Streamed messages not taken yet."""
+        return sum(len(plan) - index for index, plan in self._streamed)
+
+    def clear_store(self) -> None:
+        """Receive and discard everything streamed and not taken (its masks are never used: nothing leaks)."""
+        while self._streamed:
+            predicted = self._predicted()
+            self._take_streamed(predicted, wire.encode_request(predicted, self.parties))
 
     def finish(self) -> None:
-        """First party only: tell the dealer process that no more requests come (it returns its stats)."""
-        if self.party == 0 and not self.finished:
-            self.links.send(self.dealer_rank, torch.zeros(1, dtype=torch.int64), _LEN_TAG)
+        """Tell the dealer process that no more requests come (it returns its stats); the first party sends it."""
+        if self.finished:
+            return
+        self.clear_store()
+        self._tell(_control(_END), _CTRL_TAG)
+        for wait in self._told:
+            wait()
+        self._told.clear()
         self.finished = True
+
+    def _tell(self, message: torch.Tensor, tag: str) -> None:
+        """The first party's message to the dealer process, posted without waiting: the dealer may be busy
+        streaming (and waiting for the parties to take it), the first party must not block on it meanwhile."""
+        if self.party != 0:
+            return
+        self._told.append(self.links.post_many(self.dealer_rank, [message], tag, channel="control"))
+        while len(self._told) > 64:  # long taken: the dealer reads them in order
+            self._told.pop(0)()
 
     def forget(self, mask_id: int) -> None:  # the dealer process keeps its masks for the run
         pass
-
-    def record(self) -> None:
-        raise NotImplementedError("Preprocessing into a store is available in the simulated runtime only.")
-
-    stop_recording = preprocess = record
 
 
 def _material_tag(digest: str, compare_bits: int, digit_bits: int) -> str:
     """Bound into each material message's associated data: a party configured with another comparison range or
     digit size fails authentication at once (with seeds only, its layout would otherwise go unchecked)."""
     return f"material:{digest}:cb{compare_bits}:d{digit_bits}"
+
+
+class _DealerProcess:
+    """The crypto provider's side of :class:`RemoteDealer`: answers inline requests, records plans, streams."""
+
+    def __init__(self, links: Links, parties: tuple, dealer: TrustedDealer, compare_bits: int, digit_bits: int) -> None:
+        self.links, self.parties, self.dealer = links, parties, dealer
+        self.compare_bits, self.digit_bits = compare_bits, digit_bits
+        self.first = links.index(parties[0])
+        self.peers = [links.index(p) for p in parties]
+        self.recording: list[_PlanEntry] | None = None
+        self.plan: list[_PlanEntry] = []
+        self.posted: deque[list] = deque()  # per streamed repeat: the waits of its messages
+
+    def serve(self) -> None:
+        while True:
+            code, a, b = (int(v) for v in self.links.recv(self.first, (3,), torch.int64, _CTRL_TAG, channel="control"))
+            if code == _END:
+                self._settle(0)
+                return
+            if code == _RECORD:
+                self.recording = []
+            elif code == _STREAM:
+                self._stream(a, b)
+            elif 0 < code <= wire.MAX_REQUEST_BYTES:
+                data = self.links.recv(self.first, (code,), torch.uint8, _REQ_TAG, channel="control")
+                req = wire.decode_request(data, self.parties)
+                t0 = time.perf_counter()
+                mat = self.dealer._generate(req)
+                self.dealer.times.inline_seconds += time.perf_counter() - t0
+                self.dealer.times.requests_inline += 1
+                if self.recording is not None:
+                    self.recording.append(_PlanEntry(req, mat.created))
+                for wait in self._post(req, mat, data.numpy().tobytes()):
+                    wait()
+            else:
+                raise wire.WireError(f"Rejected dealer control message {[code, a, b]}: unknown code or a request "
+                                     f"length outside (0, {wire.MAX_REQUEST_BYTES}].")
+
+    def _stream(self, plan_len: int, repeats: int) -> None:
+        if self.recording is not None:  # the plan is what was recorded since the last RECORD
+            self.plan, self.recording = self.recording, None
+        if plan_len != len(self.plan) or not 0 < repeats <= 1 << 20:
+            raise wire.WireError(f"Rejected a stream of {repeats} repeats of a {plan_len}-request plan: the dealer "
+                                 f"recorded {len(self.plan)} requests.")
+        t0 = time.perf_counter()
+        waits: list = []
+        for i, req, mat in self.dealer.replay(self.plan, repeats):
+            if i == 0:
+                self._settle(_STREAM_DEPTH - 1)  # bounded: wait for the parties to take older repeats
+                waits = []
+                self.posted.append(waits)
+            waits += self._post(req, mat, wire.encode_request(req, self.parties))
+        self.dealer.times.preprocess_seconds += time.perf_counter() - t0
+
+    def _post(self, req, mat, data: bytes) -> list:
+        tag = _material_tag(wire.request_digest(data), self.compare_bits, self.digit_bits)
+        n = len(self.parties)
+        return [self.links.post_many(peer, wire.material_tensors(
+                    mat, wire.material_layout(req, i, self.parties, self.compare_bits, self.digit_bits), i, n), tag)
+                for i, peer in enumerate(self.peers)]
+
+    def _settle(self, keep: int) -> None:
+        while len(self.posted) > keep:
+            for wait in self.posted.popleft():
+                wait()
 
 
 def serve_dealer(
@@ -231,28 +387,11 @@ def serve_dealer(
     parties = tuple(parties)
     if links.name != crypto_provider:
         raise LinkError(f"serve_dealer runs on the crypto provider's rank ({crypto_provider!r}), not on {links.name!r}.")
-    first = links.index(parties[0])
-    peers = [links.index(p) for p in parties]
     accounting = Communicator(parties)
     dealer = TrustedDealer(crypto_provider, parties, make_prg(seed), accounting, compare_bits, "cpu",
                            compare_digit_bits)
-    n = len(parties)
-    while True:
-        length = int(links.recv(first, (1,), torch.int64, _LEN_TAG)[0])
-        if length == 0:
-            return accounting.stats(offline=True)
-        if not 0 < length <= wire.MAX_REQUEST_BYTES:
-            raise wire.WireError(f"Rejected dealer request: announced length {length} is outside (0, {wire.MAX_REQUEST_BYTES}].")
-        data = links.recv(first, (length,), torch.uint8, _REQ_TAG)
-        req = wire.decode_request(data, parties)
-        t0 = time.perf_counter()
-        mat = dealer._generate(req)
-        dealer.times.inline_seconds += time.perf_counter() - t0
-        dealer.times.requests_inline += 1
-        tag = _material_tag(wire.request_digest(data.numpy().tobytes()), compare_bits, compare_digit_bits)
-        for i, peer in enumerate(peers):
-            layout = wire.material_layout(req, i, parties, compare_bits, compare_digit_bits)
-            links.send_many(peer, wire.material_tensors(mat, layout, i, n), tag)
+    _DealerProcess(links, parties, dealer, compare_bits, compare_digit_bits).serve()
+    return accounting.stats(offline=True)
 
 
 def finish(session) -> None:
@@ -292,7 +431,7 @@ def _session_default(name: str):
 # ---------------------------------------------------------------------------------------------- public seam
 def establish_links(
     rank: int, world_size: int, names: Sequence[str], roster: Roster | str | None = None,
-    identity: Identity | None = None, group=None,
+    identity: Identity | None = None, group=None, timeout: float = DEFAULT_TIMEOUT,
 ) -> Links:
     """Authenticate every process and set up the encrypted pairwise links (call on every rank).
 
@@ -317,7 +456,7 @@ def establish_links(
         raise LinkError(f"Expected world_size == len(names), got {world_size} and {names}.")
     if isinstance(roster, (str, bytes)):
         roster = Roster.from_text(roster)
-    return handshake(rank, names, roster, identity, group)
+    return handshake(rank, names, roster, identity, group, datetime.timedelta(seconds=timeout))
 
 
 def party_session(links: Links, parties: Sequence[str], crypto_provider: str, group=None, **session_kwargs):
@@ -375,7 +514,7 @@ def _worker(rank, world, port, names, parties, crypto_provider, seed, timeout, r
                                 timeout=datetime.timedelta(seconds=timeout))
         _set_progress(progress, "the identity handshake")
         identity = Identity.from_pem(name, identity_pem) if identity_pem is not None else None
-        links = establish_links(rank, world, names, roster_text, identity)
+        links = establish_links(rank, world, names, roster_text, identity, timeout=timeout)
         links.on_op = lambda what: _set_progress(progress, what)
         if name == crypto_provider:
             result = serve_dealer(links, parties, crypto_provider, session_kwargs.get("compare_bits",

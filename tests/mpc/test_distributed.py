@@ -102,7 +102,10 @@ def job_dies(sess):
 
 
 def _spawned_children() -> list[int]:
-    """pids of live (or zombie) processes that this process spawned with multiprocessing."""
+    """pids of live (or zombie) processes that this process started with multiprocessing (spawned, or forked:
+    those share this process's command line)."""
+    with open(f"/proc/{os.getpid()}/cmdline", "rb") as f:
+        own = f.read()
     out = []
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
@@ -114,7 +117,7 @@ def _spawned_children() -> list[int]:
                 cmd = f.read()
         except OSError:
             continue
-        if ppid == os.getpid() and b"spawn_main" in cmd:
+        if ppid == os.getpid() and (b"spawn_main" in cmd or cmd == own):
             out.append(int(pid))
     return out
 
