@@ -418,7 +418,7 @@ class _Runtime:
     def communicator(self, parties, record_views):
         return DistributedCommunicator(parties, self.links, record_views)
 
-    def dealer(self):
+    def dealer(self, comm=None):
         return RemoteDealer(self.links, self.parties, self.crypto_provider, self.compare_bits, self.digit_bits)
 
 

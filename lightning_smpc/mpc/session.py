@@ -9,8 +9,8 @@ import torch
 from . import protocols as P
 from . import ops as _ops
 from . import transforms
-from .comm import Communicator
-from .dealer import DIGIT_BITS, DIGIT_CHOICES, TrustedDealer
+from .dealer import DIGIT_BITS, DIGIT_CHOICES
+from .runtime import DealerHandle, Runtime, SimulatedRuntime, Transport
 from .encoding import FixedPointEncoder
 from .errors import PartyConfigError, RevealNotAllowedError, SessionMismatchError
 from .mask import Mask, MaskHandle
@@ -52,6 +52,8 @@ class Session:
             (insecure) test generator.
         device: where shares live (``"cpu"`` or a CUDA device).
         record_views: keep every value each party learned (honesty tests).
+        runtime: a :class:`~.runtime.Runtime`; ``None``: :class:`~.runtime.SimulatedRuntime` (every party here).
+            :func:`~.distributed.party_session` passes the per-process one.
 
     Example:
         >>> import torch
@@ -101,18 +103,16 @@ class Session:
         self.compare_digit_bits = compare_digit_bits
         self.device = torch.device(device)
         self.prg = make_prg(seed)
-        if runtime is None:  # simulated: all parties (and the dealer) in this process
-            self.comm = Communicator(parties, record_views=record_views)
-            self.dealer = TrustedDealer(crypto_provider, parties, self.prg, self.comm, compare_bits, self.device,
-                                        compare_digit_bits)
-            self.local_party = None
-        else:  # one party per process (lightning_smpc.mpc.distributed)
-            self.comm, self.dealer = runtime.communicator(parties, record_views), runtime.dealer()
-            self.local_party = parties[runtime.rank]
+        if runtime is None:  # all parties (and the dealer) in this process
+            runtime = SimulatedRuntime(parties, crypto_provider, self.prg, compare_bits, self.device, compare_digit_bits)
+        self.runtime: Runtime = runtime  # the seam (lightning_smpc.mpc.runtime): protocols cannot tell which
+        self.comm: Transport = runtime.communicator(parties, record_views)
+        self.dealer: DealerHandle = runtime.dealer(self.comm)
+        self.local_party = None if runtime.rank is None else parties[runtime.rank]
         self.ledger: list[RevealRecord] = []
         # Row 0 of every local share tensor belongs to the first party, which alone adds public constants.
         # In the simulated runtime all rows are here; in a per-process runtime only that party's process says True.
-        self.holds_first = runtime is None or runtime.rank == 0
+        self.holds_first = runtime.rank in (None, 0)
         self.op_seconds: dict[str, float] = {}
         self._opened_masks: weakref.WeakValueDictionary = weakref.WeakValueDictionary()  # id -> Mask (parties' view)  # wall time per protocol (dealer work included when inline)
 

@@ -1,0 +1,106 @@
+"""The runtime seam: what a protocol may use of the runtime it runs on, whichever that is.
+
+A :class:`~.session.Session` is built on a :class:`Runtime`: :class:`SimulatedRuntime` (every party and the
+dealer in this process) or the per-process runtime of :mod:`.distributed` (this process is one compute party;
+the dealer is another process). Protocols reach the runtime only through the session's :class:`Transport`
+(``sess.comm``), its :class:`DealerHandle` (``sess.dealer``) and ``sess.holds_first``; they cannot tell which
+runtime they run on. ``tests/mpc/test_runtime_seam.py`` checks that both runtimes implement every member.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Optional, Protocol, runtime_checkable
+
+import torch
+
+from .material import Material, Request
+
+__all__ = ["Transport", "DealerHandle", "Runtime", "SimulatedRuntime"]
+
+
+@runtime_checkable
+class Transport(Protocol):
+    """Moves shares between the parties and counts the protocol's traffic (``sess.comm``).
+
+    Each call is one round; local share tensors carry a leading party axis (all parties in the simulated
+    runtime, this process's one party otherwise).
+    """
+
+    rounds: int
+
+    def open(self, items: list[tuple[torch.Tensor, str, int]], tag: str) -> list[torch.Tensor]:
+        """Open masked values to every party: ``(shares, "arith" | "xor", bits)`` each; one round for all."""
+
+    def reveal_to(self, shares: torch.Tensor, to: tuple[str, ...], tag: str, outside: Optional[str] = None) -> torch.Tensor:
+        """Reveal to the named receivers only (the others get nothing)."""
+
+    def broadcast_input(self, sender: str, value: torch.Tensor, tag: str, bits: int = 64) -> torch.Tensor:
+        """An input owner's masked value, from the owner to every party."""
+
+    def stats(self, offline: bool = False) -> dict[str, dict[str, int]]:
+        """Per party: rounds, messages, bytes sent and received (online, or the dealer's offline traffic)."""
+
+
+@runtime_checkable
+class DealerHandle(Protocol):
+    """The parties' access to the crypto provider's correlated randomness (``sess.dealer``)."""
+
+    fallback_inline: bool
+    times: Any
+
+    def request(self, req: Request) -> Material:
+        """This process's material for ``req`` (from what was prepared ahead if it matches, else generated now)."""
+
+    def record(self) -> None:
+        """Start recording the requests of the next computation (its plan)."""
+
+    def stop_recording(self) -> list:
+        """Stop recording; returns the plan."""
+
+    def preprocess(self, plan: list, repeats: int, party_precompute: Optional[Callable] = None) -> None:
+        """Prepare the material of ``repeats`` more runs of ``plan`` ahead of the requests."""
+
+    @property
+    def store_size(self) -> int:
+        """Prepared requests not taken yet."""
+
+    def clear_store(self) -> None:
+        """Drop what was prepared and not taken (its masks are never used)."""
+
+    def forget(self, mask_id: int) -> None:
+        """The parties no longer need the mask ``mask_id``."""
+
+
+@runtime_checkable
+class Runtime(Protocol):
+    """Where a session runs: which party this process plays (``rank``; ``None``: all of them, simulated),
+    its transport and its dealer."""
+
+    @property
+    def rank(self) -> Optional[int]:
+        """This process's party index, or ``None`` when this process holds every party's share."""
+
+    def communicator(self, parties: tuple[str, ...], record_views: bool) -> Transport: ...
+
+    def dealer(self, comm: Transport) -> DealerHandle: ...
+
+
+class SimulatedRuntime:
+    """Every party and the dealer in this process (a demonstration with exact traffic accounting)."""
+
+    rank = None
+
+    def __init__(self, parties: tuple[str, ...], crypto_provider: str, prg, compare_bits: int, device,
+                 digit_bits: int) -> None:
+        self.parties, self.crypto_provider, self.prg = tuple(parties), crypto_provider, prg
+        self.compare_bits, self.device, self.digit_bits = compare_bits, device, digit_bits
+
+    def communicator(self, parties: tuple[str, ...], record_views: bool) -> Transport:
+        from .comm import Communicator
+
+        return Communicator(parties, record_views=record_views)
+
+    def dealer(self, comm: Transport) -> DealerHandle:
+        from .dealer import TrustedDealer
+
+        return TrustedDealer(self.crypto_provider, self.parties, self.prg, comm, self.compare_bits, self.device,
+                             self.digit_bits)
