@@ -9,6 +9,7 @@ the run on every party, however the client's loop stopped (exhausted, ``limit_pr
 from __future__ import annotations
 
 import json
+from collections import deque
 from typing import Any, Callable, Iterator, Mapping, Optional, Sequence, Union
 
 import torch
@@ -132,11 +133,11 @@ class ClientLoader:
     prefetches alike (Lightning fetches one batch ahead when the length is unknown).
     """
 
-    def __init__(self, loader, announce: Callable[[bytes], None], input_key, target_key) -> None:
-        self.loader, self.announce = loader, announce
+    def __init__(self, loader, announce: Callable[[bytes], None], input_key, target_key, read_ahead: bool = True) -> None:
+        self.loader, self.announce, self.read_ahead = loader, announce, read_ahead
         self.input_key, self.target_key = input_key, target_key
         self.ended = False
-        self.next_same = False  # of the batch yielded last
+        self._next_same: deque[bool] = deque()  # per yielded batch not yet taken (Lightning may prefetch one)
         try:
             self.length = len(loader)
         except TypeError:
@@ -149,20 +150,26 @@ class ClientLoader:
         return self.length
 
     def __iter__(self) -> Iterator:
-        """One batch ahead: each header also says whether the next batch has the same structure and shapes
-        (``next_same``), so that the dealer can prepare the next batch's material while this one runs."""
+        """With ``read_ahead``, one batch ahead: each header also says whether the next batch has the same
+        structure and shapes (``next_same``), so that the dealer can prepare the next batch's material while this
+        one runs (the other parties learn that bit one batch earlier; without it, ``next_same`` is False)."""
         self.ended = False
         batches = iter(self.loader)
         batch = next(batches, _NONE)
         while batch is not _NONE:
-            following = next(batches, _NONE)
+            following = next(batches, _NONE) if self.read_ahead else _NONE
             header = batch_header(batch, self.input_key, self.target_key)
             header["next_same"] = following is not _NONE and batch_header(following, self.input_key, self.target_key) == header
-            self.next_same = header["next_same"]
+            self._next_same.append(header["next_same"])
             self.announce(_encode(header))
             yield batch
-            batch = following
+            batch = following if self.read_ahead else next(batches, _NONE)
         self.end()
+
+    def take_next_same(self) -> bool:
+        """``next_same`` of the oldest yielded batch not taken yet: the batch now being processed (Lightning's
+        fetcher may already have read the one after it, when the loader has no length)."""
+        return self._next_same.popleft()
 
     def end(self) -> None:
         """Tell the other parties that no batch follows (idempotent; also after an early stop)."""

@@ -77,29 +77,30 @@ def full_batches_after_first(trainer, batch_size: int) -> int:
 
 
 class StreamSchedule:
-    """Parties as processes: record the plan on the first batch, then keep the dealer one batch ahead.
+    """Parties as processes: keep the dealer process one batch ahead for runs of batches of the same shape.
 
-    Every party calls the same hooks with the same ``next_same`` (from the client's batch header), so the
-    parties and the dealer process agree on what is streamed without further messages. The next batch's
-    material is requested when a batch starts (the first: when it ends), so the dealer process generates it
-    while the parties compute; a batch of another shape (a short last one) is served inline.
+    Every party calls the same hooks with the same ``next_same`` (from the client's header of this batch), so
+    the parties and the dealer process agree on what is streamed without further messages. A batch whose
+    material was not streamed and whose successor has its shape is recorded as the plan; the successor's
+    material is requested when it ends, and from then on each batch asks for the next one's when it starts,
+    so the dealer process generates it while the parties compute. A batch of another shape (a short last one,
+    or one that left the plan) is served inline, and the next run of same-shaped batches records a new plan.
     """
 
     def __init__(self, session, enabled: bool) -> None:
         self.session, self.enabled = session, enabled
-        self.batches_seen, self.recording = 0, False
+        self.recording, self.next_same = False, False
         self.plan: Optional[list] = None
-        self.next_same = False
         self.seconds = 0.0
 
     def before_batch(self, next_same: bool) -> None:
-        self.next_same = bool(next_same)
-        self.recording = self.enabled and self.batches_seen == 0
+        self.next_same = bool(next_same) and self.enabled
+        streamed = self.session.dealer.store_size > 0  # this batch's material is on its way
+        self.recording = self.next_same and not streamed
         if self.recording:
             self.session.record_plan()
-        elif self.plan and self.next_same:
+        elif streamed and self.next_same:
             self._stream()
-        self.batches_seen += 1
 
     def after_batch(self, trainer=None, batch_size: int = 0) -> None:
         if not self.recording:
@@ -107,8 +108,7 @@ class StreamSchedule:
         self.recording = False
         self.plan = self.session.dealer.stop_recording()
         self.session.dealer.fallback_inline = True
-        if self.next_same:
-            self._stream()
+        self._stream()
 
     def _stream(self) -> None:
         t0 = time.perf_counter()

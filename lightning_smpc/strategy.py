@@ -336,7 +336,7 @@ class SecurePredictStrategy(ParallelStrategy):
             return []
         if self.session.local_party == self.client_party:  # only the client's process reads the data
             self._client_loader = ClientLoader(dataloader, lambda data: party_runtime.announce(self._world, data),
-                                               self.input_key, self.target_key)
+                                               self.input_key, self.target_key, read_ahead=self.preprocess)
             return self._client_loader
         self._client_loader = PlaceholderLoader(lambda: party_runtime.receive(self._world, self.parties.index(self.client_party)))
         return self._client_loader
@@ -348,7 +348,7 @@ class SecurePredictStrategy(ParallelStrategy):
             batch = super().batch_to_device(batch, device, dataloader_idx)
         inputs, targets, rebuild = split_batch(batch, self.input_key, self.target_key)
         if self.distributed:  # every party learns from the client's header whether the next batch looks alike
-            self._schedule.before_batch(inputs.next_same if isinstance(inputs, PlaceholderBatch) else self._client_loader.next_same)
+            self._schedule.before_batch(inputs.next_same if isinstance(inputs, PlaceholderBatch) else self._client_loader.take_next_same())
         else:
             self._schedule.before_batch()
         shared_inputs = self._share_input(inputs, frac_bits=None)

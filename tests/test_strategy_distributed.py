@@ -171,3 +171,32 @@ def test_material_streamed_for_a_batch_that_never_comes_is_drained_at_the_end() 
     assert len(out) == 2 and strategy.revealed_counts["accuracy"][1] == 32
     assert _dealer_requests(strategy)["requests_from_store"] > 0
     assert multiprocessing.active_children() == []
+
+
+class _Batches(torch.utils.data.IterableDataset):
+    """Pre-made batches of the given sizes, without a length (Lightning then fetches one batch ahead)."""
+
+    def __init__(self, sizes) -> None:
+        self.sizes = sizes
+
+    def __iter__(self):
+        start = 0
+        for k in self.sizes:
+            yield X[start:start + k], Y[start:start + k]
+            start += k
+
+
+@pytest.mark.parametrize("sizes", [(8, 8, 4, 8, 8), (4, 8, 8, 8)], ids=["iterable-mixed", "odd-first-batch"])
+def test_runs_of_same_shaped_batches_are_streamed_wherever_they_start(sizes) -> None:
+    """Each party takes ``next_same`` of the batch it is processing (not of one Lightning already prefetched),
+    and a run of same-shaped batches after an odd one records its own plan: same labels as the simulated
+    runtime, streamed material, nothing discarded."""
+    outs, strategies = [], []
+    for runtime, extra in (("distributed", {}), ("simulated", {"seed": 0, "model_owner": "alice", "client": "bob"})):
+        strategy = SecurePredictStrategy(runtime=runtime, reveal="labels", metrics={"accuracy": SecureAccuracy(num_classes=4)}, **extra)
+        trainer = Trainer(strategy=strategy, logger=False, enable_progress_bar=False, enable_model_summary=False)
+        outs.append(torch.cat(trainer.predict(Tiny(), DataLoader(_Batches(sizes), batch_size=None))))
+        strategies.append(strategy)
+    assert torch.equal(outs[0], outs[1])
+    requests = _dealer_requests(strategies[0])
+    assert requests["requests_from_store"] > 0 and requests["store_discards"] == 0, requests

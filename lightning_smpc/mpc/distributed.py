@@ -159,7 +159,7 @@ class DistributedCommunicator(Communicator):
 # ---------------------------------------------------------------------------------------------- dealer transport
 _CTRL_TAG, _REQ_TAG = "dealer/control", "dealer/request"
 # The first party's control message to the dealer process: int64 [code, a, b]
-_END, _RECORD, _STREAM = 0, -1, -2  # code > 0: a request of `code` bytes follows (the inline path)
+_END, _RECORD, _STREAM, _STOP = 0, -1, -2, -3  # code > 0: a request of `code` bytes follows (the inline path)
 _STREAM_DEPTH = 2  # repeats of streamed material the dealer keeps posted before it waits for the parties
 
 
@@ -194,6 +194,7 @@ class RemoteDealer:
         self.fallback_inline = False
         self._recording: list[_PlanEntry] | None = None
         self._streamed: deque[tuple[int, list[_PlanEntry]]] = deque()  # (repeat's next index, plan) per repeat
+        self._posted: deque = deque()  # the receives of the streamed messages, posted when they were asked for
         self._idmap: dict[int, int] = {}  # plan's mask ids -> the current repeat's
         self._told: list = []  # waits of the first party's posted messages to the dealer
 
@@ -231,7 +232,9 @@ class RemoteDealer:
 
     def _take_streamed(self, req, data: bytes) -> Material:
         index, plan = self._streamed[0]
-        mat = self._receive(req, data)
+        layout = wire.material_layout(req, self.party, self.parties, self.compare_bits, self.digit_bits)
+        tag = _material_tag(wire.request_digest(data), self.compare_bits, self.digit_bits)
+        mat = wire.material_from(layout, self.links.take(self._posted.popleft(), tag))
         self._idmap.update(zip(plan[index].created, mat.created))
         if index + 1 < len(plan):
             self._streamed[0] = (index + 1, plan)
@@ -247,6 +250,8 @@ class RemoteDealer:
         self._recording = []
 
     def stop_recording(self) -> list[_PlanEntry]:
+        """Stop recording (the dealer process stops at the same request); returns the plan."""
+        self._tell(_control(_STOP), _CTRL_TAG)
         plan, self._recording = self._recording or [], None
         return plan
 
@@ -258,6 +263,13 @@ class RemoteDealer:
             return
         self._tell(_control(_STREAM, len(plan), repeats), _CTRL_TAG)
         self._streamed.extend((0, plan) for _ in range(repeats))
+        # the receives are posted now (message sizes follow from the plan's shapes): the dealer's sends complete
+        # as soon as it generated them, and no send waits for the parties' compute
+        for _ in range(repeats):
+            for entry in plan:
+                specs = wire.material_layout(entry.request, self.party, self.parties, self.compare_bits,
+                                             self.digit_bits).specs()
+                self._posted.append(self.links.post_recv_many(self.dealer_rank, specs))
 
     @property
     def store_size(self) -> int:
@@ -320,6 +332,8 @@ class _DealerProcess:
                 return
             if code == _RECORD:
                 self.recording = []
+            elif code == _STOP:
+                self.plan, self.recording = self.recording or [], None
             elif code == _STREAM:
                 self._stream(a, b)
             elif 0 < code <= wire.MAX_REQUEST_BYTES:
@@ -338,8 +352,6 @@ class _DealerProcess:
                                      f"length outside (0, {wire.MAX_REQUEST_BYTES}].")
 
     def _stream(self, plan_len: int, repeats: int) -> None:
-        if self.recording is not None:  # the plan is what was recorded since the last RECORD
-            self.plan, self.recording = self.recording, None
         if plan_len != len(self.plan) or not 0 < repeats <= 1 << 20:
             raise wire.WireError(f"Rejected a stream of {repeats} repeats of a {plan_len}-request plan: the dealer "
                                  f"recorded {len(self.plan)} requests.")

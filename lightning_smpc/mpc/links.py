@@ -324,6 +324,9 @@ def handshake(
 
 
 CHANNELS = ("main", "control")  # "control": the first party's messages to the dealer, which streams on "main"
+# The dealer waits on "control" while the parties compute a whole streamed batch: that wait may last longer than
+# one operation (a hung party is still found within the timeout by the other parties, on "main").
+CONTROL_TIMEOUT_FACTOR = 10
 
 
 def _pair_channels(world: int, group, timeout: datetime.timedelta) -> dict:
@@ -336,7 +339,8 @@ def _pair_channels(world: int, group, timeout: datetime.timedelta) -> dict:
     for channel in CHANNELS:
         for i in range(world):
             for j in range(i + 1, world):
-                channels[(channel, i, j)] = dist.new_group([ranks[i], ranks[j]], timeout=timeout, backend="gloo")
+                wait = timeout * (CONTROL_TIMEOUT_FACTOR if channel == "control" else 1)
+                channels[(channel, i, j)] = dist.new_group([ranks[i], ranks[j]], timeout=wait, backend="gloo")
     return {"ranks": ranks, "groups": channels}
 
 
@@ -576,6 +580,23 @@ class Links:
             self._stats.transfer_seconds += time.perf_counter() - t0
 
         return wait
+
+    def post_recv_many(self, src: int | str, specs: Sequence[tuple[tuple, torch.dtype]], channel: str = "main"):
+        """Post the receive of one :meth:`send_many` / :meth:`post_many` message now (so the sender is not kept
+        waiting); :meth:`take` waits for it and authenticates it. Messages from ``src`` are taken in order."""
+        src = self.index(src)
+        buf = torch.empty(self._wire_size(list(specs)), dtype=torch.uint8)
+        return src, buf, list(specs), self._post(src, self.rank, buf, channel)
+
+    def take(self, posted, tag: str) -> list[torch.Tensor]:
+        """The tensors of a message posted by :meth:`post_recv_many` (its ``tag`` is checked only now)."""
+        src, buf, specs, work = posted
+        self._progress(f"sending/receiving {tag!r} with {self.names[src]}")
+        t0 = time.perf_counter()
+        if work is not None:
+            work.wait()
+        self._stats.transfer_seconds += time.perf_counter() - t0
+        return self._open(src, buf, specs, tag)
 
     def recv_many(self, src: int | str, specs: Sequence[tuple[tuple, torch.dtype]], tag: str,
                   channel: str = "main") -> list[torch.Tensor]:
