@@ -20,7 +20,7 @@ from lightning.pytorch.strategies.launchers.launcher import _Launcher
 from lightning.pytorch.strategies.launchers.multiprocessing import _GlobalStateSnapshot
 from lightning.pytorch.trainer.states import TrainerStatus
 
-from .mpc.distributed import PartyProcessError, _abort, _from_bytes, _stop, _to_bytes, resolve_start_method
+from .mpc.distributed import PartyProcessError, _abort, _drain, _stop, _to_bytes, resolve_start_method
 
 __all__ = ["PartyLauncher", "PartyProcessError", "resolve_start_method"]
 
@@ -72,12 +72,7 @@ class PartyLauncher(_Launcher):
         errors: dict[int, str] = {}
         last_news = time.monotonic()
         while len(reports) < world:
-            while not results.empty():
-                rank, payload, error = results.get()
-                if error is not None:
-                    errors[rank] = error
-                else:
-                    reports[rank] = _from_bytes(payload)
+            if _drain(results, reports, errors):
                 last_news = time.monotonic()
             silent = [r for r, p in enumerate(self.procs) if p.exitcode is not None and r not in reports and r not in errors]
             if errors or silent:
@@ -93,15 +88,9 @@ class PartyLauncher(_Launcher):
         """After a first failure, give the other processes a moment to exit or report theirs (to find the cause)."""
         t_end = time.monotonic() + wait_s
         while time.monotonic() < t_end and any(p.exitcode is None for p in self.procs):
-            while not results.empty():
-                rank, payload, error = results.get()
-                if error is not None:
-                    errors[rank] = error
+            _drain(results, {}, errors)  # only the errors matter now
             time.sleep(0.05)
-        while not results.empty():
-            rank, payload, error = results.get()
-            if error is not None:
-                errors[rank] = error
+        _drain(results, {}, errors)
 
     def _failure(self, reports: dict, errors: dict) -> str:
         """Name the role that caused the failure: one that died without a word first, else one whose error was

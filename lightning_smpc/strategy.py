@@ -26,7 +26,7 @@ from .launcher import PartyLauncher
 from .preprocessing import PreprocessSchedule, StreamSchedule
 from .mpc import Session, ShareTensor
 from .mpc.errors import PartyConfigError, SmpcError
-from .mpc.distributed import START_METHODS
+from .mpc.distributed import check_start_method
 from .mpc.material import DIGIT_BITS
 from .validate import validate_module
 
@@ -154,8 +154,7 @@ class SecurePredictStrategy(ParallelStrategy):
             raise PartyConfigError("Pass both `roster` (every role's public key) and `identity` (this process's "
                                    "private key), or neither (one machine: fresh keys per run).")
         self.roster, self.identity = roster, identity
-        if start_method is not None and start_method not in START_METHODS:
-            raise ValueError(f"Expected `start_method` to be one of {START_METHODS} or None, but got {start_method!r}.")
+        check_start_method(start_method)
         self.start_method = start_method
         self._num_nodes = 1
         self.session: Optional[Session] = None

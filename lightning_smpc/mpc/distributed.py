@@ -68,7 +68,7 @@ from .prg import make_prg
 
 __all__ = [
     "run_parties", "establish_links", "party_session", "serve_dealer", "finish", "DistributedCommunicator",
-    "RemoteDealer", "PartyProcessError", "DEFAULT_TIMEOUT", "START_METHODS", "resolve_start_method",
+    "RemoteDealer", "PartyProcessError", "DEFAULT_TIMEOUT", "START_METHODS", "check_start_method", "resolve_start_method",
 ]
 
 DEFAULT_TIMEOUT = 60.0  # seconds per operation (gloo's own default under Lightning/torch is 1800 s)
@@ -221,10 +221,15 @@ class RemoteDealer:
             self._recording.append(_PlanEntry(req, mat.created))
         return mat
 
+    def _layout(self, req):
+        return wire.material_layout(req, self.party, self.parties, self.compare_bits, self.digit_bits)
+
+    def _tag(self, data: bytes) -> str:
+        return _material_tag(wire.request_digest(data), self.compare_bits, self.digit_bits)
+
     def _receive(self, req, data: bytes) -> Material:
-        layout = wire.material_layout(req, self.party, self.parties, self.compare_bits, self.digit_bits)
-        tag = _material_tag(wire.request_digest(data), self.compare_bits, self.digit_bits)
-        return wire.material_from(layout, self.links.recv_many(self.dealer_rank, layout.specs(), tag))
+        layout = self._layout(req)
+        return wire.material_from(layout, self.links.recv_many(self.dealer_rank, layout.specs(), self._tag(data)))
 
     def _predicted(self):
         index, plan = self._streamed[0]
@@ -232,9 +237,7 @@ class RemoteDealer:
 
     def _take_streamed(self, req, data: bytes) -> Material:
         index, plan = self._streamed[0]
-        layout = wire.material_layout(req, self.party, self.parties, self.compare_bits, self.digit_bits)
-        tag = _material_tag(wire.request_digest(data), self.compare_bits, self.digit_bits)
-        mat = wire.material_from(layout, self.links.take(self._posted.popleft(), tag))
+        mat = wire.material_from(self._layout(req), self.links.take(self._posted.popleft(), self._tag(data)))
         self._idmap.update(zip(plan[index].created, mat.created))
         if index + 1 < len(plan):
             self._streamed[0] = (index + 1, plan)
@@ -265,11 +268,9 @@ class RemoteDealer:
         self._streamed.extend((0, plan) for _ in range(repeats))
         # the receives are posted now (message sizes follow from the plan's shapes): the dealer's sends complete
         # as soon as it generated them, and no send waits for the parties' compute
+        specs = [self._layout(entry.request).specs() for entry in plan]
         for _ in range(repeats):
-            for entry in plan:
-                specs = wire.material_layout(entry.request, self.party, self.parties, self.compare_bits,
-                                             self.digit_bits).specs()
-                self._posted.append(self.links.post_recv_many(self.dealer_rank, specs))
+            self._posted.extend(self.links.post_recv_many(self.dealer_rank, s) for s in specs)
 
     @property
     def store_size(self) -> int:
@@ -503,6 +504,20 @@ def _from_bytes(data: bytes) -> Any:
     return torch.load(io.BytesIO(data), weights_only=False)
 
 
+def _drain(results, reports: dict, errors: dict) -> bool:
+    """Move every ``(rank, payload, error)`` waiting in ``results`` into ``reports`` (decoded) or ``errors``;
+    True when anything arrived."""
+    arrived = False
+    while not results.empty():
+        rank, payload, error = results.get()
+        if error is not None:
+            errors[rank] = error
+        else:
+            reports[rank] = _from_bytes(payload)
+        arrived = True
+    return arrived
+
+
 def _set_progress(arr, text: str) -> None:
     raw = text.encode("utf-8", "replace")[: len(arr) - 1]
     arr.value = raw
@@ -517,7 +532,7 @@ def _abort() -> None:
 
 
 def _worker(rank, world, port, names, parties, crypto_provider, seed, timeout, roster_text, identity_pem,
-            session_kwargs, fn, results, progress, method="spawn") -> None:
+            session_kwargs, fn, results, progress) -> None:
     torch.set_num_threads(1)  # also what a forked child needs (see resolve_start_method)
     name = names[rank]
     _set_progress(progress, "starting the process group")
@@ -553,6 +568,11 @@ def _worker(rank, world, port, names, parties, crypto_provider, seed, timeout, r
 START_METHODS = ("fork", "spawn", "forkserver")
 
 
+def check_start_method(requested: str | None) -> None:
+    if requested is not None and requested not in START_METHODS:
+        raise ValueError(f"Expected `start_method` to be one of {START_METHODS} or None, but got {requested!r}.")
+
+
 def resolve_start_method(requested: str | None, num_processes: int) -> str:
     """The ``multiprocessing`` start method for the role processes.
 
@@ -562,8 +582,7 @@ def resolve_start_method(requested: str | None, num_processes: int) -> str:
     roles run one intra-op thread each. ``None`` picks ``fork`` where that costs nothing: on Linux, CUDA not
     initialized in this process, and at most one core per role anyway; otherwise ``spawn``.
     """
-    if requested is not None and requested not in START_METHODS:
-        raise ValueError(f"Expected `start_method` to be one of {START_METHODS} or None, but got {requested!r}.")
+    check_start_method(requested)
     cuda_ready = torch.cuda.is_available() and torch.cuda.is_initialized()
     if requested == "fork" and cuda_ready:
         raise RuntimeError("Cannot fork the role processes: CUDA is already initialized in this process. "
@@ -632,7 +651,7 @@ def run_parties(
     procs = [
         ctx.Process(target=_worker, name=f"lightning_smpc-{n}", args=(
             r, world, port, names, parties, crypto_provider, seed, timeout, roster, pems.get(n), session_kwargs, fn,
-            results, progress[r], method))
+            results, progress[r]))
         for r, n in enumerate(names)
     ]
     got: dict[int, Any] = {}
@@ -642,12 +661,7 @@ def run_parties(
             p.start()
         failed_at, grace = None, min(timeout, _FAILURE_GRACE)
         while len(got) < world:
-            if not results.empty():
-                rank, payload, error = results.get()
-                if error is not None:
-                    errors[rank] = error
-                else:
-                    got[rank] = _from_bytes(payload)
+            if _drain(results, got, errors):
                 continue
             now = time.monotonic()
             if failed_at is None:
@@ -659,10 +673,7 @@ def run_parties(
         if len(got) < world:
             codes = [p.exitcode for p in procs]
             _stop(procs)
-            while not results.empty():  # reports that arrived while stopping
-                rank, _, error = results.get()
-                if error is not None:
-                    errors[rank] = error
+            _drain(results, {}, errors)  # errors that arrived while stopping
             raise PartyProcessError(_failure_message(names, codes, errors, progress, got))
     finally:
         _stop(procs)

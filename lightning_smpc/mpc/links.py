@@ -573,13 +573,16 @@ class Links:
         work = self._post(self.rank, dst, sealed, channel)
 
         def wait(buf=sealed) -> None:  # keeps the ciphertext alive until gloo has sent it
-            self._progress(f"sending/receiving {tag!r} with {self.names[dst]}")
-            t0 = time.perf_counter()
-            if work is not None:
-                work.wait()
-            self._stats.transfer_seconds += time.perf_counter() - t0
+            self._wait(work, tag, dst)
 
         return wait
+
+    def _wait(self, work, tag: str, peer: int) -> None:
+        self._progress(f"sending/receiving {tag!r} with {self.names[peer]}")
+        t0 = time.perf_counter()
+        if work is not None:
+            work.wait()
+        self._stats.transfer_seconds += time.perf_counter() - t0
 
     def post_recv_many(self, src: int | str, specs: Sequence[tuple[tuple, torch.dtype]], channel: str = "main"):
         """Post the receive of one :meth:`send_many` / :meth:`post_many` message now (so the sender is not kept
@@ -591,11 +594,7 @@ class Links:
     def take(self, posted, tag: str) -> list[torch.Tensor]:
         """The tensors of a message posted by :meth:`post_recv_many` (its ``tag`` is checked only now)."""
         src, buf, specs, work = posted
-        self._progress(f"sending/receiving {tag!r} with {self.names[src]}")
-        t0 = time.perf_counter()
-        if work is not None:
-            work.wait()
-        self._stats.transfer_seconds += time.perf_counter() - t0
+        self._wait(work, tag, src)
         return self._open(src, buf, specs, tag)
 
     def recv_many(self, src: int | str, specs: Sequence[tuple[tuple, torch.dtype]], tag: str,
