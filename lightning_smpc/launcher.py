@@ -24,6 +24,10 @@ from .mpc.distributed import PartyProcessError, _abort, _drain, _stop, _to_bytes
 
 __all__ = ["PartyLauncher", "PartyProcessError", "resolve_start_method"]
 
+# The crypto provider's process runs at this lower CPU priority when it shares the machine with the parties: it
+# generates the next batch's material while they compute, and should use the cores only when they wait.
+DEALER_NICENESS = 10
+
 # Errors a process reports when a PEER failed (its sockets closed, or it stopped answering)
 _PEER_FAILURES = ("Connection reset by peer", "Connection closed by peer", "Timed out", "timed out")
 
@@ -129,6 +133,8 @@ def _entry(rank: int, world: int, trainer, function, args, kwargs, results, stat
     """One role's process: run the predict loop, send back this role's report (or its error)."""
     state.restore()
     os.environ["LOCAL_RANK"] = str(rank)
+    if rank == world - 1 and hasattr(os, "nice"):  # the crypto provider: offline work, yields to the parties'
+        os.nice(DEALER_NICENESS)
     if method == "fork":  # see resolve_start_method: no OpenMP thread pool in a forked child
         torch.set_num_threads(1)
         os.environ["OMP_NUM_THREADS"] = "1"

@@ -79,13 +79,13 @@ def announce(world: World, data: bytes) -> None:
     buf = torch.zeros(_HEADER_BYTES + 8, dtype=torch.uint8)
     buf[:8] = torch.tensor([len(data)], dtype=torch.int64).view(torch.uint8)
     buf[8 : 8 + len(data)] = torch.frombuffer(bytearray(data), dtype=torch.uint8)
-    world.links.broadcast(buf, world.rank, _HEADER_TAG, ranks=world.party_ranks)
+    world.links.broadcast(buf, world.rank, _HEADER_TAG, ranks=world.party_ranks, channel="stream")
 
 
 def receive(world: World, src: int) -> bytes:
     """Another compute party's process receives the client's (rank ``src``) next batch header."""
     buf = torch.empty(_HEADER_BYTES + 8, dtype=torch.uint8)
-    buf = world.links.broadcast(buf, src, _HEADER_TAG, ranks=world.party_ranks)
+    buf = world.links.broadcast(buf, src, _HEADER_TAG, ranks=world.party_ranks, channel="stream")
     n = int(buf[:8].view(torch.int64))
     if not 0 <= n <= _HEADER_BYTES:
         raise ValueError(f"Malformed batch header length {n} from rank {src}.")

@@ -103,12 +103,17 @@ class StreamSchedule:
             self._stream()
 
     def after_batch(self, trainer=None, batch_size: int = 0) -> None:
-        if not self.recording:
-            return
-        self.recording = False
-        self.plan = self.session.dealer.stop_recording()
-        self.session.dealer.fallback_inline = True
-        self._stream()
+        """After a batch's online phase: keep a new plan and have its successor streamed; then, offline, take
+        the successor's material and fold its data-independent products (the online phase only reads it)."""
+        if self.recording:
+            self.recording = False
+            self.plan = self.session.dealer.stop_recording()
+            self.session.dealer.fallback_inline = True
+            self._stream()
+        if self.next_same:
+            t0 = time.perf_counter()
+            self.session.dealer.take_ahead()
+            self.seconds += time.perf_counter() - t0
 
     def _stream(self) -> None:
         t0 = time.perf_counter()

@@ -291,6 +291,7 @@ class SecurePredictStrategy(ParallelStrategy):
         model.eval()
         validate_module(model)
         self.revealed_metrics, self.revealed_counts = {}, {}
+        self.batch_seconds: list[float] = []
         if self.is_dealer:  # the crypto provider answers requests until the first party says the run is over
             t0 = time.perf_counter()
             self._dealer_stats = party_runtime.serve_dealer(self._world, self.crypto_provider, self.compare_bits, self.seed,
@@ -343,6 +344,7 @@ class SecurePredictStrategy(ParallelStrategy):
     def batch_to_device(self, batch: Any, device: Optional[torch.device] = None, dataloader_idx: int = 0) -> Any:
         if self.is_dealer:
             return batch
+        self._batch_t0 = time.perf_counter()
         if not isinstance(batch, PlaceholderBatch):
             batch = super().batch_to_device(batch, device, dataloader_idx)
         inputs, targets, rebuild = split_batch(batch, self.input_key, self.target_key)
@@ -375,6 +377,7 @@ class SecurePredictStrategy(ParallelStrategy):
             for metric in self.metrics.values():
                 metric.update(out, self._targets)
         result = self._released(out)
+        self.batch_seconds.append(time.perf_counter() - self._batch_t0)  # the online phase of this batch
         self._schedule.after_batch(self.lightning_module.trainer, out.shape[0])
         if self._schedule.seconds:
             self.timings["preprocess_seconds"] = self._schedule.seconds
@@ -432,13 +435,15 @@ class SecurePredictStrategy(ParallelStrategy):
             "online": self.session.comm.stats(),
             "offline": self.session.comm.stats(offline=True),
             "dealer_requests": {k: getattr(self.session.dealer.times, k) for k in
-                                ("requests_inline", "requests_from_store", "store_discards")},
+                                ("requests_inline", "requests_from_store", "store_discards", "taken_ahead",
+                                 "folded_ahead")},
         }
 
     def _report(self, predictions: Any) -> dict:
         """This process's report to the launcher in the user's process (distributed runtime, spawned locally)."""
         report = dict(getattr(self, "_own", {"role": self.role}), rank=self.global_rank, timings=dict(self.timings))
         report["revealed_metrics"], report["revealed_counts"] = dict(self.revealed_metrics), dict(self.revealed_counts)
+        report["batch_seconds"] = list(getattr(self, "batch_seconds", []))
         if self.is_dealer:
             report["dealer"] = getattr(self, "_dealer_stats", {})
             report["links"] = _link_stats(self._world)

@@ -151,6 +151,10 @@ def test_streamed_dealer_material_gives_the_same_results_as_the_simulated_runtim
     requests = _dealer_requests(dist_strategy)
     assert requests["requests_from_store"] > 0 and requests["store_discards"] == 0, requests
     assert requests["requests_inline"] > requests["requests_from_store"]  # batches 1 and 3 inline, 2 streamed
+    # batch 2's material was taken between batches, with [a] @ (W - B) of both layers folded in (offline)
+    assert requests["taken_ahead"] == requests["requests_from_store"] and requests["folded_ahead"] == 2, requests
+    for rank in range(n):  # each party's online seconds per batch
+        assert len(dist_strategy.process_reports[rank]["batch_seconds"]) == 3
 
 
 def test_a_batch_that_leaves_the_plan_drops_the_stream_and_goes_inline() -> None:

@@ -44,7 +44,7 @@ from .errors import DealerStoreError
 from .material import DIGIT_BITS, DIGIT_CHOICES, Material, Request, gt_table_spec
 from .prg import SEED_BYTES, CSPRNG
 from .wire import expand_seeded, material_layout, narrow
-from .ring import ring_conv2d, ring_matmul
+from .ring import LimbOperand, ring_conv2d, ring_matmul
 
 __all__ = ["Request", "Material", "TrustedDealer", "DIGIT_BITS", "DIGIT_CHOICES", "gt_table_spec"]
 
@@ -61,6 +61,8 @@ class _DealerTimes:
     requests_inline: int = 0
     requests_from_store: int = 0
     store_discards: int = 0
+    taken_ahead: int = 0  # parties as processes: streamed material taken between batches (RemoteDealer.take_ahead)
+    folded_ahead: int = 0  # ... of which had a data-independent product folded in then
 
 
 _GT_ROWS: dict = {}
@@ -82,6 +84,9 @@ def _gt_rows(device, digit_bits: int = DIGIT_BITS) -> torch.Tensor:
             rows = torch.where(bits >= 1 << 15, bits - (1 << 16), bits).to(torch.int16)
         _GT_ROWS[key] = rows.to(device)
     return _GT_ROWS[key]
+
+
+_LIMB_OPERANDS_KEPT = 32  # reused right operands kept split (a model's weight masks; 4x their int64 size)
 
 
 class _Shares:
@@ -164,6 +169,8 @@ class TrustedDealer:
         self.compare_bits = compare_bits
         self.device = torch.device(device)
         self._masks: dict[int, torch.Tensor] = {}
+        # a reused mask's operand of matmul/linear triples split into limbs once (the weights' masks: every batch)
+        self._limb_operands: dict[tuple, LimbOperand] = {}
         self._next_id = 0
         self._store: deque[tuple[Request, Material]] = deque()
         self._recording: list[_PlanEntry] | None = None
@@ -254,6 +261,8 @@ class TrustedDealer:
     def forget(self, mask_id: int) -> None:
         """Drop a stored mask (its last user is gone)."""
         self._masks.pop(mask_id, None)
+        for key in [k for k in self._limb_operands if k[0] == mask_id]:
+            del self._limb_operands[key]
 
     # ------------------------------------------------------------------ helpers
     def _new_mask(self, plain: torch.Tensor) -> int:
@@ -309,18 +318,29 @@ class TrustedDealer:
                 m = self._mask(ref, tf)
             plains.append(m)
         a, b = plains
+        if op in ("matmul", "linear") and ref_y is not None:
+            b = self._limb_operand(ref_y, tf_y, op, b)
         if op == "mul":
             c = a * b
         elif op == "matmul":
             c = ring_matmul(a, b)
         elif op == "linear":
-            c = ring_matmul(a, b.transpose(-1, -2))
+            c = ring_matmul(a, b.mT if isinstance(b, LimbOperand) else b.transpose(-1, -2))
         elif op == "conv2d":
             c = ring_conv2d(a, b, **dict(kwargs))
         else:  # pragma: no cover
             raise ValueError(op)
         data["c"] = sh.arith("c", c)
         return Material(data, tuple(created), tuple(keys)), {}
+
+    def _limb_operand(self, mask_id: int, transform: tuple, op: str, plain: torch.Tensor) -> LimbOperand:
+        """The reused mask ``mask_id`` (transformed) as a :class:`LimbOperand`, split once per run."""
+        key = (mask_id, transform, op)
+        if key not in self._limb_operands:
+            if len(self._limb_operands) >= _LIMB_OPERANDS_KEPT:  # bounded: the oldest goes first
+                del self._limb_operands[next(iter(self._limb_operands))]
+            self._limb_operands[key] = LimbOperand(plain)
+        return self._limb_operands[key]
 
     @staticmethod
     def _trunc_parts(sh: _Shares, data: dict, m: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

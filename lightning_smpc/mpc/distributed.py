@@ -160,6 +160,7 @@ class DistributedCommunicator(Communicator):
 _CTRL_TAG, _REQ_TAG = "dealer/control", "dealer/request"
 # The first party's control message to the dealer process: int64 [code, a, b]
 _END, _RECORD, _STREAM, _STOP = 0, -1, -2, -3  # code > 0: a request of `code` bytes follows (the inline path)
+_MATERIAL = "stream"  # the dealer's material, inline or streamed: one-way messages, often posted ahead
 _STREAM_DEPTH = 2  # repeats of streamed material the dealer keeps posted before it waits for the parties
 
 
@@ -196,23 +197,25 @@ class RemoteDealer:
         self._streamed: deque[tuple[int, list[_PlanEntry]]] = deque()  # (repeat's next index, plan) per repeat
         self._posted: deque = deque()  # the receives of the streamed messages, posted when they were asked for
         self._idmap: dict[int, int] = {}  # plan's mask ids -> the current repeat's
+        self._ready: deque = deque()  # (request, material) of a repeat taken ahead (take_ahead)
+        self._precompute = None  # the session's data-independent folding (see Session.preprocess)
         self._told: list = []  # waits of the first party's posted messages to the dealer
 
     # -------------------------------------------------------------------------- requests
     def request(self, req) -> Material:
         if self.finished:
             raise LinkError("The dealer was already told that this run is finished.")
+        if self._ready:  # taken ahead (and authenticated then, against the request the plan predicted)
+            if self._ready[0][0] == req:
+                self.times.requests_from_store += 1
+                return self._ready.popleft()[1]
+            self._leave_plan(req)
         data = wire.encode_request(req, self.parties)
         if self._streamed:
             if self._predicted() == req:
                 self.times.requests_from_store += 1
                 return self._take_streamed(req, data)
-            if not self.fallback_inline:
-                raise DealerStoreError(
-                    f"Expected the online phase to ask for {self._predicted().kind} (next in the streamed plan), "
-                    f"but it asked for {req.kind}{req.params[:2]}.")
-            self.times.store_discards += 1
-            self.clear_store()
+            self._leave_plan(req)
         self._tell(_control(len(data)), _CTRL_TAG)
         self._tell(torch.frombuffer(bytearray(data), dtype=torch.uint8), _REQ_TAG)
         mat = self._receive(req, data)
@@ -220,6 +223,16 @@ class RemoteDealer:
         if self._recording is not None:
             self._recording.append(_PlanEntry(req, mat.created))
         return mat
+
+    def _leave_plan(self, req) -> None:
+        """A request the streamed plan does not predict: drop what was streamed (or refuse, see fallback_inline)."""
+        predicted = self._ready[0][0] if self._ready else self._predicted()
+        if not self.fallback_inline:
+            raise DealerStoreError(
+                f"Expected the online phase to ask for {predicted.kind} (next in the streamed plan), "
+                f"but it asked for {req.kind}{req.params[:2]}.")
+        self.times.store_discards += 1
+        self.clear_store()
 
     def _layout(self, req):
         return wire.material_layout(req, self.party, self.parties, self.compare_bits, self.digit_bits)
@@ -229,7 +242,7 @@ class RemoteDealer:
 
     def _receive(self, req, data: bytes) -> Material:
         layout = self._layout(req)
-        return wire.material_from(layout, self.links.recv_many(self.dealer_rank, layout.specs(), self._tag(data)))
+        return wire.material_from(layout, self.links.recv_many(self.dealer_rank, layout.specs(), self._tag(data), channel=_MATERIAL))
 
     def _predicted(self):
         index, plan = self._streamed[0]
@@ -260,25 +273,47 @@ class RemoteDealer:
 
     def preprocess(self, plan: list[_PlanEntry], repeats: int, party_precompute=None) -> None:
         """Have the dealer process stream the material of ``repeats`` more runs of ``plan`` (the plan recorded
-        last). The parties fold nothing ahead here (``party_precompute`` is unused): they take each message
-        when the online phase asks for it."""
+        last). The online phase takes each message when it asks for it, or :meth:`take_ahead` takes a whole
+        repeat first and folds the data-independent products into it (``party_precompute``, as in
+        :meth:`~.dealer.TrustedDealer.preprocess`)."""
         if repeats <= 0 or not plan:
             return
+        self._precompute = party_precompute
         self._tell(_control(_STREAM, len(plan), repeats), _CTRL_TAG)
         self._streamed.extend((0, plan) for _ in range(repeats))
         # the receives are posted now (message sizes follow from the plan's shapes): the dealer's sends complete
         # as soon as it generated them, and no send waits for the parties' compute
         specs = [self._layout(entry.request).specs() for entry in plan]
         for _ in range(repeats):
-            self._posted.extend(self.links.post_recv_many(self.dealer_rank, s) for s in specs)
+            self._posted.extend(self.links.post_recv_many(self.dealer_rank, s, channel=_MATERIAL) for s in specs)
+
+    def take_ahead(self) -> None:
+        """Offline, between batches: wait for the next streamed repeat and fold its data-independent products
+        (``[a] @ delta`` of a product with weights), so that the next batch's online phase only reads it."""
+        if self._ready or not self._streamed or self._streamed[0][0] != 0:
+            return
+        created: dict = {}
+        while True:
+            index, plan = self._streamed[0]
+            req = self._predicted()
+            mat = self._take_streamed(req, wire.encode_request(req, self.parties))
+            created.update((cid, mat) for cid in mat.created)
+            if self._precompute is not None:
+                self._precompute(req, mat, created)
+            self.times.taken_ahead += 1
+            self.times.folded_ahead += bool(mat.get("a_delta_done"))
+            self._ready.append((req, mat))
+            if index + 1 == len(plan):
+                return
 
     @property
     def store_size(self) -> int:
-        """Streamed messages not taken yet."""
-        return sum(len(plan) - index for index, plan in self._streamed)
+        """Streamed messages not used yet (taken ahead or still on their way)."""
+        return len(self._ready) + sum(len(plan) - index for index, plan in self._streamed)
 
     def clear_store(self) -> None:
-        """Receive and discard everything streamed and not taken (its masks are never used: nothing leaks)."""
+        """Receive and discard everything streamed and not used (its masks are never used: nothing leaks)."""
+        self._ready.clear()
         while self._streamed:
             predicted = self._predicted()
             self._take_streamed(predicted, wire.encode_request(predicted, self.parties))
@@ -370,7 +405,8 @@ class _DealerProcess:
         tag = _material_tag(wire.request_digest(data), self.compare_bits, self.digit_bits)
         n = len(self.parties)
         return [self.links.post_many(peer, wire.material_tensors(
-                    mat, wire.material_layout(req, i, self.parties, self.compare_bits, self.digit_bits), i, n), tag)
+                    mat, wire.material_layout(req, i, self.parties, self.compare_bits, self.digit_bits), i, n), tag,
+                    channel=_MATERIAL)
                 for i, peer in enumerate(self.peers)]
 
     def _settle(self, keep: int) -> None:

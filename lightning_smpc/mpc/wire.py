@@ -21,6 +21,7 @@ secret-shares its input itself does; every later value's shares involve dealer r
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -385,6 +386,14 @@ def material_layout(req: Request, party: int, parties: Sequence[str], compare_bi
     """
     if check:
         validate_request(req, parties)
+    fresh = tuple(r is None for r in req.refs)  # the only thing of the mask ids a layout depends on
+    return _layout(req.kind, req.params, fresh, party, tuple(parties), compare_bits, digit_bits)
+
+
+@functools.lru_cache(maxsize=4096)  # every batch of a run asks for the same requests (a pure function)
+def _layout(kind: str, params: tuple, fresh: tuple, party: int, parties: tuple, compare_bits: int,
+            digit_bits: int) -> Layout:
+    req = Request(kind, params, tuple(None if f else 0 for f in fresh))
     i64, u8 = torch.int64, torch.uint8
     first = party == 0
     slots: list[Slot] = []

@@ -309,3 +309,19 @@ def test_encoding_refuses_what_json_cannot_carry_exactly():
         encode_request(Request("input_mask", ((MAX_NUMEL, 2), "alice")))
     with pytest.raises(WireError, match="do not combine"):
         material_layout(Request("beaver", ("linear", (), (2, 3), (2, 4), (), ()), (None, None)), 0, PARTIES, 32)
+
+
+def test_products_with_a_reused_mask_stay_correct_batch_after_batch():
+    """The dealer splits a reused right operand (a weight's mask) into limbs once and keeps it: each later triple
+    is still ``c = a @ b`` for the operand as THIS request transforms it (linear: transposed; matmul: as is)."""
+    dealer, parties = _dealer(2)
+    mid = dealer._generate(Request("input_mask", ((4, 3), "bob"))).created[0]
+    b = dealer._masks[mid]
+    flip = (("permute", (1, 0)),)
+    for op, shape_x, shape_y, tf, expect in (
+            ("linear", (5, 3), (4, 3), (), lambda a: a @ b.T), ("matmul", (5, 4), (4, 3), (), lambda a: a @ b),
+            ("matmul", (5, 3), (3, 4), flip, lambda a: a @ b.T), ("linear", (2, 4), (3, 4), flip, lambda a: a @ b)):
+        for _ in range(2):
+            mat = dealer._generate(Request("beaver", (op, (), shape_x, shape_y, (), tf), (None, mid)))
+            a, c = mat["a"].sum(0), mat["c"].sum(0)
+            assert torch.equal(c, expect(a)), op
