@@ -19,6 +19,8 @@ Error model (real units, ``f = precision_bits = 16``, ``LSB = 2^-f``):
 
   which is tight (each term can be attained) but safe; the leading ``1`` is the truncation (allowed even where
   the implementation reveals the 2f-bit value untruncated).
+* max-pooling a product with the "tree" method fuses one truncation into each level's ReLU while the other
+  operand stays at ``2f`` bits: one more ``(-LSB, LSB)`` per level (``ceil(log2 taps)`` levels);
 * a public float factor ``c`` in a mean / avg-pool (``1/count``) is encoded too:
   ``|S~ c~ - S c| <= |S~ - S| c + |S~| |c~ - c| <= LSB/2 * (1 + |S~|)`` for a sum ``S`` of ``count`` terms,
   plus the truncation allowance: ``|err| <= 2^-f * (1 + (1 + |S~|) / 2)``.
@@ -30,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+from lightning_smpc.mpc.ops.pooling import maxpool_method
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
@@ -376,11 +380,15 @@ def test_pooling(make_session, n, case, seed, sess_seed, levels):
     # avg = window sum * encoded(1/(kh*kw)): |err| <= 2^-f * (1 + (1 + |S|) / 2), S the window sum
     S = F.avg_pool2d(x, k, stride) * (k[0] * k[1])
     assert_within(F.avg_pool2d(X, k, stride).reveal(), F.avg_pool2d(x, k, stride), LSB * (1 + (1 + S.abs()) / 2))
-    # max-pool of a product (fused truncation): within bound (*) with K = 1
+    # max-pool of a product (fused truncation): within bound (*) with K = 1, plus one LSB per level of the "tree"
+    # method: each max(a, b) = b + 2^f relu(trunc(a - b)) keeps b at 2f bits and adds a truncation error in
+    # (-LSB, LSB) (the "pairs" method truncates each tap once: no extra error)
     y = data(seed + 1, shape, 1.0)
     xy = x * y
+    taps = k[0] * k[1]
+    levels = (taps - 1).bit_length() if maxpool_method(taps) == "tree" else 0
     assert_within(F.max_pool2d(X * s.share(y), k, stride).reveal(), F.max_pool2d(xy, k, stride),
-                  bilinear_bound(torch.mul, x, y).max())
+                  bilinear_bound(torch.mul, x, y).max() + levels * LSB)
 
 
 # ---------------------------------------------------------------------------------------------- shape ops

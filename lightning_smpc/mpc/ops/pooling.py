@@ -118,8 +118,8 @@ def _no_empty_window(name: str, rows, cols) -> None:
 
 
 @implements(F.max_pool2d, getattr(F, "_max_pool2d", F.max_pool2d), Tensor.max_pool2d if hasattr(Tensor, "max_pool2d") else F.max_pool2d, family="pooling",
-            note="A tree of pairwise maxima: ceil(log2 k) ReLU levels for k taps; with "
-            "`LIGHTNING_SMPC_MAXPOOL=pairs`, one argmax.")
+            note="A tree of pairwise maxima: ceil(log2 k) ReLU levels for k taps (of a product: each level adds "
+            "up to 1 LSB of truncation error); with `LIGHTNING_SMPC_MAXPOOL=pairs`, one argmax.")
 def _h_max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
     """Max pooling with any padding, stride, dilation and ``ceil_mode``: padded taps hold :func:`maxpool_fill`."""
     _pooling_input(x, "max_pool2d")
