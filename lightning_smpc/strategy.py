@@ -19,15 +19,15 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.signature_utils import is_param_in_hook_signature
 from torchmetrics import Metric
 
-from . import folding, party_runtime
-from .batches import ClientLoader, PlaceholderBatch, PlaceholderLoader, split_batch
-from .forward import run_forward, shared_weights
+from . import party_runtime
+from .batches import PlaceholderBatch
 from .launcher import PartyLauncher
-from .preprocessing import PreprocessSchedule, StreamSchedule
-from .mpc import Session, ShareTensor
-from .mpc.errors import PartyConfigError, SmpcError
+from .mpc import Session
 from .mpc.distributed import check_start_method
+from .mpc.errors import PartyConfigError, SmpcError
 from .mpc.material import DIGIT_BITS
+from .reports import RunReports, link_stats, party_report
+from .secure_run import SecureRun
 from .validate import validate_module
 
 __all__ = ["SecurePredictStrategy", "StrategyUsageError"]
@@ -157,12 +157,10 @@ class SecurePredictStrategy(ParallelStrategy):
         check_start_method(start_method)
         self.start_method = start_method
         self._num_nodes = 1
-        self.session: Optional[Session] = None
         self._world = None  # this process's handle on the distributed runtime
-        self._shared_params: dict[str, ShareTensor] = {}
-        self._targets: Optional[ShareTensor] = None
-        self._client_loader: Optional[Union[ClientLoader, PlaceholderLoader]] = None
-        self._reports: dict[int, dict] = {}
+        self.secure_run: Optional[SecureRun] = None  # this process's part of the run (a compute party's)
+        self.shared_weight_names: tuple[str, ...] = ()  # the model tensors that were shared (BatchNorms folded)
+        self._reports: Optional[RunReports] = None
         self.revealed_metrics: dict[str, torch.Tensor] = {}
         self.revealed_counts: dict[str, tuple[int, int]] = {}
         self.timings: dict[str, float] = {}
@@ -267,7 +265,7 @@ class SecurePredictStrategy(ParallelStrategy):
     def all_gather(self, tensor: torch.Tensor, group: Optional[Any] = None, sync_grads: bool = False) -> torch.Tensor:
         return tensor
 
-    # ------------------------------------------------------------------ lifecycle
+    # ------------------------------------------------------------------ lifecycle: the work is in SecureRun
     def connect(self, model: LightningModule) -> None:
         trainer = getattr(model, "_trainer", None)
         fn = trainer.state.fn if trainer is not None else None
@@ -291,202 +289,94 @@ class SecurePredictStrategy(ParallelStrategy):
         model.eval()
         validate_module(model)
         self.revealed_metrics, self.revealed_counts = {}, {}
-        self.batch_seconds: list[float] = []
         if self.is_dealer:  # the crypto provider answers requests until the first party says the run is over
             t0 = time.perf_counter()
             self._dealer_stats = party_runtime.serve_dealer(self._world, self.crypto_provider, self.compare_bits, self.seed,
                                                              self.compare_digit_bits)
             self.timings = {"dealer_seconds": time.perf_counter() - t0}
             return
-        if self.distributed:
-            self.session = party_runtime.party_session(
-                self._world, self.crypto_provider, precision_bits=self.precision_bits, compare_bits=self.compare_bits,
-                compare_digit_bits=self.compare_digit_bits,
-            )
-        else:
-            self.session = Session(self.parties, self.crypto_provider, self.precision_bits, self.compare_bits, self.seed, self.root_device,
-                                   compare_digit_bits=self.compare_digit_bits)
-        self._schedule = StreamSchedule(self.session, self.preprocess) if self.distributed else \
-            PreprocessSchedule(self.session, self.preprocess, self.preprocess_ahead)
-        for name, metric in self.metrics.items():
-            metric.to(self.root_device)
-            metric.reset()
-            if hasattr(metric, "name"):
-                metric.name = name
-            if hasattr(metric, "reveal_to"):
-                metric.reveal_to = self.model_owner_party if self.distributed else self.model_owner
-        t0 = time.perf_counter()
-        with torch.no_grad():  # BatchNorms folded on the owner's plaintext weights, before sharing
-            params, self._batchnorm_view = folding.secure_view(model, shared_weights(model))
-            self._shared_params = {name: self._share_weight(t) for name, t in params}
-        self.timings = {"share_weights_seconds": time.perf_counter() - t0}
-        if self.distributed:
-            self.timings["start_seconds"] = t0 - self._t_setup  # (process group and handshake are before setup)
-
-    def _share_weight(self, t: torch.Tensor) -> ShareTensor:
-        if not self.distributed:
-            return self.session.share(t.detach(), owner=self.model_owner)
-        mine = self.session.local_party == self.model_owner_party  # only the model owner's process reads weights
-        return self.session.share(t.detach() if mine else None, owner=self.model_owner_party, shape=tuple(t.shape))
+        self.secure_run = SecureRun(self, model, self._world, self.root_device)
+        self.shared_weight_names = tuple(self.secure_run.shared_params)
+        self.timings = self.secure_run.timings
 
     def process_dataloader(self, dataloader: Any) -> Any:
-        if not self.distributed:
-            return dataloader
         if self.is_dealer:
             return []
-        if self.session.local_party == self.client_party:  # only the client's process reads the data
-            self._client_loader = ClientLoader(dataloader, lambda data: party_runtime.announce(self._world, data),
-                                               self.input_key, self.target_key, read_ahead=self.preprocess)
-            return self._client_loader
-        self._client_loader = PlaceholderLoader(lambda: party_runtime.receive(self._world, self.parties.index(self.client_party)))
-        return self._client_loader
+        return self.secure_run.wrap_loader(dataloader)
 
     def batch_to_device(self, batch: Any, device: Optional[torch.device] = None, dataloader_idx: int = 0) -> Any:
         if self.is_dealer:
             return batch
-        self._batch_t0 = time.perf_counter()
         if not isinstance(batch, PlaceholderBatch):
             batch = super().batch_to_device(batch, device, dataloader_idx)
-        inputs, targets, rebuild = split_batch(batch, self.input_key, self.target_key)
-        if self.distributed:  # every party learns from the client's header whether the next batch looks alike
-            self._schedule.before_batch(inputs.next_same if isinstance(inputs, PlaceholderBatch) else self._client_loader.take_next_same())
-        else:
-            self._schedule.before_batch()
-        shared_inputs = self._share_input(inputs, frac_bits=None)
-        self._targets = None
-        if targets is not None and self.metrics:
-            n_cls = _num_classes(self.metrics)
-            onehot = targets if isinstance(targets, PlaceholderBatch) else \
-                torch.nn.functional.one_hot(targets.to(torch.int64), n_cls).to(torch.float32)
-            self._targets = self._share_input(onehot, frac_bits=0, shape=(shared_inputs.shape[0], n_cls))
-        return rebuild(shared_inputs, self._targets)
-
-    def _share_input(self, value: Any, frac_bits: Optional[int], shape: Optional[tuple] = None) -> ShareTensor:
-        if not self.distributed:
-            return self.session.share(value, owner=self.client, frac_bits=frac_bits)
-        if isinstance(value, PlaceholderBatch):  # another party's process: shapes only
-            return self.session.share(None, owner=self.client_party, frac_bits=frac_bits, shape=shape or value.input_shape)
-        return self.session.share(value, owner=self.client_party, frac_bits=frac_bits)
+        return self.secure_run.share_batch(batch)
 
     def predict_step(self, *args: Any, **kwargs: Any) -> Any:
         if self.is_dealer:
             return None
-        with self._batchnorm_view:
-            out = run_forward(self.lightning_module, self._shared_params, args, kwargs, self.input_key, self.target_key)
-        if self._targets is not None:
-            for metric in self.metrics.values():
-                metric.update(out, self._targets)
-        result = self._released(out)
-        self.batch_seconds.append(time.perf_counter() - self._batch_t0)  # the online phase of this batch
-        self._schedule.after_batch(self.lightning_module.trainer, out.shape[0])
-        if self._schedule.seconds:
-            self.timings["preprocess_seconds"] = self._schedule.seconds
-        return result
-
-    def _released(self, out: ShareTensor) -> Any:
-        client = self.client_party if self.distributed else self.client
-        if self.reveal == "labels":
-            labels = self.session.reveal_for(out.argmax(dim=-1), client, "predicted labels")
-            return None if labels is None else labels.round().to(torch.int64)
-        if self.reveal == "logits":
-            logits = self.session.reveal_for(out, client, "logits")
-            return None if logits is None else logits.to(torch.float32)
-        return None if self.distributed else out  # a process's own share is never handed out
+        return self.secure_run.step(self.lightning_module, args, kwargs)
 
     def on_predict_end(self) -> None:
-        if self.is_dealer:
-            super().on_predict_end()
-            return
-        if self._client_loader is not None:
-            self._client_loader.end()  # the loop may stop before the end marker (limit_predict_batches): agree on it
-        for name, metric in self.metrics.items():
-            if metric.update_count == 0:  # no batch carried targets: nothing to reveal (compute() would say 0.0)
-                continue
-            value = metric.compute()
-            if value is None:  # another party's process: the metric was revealed to the model owner only
-                continue
-            self.revealed_metrics[name] = value
-            if getattr(metric, "correct", None) is not None:
-                self.revealed_counts[name] = (int(metric.correct), int(metric.total))
-        if self.distributed:
-            party_runtime.finish(self._world, self.session)  # the first party releases the crypto provider
-        trainer = self.lightning_module.trainer
-        if self.revealed_metrics and trainer.logger is not None:
-            trainer.logger.log_metrics({f"secure_{k}": float(v.mean()) for k, v in self.revealed_metrics.items()}, step=0)
-        self._keep_report()
+        if not self.is_dealer:
+            self.revealed_metrics, self.revealed_counts = self.secure_run.finish()
+            logger = self.lightning_module.trainer.logger
+            if self.revealed_metrics and logger is not None:
+                logger.log_metrics({f"secure_{k}": float(v.mean()) for k, v in self.revealed_metrics.items()}, step=0)
+            self.timings["in_party_seconds"] = time.perf_counter() - self._t_setup
+            self._own = party_report(self.secure_run, self.role)
         super().on_predict_end()
 
     def teardown(self) -> None:
-        self._shared_params = {}
-        self._targets = None
+        if self.secure_run is not None:
+            self.secure_run.close()
         if self._world is not None:
             party_runtime.leave(self._world)
             self._world = None
         super().teardown()
 
-    # ------------------------------------------------------------------ reporting
-    def _keep_report(self) -> None:
-        """What this process may tell the user: its own party's traffic and what was revealed to it."""
-        self.timings["in_party_seconds"] = time.perf_counter() - self._t_setup
-        self._own = {
-            "links": _link_stats(self._world),
-            "role": self.role,
-            "ledger": [(r.name, r.shape, r.to) for r in self.session.ledger],
-            "online": self.session.comm.stats(),
-            "offline": self.session.comm.stats(offline=True),
-            "dealer_requests": {k: getattr(self.session.dealer.times, k) for k in
-                                ("requests_inline", "requests_from_store", "store_discards", "taken_ahead",
-                                 "folded_ahead")},
-        }
+    # ------------------------------------------------------------------ results in the user's process
+    @property
+    def session(self) -> Optional[Session]:
+        """This process's MPC session (None before setup, in the crypto provider's process, and in the user's
+        process when the parties ran as processes: their results then come from :attr:`process_reports`)."""
+        return self.secure_run.session if self.secure_run is not None else None
 
     def _report(self, predictions: Any) -> dict:
         """This process's report to the launcher in the user's process (distributed runtime, spawned locally)."""
         report = dict(getattr(self, "_own", {"role": self.role}), rank=self.global_rank, timings=dict(self.timings))
         report["revealed_metrics"], report["revealed_counts"] = dict(self.revealed_metrics), dict(self.revealed_counts)
-        report["batch_seconds"] = list(getattr(self, "batch_seconds", []))
         if self.is_dealer:
             report["dealer"] = getattr(self, "_dealer_stats", {})
-            report["links"] = _link_stats(self._world)
+            report["links"] = link_stats(self._world)
         elif self.session.local_party == self.client_party:
             report["predictions"] = predictions
         return report
 
     def _receive_reports(self, reports: dict[int, dict]) -> None:
         """In the user's process: fill the results from the report of the process that holds each of them."""
-        self._reports = reports
-        owner = reports[self.parties.index(self.model_owner_party)]
-        self.revealed_metrics, self.revealed_counts = owner["revealed_metrics"], owner["revealed_counts"]
-        self.timings = {f"{r['role']}.{k}": v for r in reports.values() for k, v in r["timings"].items() if "role" in r}
+        self._reports = RunReports(reports, self.parties, self.model_owner_party, self.client_party)
+        self.revealed_metrics, self.revealed_counts = self._reports.revealed_metrics, self._reports.revealed_counts
+        self.timings = self._reports.timings
 
     def _predictions_from(self, reports: dict[int, dict]) -> Any:
-        return reports[self.parties.index(self.client_party)].get("predictions")
+        return self._reports.predictions
 
     @property
     def process_reports(self) -> dict[int, dict]:
         """Distributed runtime spawned here: each process's report by rank (role, timings, traffic, link stats)."""
-        return dict(self._reports)
+        return dict(self._reports.by_rank) if self._reports is not None else {}
 
     @property
     def reveal_ledger(self) -> list:
         """Everything released beyond uniformly masked openings: name, shape, receivers."""
         if self.session is not None:
             return list(self.session.ledger)
-        if self._reports:
-            from .mpc.session import RevealRecord
-
-            return [RevealRecord(*entry) for entry in self._reports[0]["ledger"]]
-        return []
+        return self._reports.ledger if self._reports is not None else []
 
     def comm_stats(self, offline: bool = False) -> dict[str, dict[str, int]]:
         """Per compute party: rounds, messages, bytes sent/received (online, or offline from the dealer)."""
-        key = "offline" if offline else "online"
-        if self.session is None and self._reports:  # each party's own process counted its own traffic
-            if offline:
-                stats = self._reports[len(self.parties)].get("dealer", {})
-                return {p: stats[p] for p in self.parties if p in stats}
-            return {p: self._reports[i][key][p] for i, p in enumerate(self.parties)}
-        if self.session is None:
-            return {}
+        if self.session is None:  # each party's own process counted its own traffic
+            return self._reports.comm_stats(offline) if self._reports is not None else {}
         stats = self.session.comm.stats(offline=offline)
         return {p: stats[p] for p in self.parties if p in stats}
 
@@ -497,23 +387,6 @@ class SecurePredictStrategy(ParallelStrategy):
             "secure_predict_3pc", cls, description="SecurePredictStrategy with three compute parties",
             parties=("alice", "bob", "carol"),
         )
-
-
-# ---------------------------------------------------------------------------------------------- helpers
-def _num_classes(metrics: dict[str, Metric]) -> int:
-    for m in metrics.values():
-        n = getattr(m, "num_classes", None)
-        if n:
-            return int(n)
-    raise ValueError("The secure metrics must expose `num_classes` (targets are one-hot encoded by the client).")
-
-
-def _link_stats(world) -> dict:
-    """AEAD seconds, transfer seconds and bytes of this process's encrypted links (distributed runtime)."""
-    if world is None:
-        return {}
-    stats = world.links.stats
-    return dict(stats() if callable(stats) else stats)
 
 
 if SecurePredictStrategy.strategy_name not in StrategyRegistry:

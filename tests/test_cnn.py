@@ -351,7 +351,7 @@ def _agreement(model: LightningModule, n: int) -> None:
     correct, total = strategy.revealed_counts["accuracy"]
     assert total == n and correct == int((plain == y).sum()) - int(((plain == y) & ~agree).sum()) + int(((secure == y) & ~agree).sum())
     if model.hparams.batchnorm:  # the shared set is the folded one: no BatchNorm tensor was shared
-        assert not any(k.startswith("bn") for k in strategy._shared_params)
+        assert strategy.shared_weight_names and not any(k.startswith("bn") for k in strategy.shared_weight_names)
 
 
 @needs_data
@@ -425,7 +425,8 @@ def test_small_resnet_runs_unchanged() -> None:
     assert bool(((got - want).abs() <= TOL_LSB * LSB * (1 + want.abs())).all()), (got - want).abs().max()
     _assert_untouched(model, snap)
     # every BatchNorm directly follows its conv: all are folded, none is shared
-    assert not any(".bn" in k or k.startswith("stem.1.") or "shortcut.1." in k for k in strategy._shared_params)
+    names = strategy.shared_weight_names
+    assert names and not any(".bn" in k or k.startswith("stem.1.") or "shortcut.1." in k for k in names), names
 
 
 class StillUnsupported(LightningModule):

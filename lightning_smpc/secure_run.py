@@ -1,0 +1,173 @@
+"""One process's part of a secure predict run: what :class:`~lightning_smpc.SecurePredictStrategy`'s hooks delegate to.
+
+In the simulated runtime the one process plays every party; with parties as processes it plays one compute party
+(the crypto provider's process only serves the dealer, see :mod:`lightning_smpc.party_runtime`). A run shares the
+model owner's weights once (BatchNorms folded first), then for each batch: the client's inputs and one-hot targets
+are shared, the user's forward runs on the shares, the metrics are updated on shares, and only what ``reveal``
+names is released. At the end, each metric is revealed to the model owner.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Optional, Union
+
+import torch
+from lightning.pytorch import LightningModule
+from torchmetrics import Metric
+
+from . import folding, party_runtime
+from .batches import ClientLoader, PlaceholderBatch, PlaceholderLoader, split_batch
+from .forward import run_forward, shared_weights
+from .mpc import Session, ShareTensor
+from .preprocessing import PreprocessSchedule, StreamSchedule
+
+__all__ = ["SecureRun", "num_classes"]
+
+
+class SecureRun:
+    """This process's session, shared weights, batches, metrics and releases for one ``predict`` call.
+
+    ``config`` is the strategy (its arguments: parties, precision, reveal, metrics, ...); ``world`` this process's
+    handle on the distributed runtime (None: simulated); ``device`` where the simulated shares live.
+    """
+
+    def __init__(self, config, model: LightningModule, world: Optional[party_runtime.World], device: torch.device) -> None:
+        t_start = time.perf_counter()
+        self.config, self.world, self.device = config, world, device
+        self.distributed = world is not None
+        if self.distributed:
+            self.session = party_runtime.party_session(
+                world, config.crypto_provider, precision_bits=config.precision_bits, compare_bits=config.compare_bits,
+                compare_digit_bits=config.compare_digit_bits)
+            self.schedule = StreamSchedule(self.session, config.preprocess)
+        else:
+            self.session = Session(config.parties, config.crypto_provider, config.precision_bits, config.compare_bits,
+                                   config.seed, device, compare_digit_bits=config.compare_digit_bits)
+            self.schedule = PreprocessSchedule(self.session, config.preprocess, config.preprocess_ahead)
+        # who owns the weights and the data: a compute party with parties as processes, else an outside name
+        self.owner = config.model_owner_party if self.distributed else config.model_owner
+        self.client = config.client_party if self.distributed else config.client
+        self.metrics: dict[str, Metric] = config.metrics
+        self._wire_metrics()
+        self.loader: Optional[Union[ClientLoader, PlaceholderLoader]] = None
+        self.targets: Optional[ShareTensor] = None
+        self.batch_seconds: list[float] = []  # the online phase of each batch
+        t0 = time.perf_counter()
+        with torch.no_grad():  # BatchNorms folded on the owner's plaintext weights, before sharing
+            params, self.batchnorm_view = folding.secure_view(model, shared_weights(model))
+            self.shared_params = {name: self._share_weight(t) for name, t in params}
+        self.timings = {"share_weights_seconds": time.perf_counter() - t0}
+        if self.distributed:
+            self.timings["start_seconds"] = t0 - t_start
+
+    @property
+    def is_client(self) -> bool:
+        return not self.distributed or self.session.local_party == self.client
+
+    def _wire_metrics(self) -> None:
+        for name, metric in self.metrics.items():
+            metric.to(self.device)
+            metric.reset()
+            if hasattr(metric, "name"):
+                metric.name = name
+            if hasattr(metric, "reveal_to"):
+                metric.reveal_to = self.owner
+
+    def _share_weight(self, t: torch.Tensor) -> ShareTensor:
+        if not self.distributed:
+            return self.session.share(t.detach(), owner=self.owner)
+        mine = self.session.local_party == self.owner  # only the model owner's process reads weights
+        return self.session.share(t.detach() if mine else None, owner=self.owner, shape=tuple(t.shape))
+
+    # ------------------------------------------------------------------ batches
+    def wrap_loader(self, dataloader: Any) -> Any:
+        """Parties as processes: the client's process reads the data and announces each batch's shapes; the
+        others iterate placeholders of those shapes."""
+        if not self.distributed:
+            return dataloader
+        cfg = self.config
+        if self.is_client:
+            self.loader = ClientLoader(dataloader, lambda data: party_runtime.announce(self.world, data),
+                                       cfg.input_key, cfg.target_key, read_ahead=cfg.preprocess)
+        else:
+            client_rank = cfg.parties.index(self.client)
+            self.loader = PlaceholderLoader(lambda: party_runtime.receive(self.world, client_rank))
+        return self.loader
+
+    def share_batch(self, batch: Any) -> Any:
+        """The batch with its inputs (and one-hot targets, when there are metrics) replaced by shares."""
+        self._batch_t0 = time.perf_counter()
+        inputs, targets, rebuild = split_batch(batch, self.config.input_key, self.config.target_key)
+        if self.distributed:  # every party learns from the client's header whether the next batch looks alike
+            self.schedule.before_batch(inputs.next_same if isinstance(inputs, PlaceholderBatch) else self.loader.take_next_same())
+        else:
+            self.schedule.before_batch()
+        shared_inputs = self._share_input(inputs, frac_bits=None)
+        self.targets = None
+        if targets is not None and self.metrics:
+            n_cls = num_classes(self.metrics)
+            onehot = targets if isinstance(targets, PlaceholderBatch) else \
+                torch.nn.functional.one_hot(targets.to(torch.int64), n_cls).to(torch.float32)
+            self.targets = self._share_input(onehot, frac_bits=0, shape=(shared_inputs.shape[0], n_cls))
+        return rebuild(shared_inputs, self.targets)
+
+    def _share_input(self, value: Any, frac_bits: Optional[int], shape: Optional[tuple] = None) -> ShareTensor:
+        if isinstance(value, PlaceholderBatch):  # another party's process: shapes only
+            return self.session.share(None, owner=self.client, frac_bits=frac_bits, shape=shape or value.input_shape)
+        return self.session.share(value, owner=self.client, frac_bits=frac_bits)
+
+    def step(self, model: LightningModule, args: tuple, kwargs: dict) -> Any:
+        """The user's forward on shares, the metrics' update, and what is released for this batch."""
+        cfg = self.config
+        with self.batchnorm_view:
+            out = run_forward(model, self.shared_params, args, kwargs, cfg.input_key, cfg.target_key)
+        if self.targets is not None:
+            for metric in self.metrics.values():
+                metric.update(out, self.targets)
+        result = self._released(out)
+        self.batch_seconds.append(time.perf_counter() - self._batch_t0)
+        self.schedule.after_batch(model.trainer, out.shape[0])  # offline: the next batch's material
+        if self.schedule.seconds:
+            self.timings["preprocess_seconds"] = self.schedule.seconds
+        return result
+
+    def _released(self, out: ShareTensor) -> Any:
+        reveal = self.config.reveal
+        if reveal == "labels":
+            labels = self.session.reveal_for(out.argmax(dim=-1), self.client, "predicted labels")
+            return None if labels is None else labels.round().to(torch.int64)
+        if reveal == "logits":
+            logits = self.session.reveal_for(out, self.client, "logits")
+            return None if logits is None else logits.to(torch.float32)
+        return None if self.distributed else out  # a process's own share is never handed out
+
+    # ------------------------------------------------------------------ the end
+    def finish(self) -> tuple[dict[str, torch.Tensor], dict[str, tuple[int, int]]]:
+        """Reveal each metric to the model owner; returns what this process learnt: (values, (correct, total))."""
+        if self.loader is not None:
+            self.loader.end()  # the loop may stop before the end marker (limit_predict_batches): agree on it
+        values, counts = {}, {}
+        for name, metric in self.metrics.items():
+            if metric.update_count == 0:  # no batch carried targets: nothing to reveal (compute() would say 0.0)
+                continue
+            value = metric.compute()
+            if value is None:  # another party's process: the metric was revealed to the model owner only
+                continue
+            values[name] = value
+            if getattr(metric, "correct", None) is not None:
+                counts[name] = (int(metric.correct), int(metric.total))
+        if self.distributed:
+            party_runtime.finish(self.world, self.session)  # the first party releases the crypto provider
+        return values, counts
+
+    def close(self) -> None:
+        self.shared_params = {}
+        self.targets = None
+
+
+def num_classes(metrics: dict[str, Metric]) -> int:
+    for m in metrics.values():
+        n = getattr(m, "num_classes", None)
+        if n:
+            return int(n)
+    raise ValueError("The secure metrics must expose `num_classes` (targets are one-hot encoded by the client).")
