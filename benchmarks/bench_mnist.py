@@ -268,14 +268,15 @@ def layer_breakdown(model, loader, args) -> list[dict]:
 def breakdown(strategy) -> list[dict]:
     """Per protocol: wall seconds (last run), online rounds and bytes sent by the first party."""
     sess = strategy.session
-    if sess is None:  # distributed runtime: the per-protocol split stays in the party processes
-        return []
-    by_tag = sess.comm.stats_by_tag()
-    party = sess.parties[0]
+    if sess is not None:
+        by_tag, op_seconds, party = sess.comm.stats_by_tag(), sess.op_seconds, sess.parties[0]
+    else:  # distributed runtime: the first party's own report
+        report = strategy.process_reports[0]
+        by_tag, op_seconds, party = report["by_protocol"], report["op_seconds"], strategy.parties[0]
     rows = []
-    for tag in sorted(set(by_tag) | set(sess.op_seconds)):
+    for tag in sorted(set(by_tag) | set(op_seconds)):
         t = by_tag.get(tag, {"rounds": 0, "parties": {}})
-        rows.append({"op": tag, "seconds": round(sess.op_seconds.get(tag, 0.0), 4), "rounds": t["rounds"],
+        rows.append({"op": tag, "seconds": round(op_seconds.get(tag, 0.0), 4), "rounds": t["rounds"],
                      "bytes_sent": t["parties"].get(party, {}).get("bytes_sent", 0)})
     return rows
 

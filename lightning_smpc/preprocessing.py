@@ -82,13 +82,16 @@ class StreamSchedule:
     Every party calls the same hooks with the same ``next_same`` (from the client's header of this batch), so
     the parties and the dealer process agree on what is streamed without further messages. A batch whose
     material was not streamed and whose successor has its shape is recorded as the plan; the successor's
-    material is requested when it ends, and from then on each batch asks for the next one's when it starts,
-    so the dealer process generates it while the parties compute. A batch of another shape (a short last one,
-    or one that left the plan) is served inline, and the next run of same-shaped batches records a new plan.
+    material is requested when it ends. From then on each batch asks for the next one's when it starts, so
+    that the dealer process generates it while the parties compute (``overlap``), or when it ends (the dealer
+    then works between batches: on a machine it shares with the parties it does not slow their online phase).
+    Either way the parties take it, and fold its data-independent products, between the two batches. A batch
+    of another shape (a short last one, or one that left the plan) is served inline, and the next run of
+    same-shaped batches records a new plan.
     """
 
-    def __init__(self, session, enabled: bool) -> None:
-        self.session, self.enabled = session, enabled
+    def __init__(self, session, enabled: bool, overlap: bool = True) -> None:
+        self.session, self.enabled, self.overlap = session, enabled, overlap
         self.recording, self.next_same = False, False
         self.plan: Optional[list] = None
         self.seconds = 0.0
@@ -99,7 +102,7 @@ class StreamSchedule:
         self.recording = self.next_same and not streamed
         if self.recording:
             self.session.record_plan()
-        elif streamed and self.next_same:
+        elif streamed and self.next_same and self.overlap:
             self._stream()
 
     def after_batch(self, trainer=None, batch_size: int = 0) -> None:
@@ -109,6 +112,8 @@ class StreamSchedule:
             self.recording = False
             self.plan = self.session.dealer.stop_recording()
             self.session.dealer.fallback_inline = True
+            self._stream()
+        elif self.next_same and not self.overlap and self.session.dealer.store_size == 0:
             self._stream()
         if self.next_same:
             t0 = time.perf_counter()

@@ -34,6 +34,8 @@ def party_report(run, role: str) -> dict:
         "offline": session.comm.stats(offline=True),
         "dealer_requests": {k: getattr(session.dealer.times, k) for k in DEALER_COUNTS},
         "batch_seconds": list(run.batch_seconds),
+        "op_seconds": dict(session.op_seconds),  # per protocol, this party's wall time
+        "by_protocol": session.comm.stats_by_tag(),
     }
 
 

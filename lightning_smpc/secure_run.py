@@ -39,7 +39,7 @@ class SecureRun:
             self.session = party_runtime.party_session(
                 world, config.crypto_provider, precision_bits=config.precision_bits, compare_bits=config.compare_bits,
                 compare_digit_bits=config.compare_digit_bits)
-            self.schedule = StreamSchedule(self.session, config.preprocess)
+            self.schedule = StreamSchedule(self.session, config.preprocess, config.dealer_overlaps)
         else:
             self.session = Session(config.parties, config.crypto_provider, config.precision_bits, config.compare_bits,
                                    config.seed, device, compare_digit_bits=config.compare_digit_bits)

@@ -84,6 +84,12 @@ class SecurePredictStrategy(ParallelStrategy):
             launched by torchrun/SLURM). ``None``: ``"fork"`` on Linux when each role would get one core anyway
             and CUDA is not initialized (milliseconds instead of ~2 s per process), else ``"spawn"``. Forked
             roles run one intra-op thread each (OpenMP hangs in a forked child once the parent used it).
+        dealer_overlap: with ``preprocess``, parties as processes: ``True``: the crypto provider's process generates
+            the next batch's material while the parties compute the current batch (best when it has a machine of
+            its own); ``False``: between batches (on a machine shared with the parties it then does not slow their
+            online phase: batch-10 online latency 26 ms instead of 33 ms on a 2-core machine, for ~7% less
+            throughput when batches come back to back). ``None``: ``False`` when ``predict`` spawns the roles on
+            this machine, else ``True``.
 
     Example:
         >>> from lightning.pytorch import Trainer
@@ -119,6 +125,7 @@ class SecurePredictStrategy(ParallelStrategy):
         identity: Optional[str] = None,
         compare_digit_bits: int = DIGIT_BITS,
         start_method: Optional[Literal["fork", "spawn", "forkserver"]] = None,
+        dealer_overlap: Optional[bool] = None,
     ) -> None:
         super().__init__()
         if reveal not in ("metrics", "labels", "logits"):
@@ -156,6 +163,7 @@ class SecurePredictStrategy(ParallelStrategy):
         self.roster, self.identity = roster, identity
         check_start_method(start_method)
         self.start_method = start_method
+        self.dealer_overlap = dealer_overlap
         self._num_nodes = 1
         self._world = None  # this process's handle on the distributed runtime
         self.secure_run: Optional[SecureRun] = None  # this process's part of the run (a compute party's)
@@ -198,6 +206,14 @@ class SecurePredictStrategy(ParallelStrategy):
     @property
     def role(self) -> str:
         return self.role_name(self.global_rank) if self.distributed else "all (simulated)"
+
+    @property
+    def dealer_overlaps(self) -> bool:
+        """Whether the dealer process generates the next batch's material during the current one (see
+        ``dealer_overlap``)."""
+        if self.dealer_overlap is not None:
+            return self.dealer_overlap
+        return not getattr(self, "_spawn_here", False)
 
     @property
     def is_dealer(self) -> bool:

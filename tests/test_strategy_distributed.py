@@ -139,11 +139,12 @@ def _dealer_requests(strategy) -> dict:
     return strategy.process_reports[0]["dealer_requests"]
 
 
-@pytest.mark.parametrize("n", [2, 3], ids=["2pc", "3pc"])
-def test_streamed_dealer_material_gives_the_same_results_as_the_simulated_runtime(n: int) -> None:
+@pytest.mark.parametrize("n, overlap", [(2, None), (3, None), (2, True)], ids=["2pc", "3pc", "2pc-overlap"])
+def test_streamed_dealer_material_gives_the_same_results_as_the_simulated_runtime(n: int, overlap) -> None:
     """preprocess=True: the dealer process streams the next batch's material (batches 16, 16, 8: the second is
-    streamed, the short third is served inline); same labels, metrics and online traffic as the simulated store."""
-    dist_strategy, dist_out = _run("distributed", n, preprocess=True)
+    streamed, the short third is served inline), between batches or (overlap) during the first; same labels,
+    metrics and online traffic as the simulated store."""
+    dist_strategy, dist_out = _run("distributed", n, preprocess=True, dealer_overlap=overlap)
     sim_strategy, sim_out = _run("simulated", n, seed=0, preprocess=True, model_owner=PARTIES[n][0], client=PARTIES[n][-1])
     assert torch.equal(torch.cat(dist_out), torch.cat(sim_out))
     assert torch.equal(dist_strategy.revealed_metrics["accuracy"], sim_strategy.revealed_metrics["accuracy"])
@@ -204,3 +205,21 @@ def test_runs_of_same_shaped_batches_are_streamed_wherever_they_start(sizes) -> 
     assert torch.equal(outs[0], outs[1])
     requests = _dealer_requests(strategies[0])
     assert requests["requests_from_store"] > 0 and requests["store_discards"] == 0, requests
+
+
+@pytest.mark.parametrize("overlap", [False, True], ids=["between-batches", "overlap"])
+def test_every_batch_after_the_first_is_streamed_with_or_without_overlap(overlap: bool) -> None:
+    """Four equal batches: the dealer process streams batches 2-4, generated while the previous batch runs
+    (overlap) or after it (between batches); the parties take each between batches and fold both layers'
+    [a] @ (W - B) then. Same labels as the simulated runtime."""
+    outs, strategies = [], []
+    for runtime, extra in (("distributed", {"dealer_overlap": overlap}),
+                           ("simulated", {"seed": 0, "model_owner": "alice", "client": "bob"})):
+        strategy = SecurePredictStrategy(runtime=runtime, reveal="labels", metrics={"accuracy": SecureAccuracy(num_classes=4)}, **extra)
+        trainer = Trainer(strategy=strategy, logger=False, enable_progress_bar=False, enable_model_summary=False)
+        outs.append(torch.cat(trainer.predict(Tiny(), DataLoader(TensorDataset(X[:32], Y[:32]), batch_size=8))))
+        strategies.append(strategy)
+    assert torch.equal(outs[0], outs[1])
+    requests = _dealer_requests(strategies[0])
+    assert requests["store_discards"] == 0 and requests["taken_ahead"] == requests["requests_from_store"], requests
+    assert requests["folded_ahead"] == 3 * 2, requests  # batches 2, 3, 4; two linear layers each

@@ -111,7 +111,8 @@ class Communicator:
         """
         token = _OPENING.set(True)
         try:
-            values = [reconstruct(self._exchange(s, kind, bits), kind, bits) for s, kind, bits in items]
+            exchanged = self._exchange_many(items)
+            values = [reconstruct(x, kind, bits) for x, (_, kind, bits) in zip(exchanged, items)]
         finally:
             _OPENING.reset(token)
         per_msg = sum(_nbytes(s[0], bits) for s, _, bits in items)
@@ -168,9 +169,10 @@ class Communicator:
     # ------------------------------------------------------------------ transport hooks
     # The simulated transport holds every party's row already; a per-process transport overrides these
     # three methods (see distributed.py) and nothing else changes.
-    def _exchange(self, shares: torch.Tensor, kind: str, bits: int) -> torch.Tensor:
-        """All parties' shares of an opened value (each party sends its own row to the others)."""
-        return shares
+    def _exchange_many(self, items: list[tuple[torch.Tensor, str, int]]) -> list[torch.Tensor]:
+        """All parties' shares of each opened value (each party sends its own rows to the others, in one
+        message per peer: one round trip for the whole round)."""
+        return [shares for shares, _, _ in items]
 
     def _exchange_to(self, shares: torch.Tensor, receivers: list[str]) -> torch.Tensor | None:
         """All shares at the receivers; None in a process that is not a receiver."""

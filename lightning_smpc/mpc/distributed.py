@@ -124,21 +124,30 @@ class DistributedCommunicator(Communicator):
         self._tag = tag
         return super().broadcast_input(sender, value, tag, bits)
 
-    def _all_gather(self, local: torch.Tensor, what: str) -> list[torch.Tensor]:
-        return self.links.all_gather(local.contiguous(), f"{what}:{self._tag}", ranks=self._peers)
-
-    def _exchange(self, shares: torch.Tensor, kind: str, bits: int) -> torch.Tensor:
-        mine = shares[0]
-        what = f"open/{kind}{bits}"
-        if kind == "xor" and bits == 1:
-            parts = [_unpack_bits(p, tuple(mine.shape)) for p in self._all_gather(_pack_bits(mine), what)]
-        elif kind == "arith" and bits < 64:  # a share mod 2^bits is all the others may see
-            dtype = torch.uint8 if bits <= 8 else torch.int16 if bits <= 15 else torch.int32 if bits <= 31 else torch.int64
-            wire_t = (mine & ((1 << bits) - 1)).to(dtype)
-            parts = [p.to(torch.int64) & ((1 << bits) - 1) for p in self._all_gather(wire_t, what)]
-        else:
-            parts = self._all_gather(mine, what)
-        return torch.stack(parts)
+    def _exchange_many(self, items) -> list[torch.Tensor]:
+        wire, kinds = [], []
+        for shares, kind, bits in items:
+            mine = shares[0]
+            if kind == "xor" and bits == 1:
+                wire.append(_pack_bits(mine))
+            elif kind == "arith" and bits < 64:  # a share mod 2^bits is all the others may see
+                dtype = torch.uint8 if bits <= 8 else torch.int16 if bits <= 15 else torch.int32 if bits <= 31 else torch.int64
+                wire.append((mine & ((1 << bits) - 1)).to(dtype))
+            else:
+                wire.append(mine.contiguous())
+            kinds.append(f"{kind}{bits}")
+        rows = self.links.all_gather_many(wire, f"open/{','.join(kinds)}:{self._tag}", ranks=self._peers)
+        out = []
+        for i, (shares, kind, bits) in enumerate(items):
+            shape = tuple(shares.shape[1:])
+            if kind == "xor" and bits == 1:
+                parts = [_unpack_bits(row[i], shape) for row in rows]
+            elif kind == "arith" and bits < 64:
+                parts = [row[i].to(torch.int64) & ((1 << bits) - 1) for row in rows]
+            else:
+                parts = [row[i] for row in rows]
+            out.append(torch.stack(parts))
+        return out
 
     def _exchange_to(self, shares: torch.Tensor, receivers: list[str]):
         outside = [r for r in receivers if r not in self.parties]

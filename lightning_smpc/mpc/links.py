@@ -626,11 +626,18 @@ class Links:
 
     def all_gather(self, tensor: torch.Tensor, tag: str, ranks: Sequence[int | str] | None = None) -> list[torch.Tensor]:
         """Every member's tensor (same shape and dtype everywhere), in ``ranks`` order (default: all)."""
+        return [row[0] for row in self.all_gather_many([tensor], tag, ranks)]
+
+    def all_gather_many(self, tensors: Sequence[torch.Tensor], tag: str,
+                        ranks: Sequence[int | str] | None = None) -> list[list[torch.Tensor]]:
+        """Every member's tensors (same shapes and dtypes everywhere) as ONE message per pair, in ``ranks``
+        order (default: all)."""
         members = self._members(ranks)
         others = [m for m in members if m != self.rank]
-        spec = [(tuple(tensor.shape), tensor.dtype)]
-        got = self._exchange({m: [tensor] for m in others}, {m: spec for m in others}, tag)
-        return [tensor if m == self.rank else got[m][0] for m in members]
+        tensors = list(tensors)
+        specs = [(tuple(t.shape), t.dtype) for t in tensors]
+        got = self._exchange({m: tensors for m in others}, {m: specs for m in others}, tag)
+        return [tensors if m == self.rank else got[m] for m in members]
 
     def gather_to(self, dst: int | str, tensor: torch.Tensor, tag: str, ranks: Sequence[int | str] | None = None):
         """Every member's tensor at ``dst`` (in ``ranks`` order); None at the other members."""

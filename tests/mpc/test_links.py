@@ -157,3 +157,36 @@ def test_identity_and_roster_text_round_trip(tmp_path):
 def test_bad_roster_text_is_refused(text, match):
     with pytest.raises(ValueError, match=match):
         Roster.from_text(text)
+
+
+class _CountingLinks:
+    """A party's links where every member sends the same rows: enough to count the messages of one round."""
+
+    name, names = "alice", NAMES
+
+    def __init__(self) -> None:
+        self.messages: list[str] = []
+
+    def index(self, who):
+        return self.names.index(who) if isinstance(who, str) else who
+
+    def all_gather_many(self, tensors, tag, ranks=None):
+        self.messages.append(tag)
+        return [list(tensors), list(tensors)]
+
+
+def test_one_round_of_openings_is_one_message():
+    """All the values one round opens (an AND's two bits, a comparison's masked value...) travel as ONE
+    message per peer, each on its own wire type: one round trip per round, as the cost declarations count."""
+    from lightning_smpc.mpc.distributed import DistributedCommunicator
+
+    links = _CountingLinks()
+    comm = DistributedCommunicator(NAMES, links)
+    g = torch.Generator().manual_seed(0)
+    value = torch.randint(-2**62, 2**62, (1, 3, 5), generator=g)
+    bits = torch.randint(0, 2, (1, 11), generator=g, dtype=torch.uint8)
+    small = torch.randint(0, 2**40, (1, 4), generator=g)
+    got = comm.open([(value, "arith", 64), (bits, "xor", 1), (small, "arith", 4)], tag="relu")
+    assert links.messages == ["open/arith64,xor1,arith4:relu"] and comm.rounds == 1
+    assert torch.equal(got[0], 2 * value[0]) and torch.equal(got[1], torch.zeros(11, dtype=torch.uint8))
+    assert torch.equal(got[2], (2 * small[0]) & 15)
