@@ -25,6 +25,7 @@ if [ "$WHAT" = mlp ] || [ "$WHAT" = all ]; then
     run $PY benchmarks/bench_mnist.py --data-dir "$DATA" --mode throughput --repeats 3 --runtime distributed
     run $PY benchmarks/bench_mnist.py --data-dir "$DATA" --mode throughput --repeats 1 --runtime distributed --parties alice,bob,carol
     run $PY benchmarks/bench_mnist.py --data-dir "$DATA" --mode latency --repeats 3 --runtime distributed
+    run $PY benchmarks/bench_mnist.py --data-dir "$DATA" --mode latency --repeats 3 --runtime distributed --gap-ms 50
     if [ -x "${SPU_PY:-}" ]; then
         peer "$SPU_PY" "$PEERS/spu_mlp.py" --mode mp --protocol SEMI2K --n 10000 --batch 1000 --repeats 3 --mnist-dir "$DATA/MNIST/raw"
     fi
