@@ -110,7 +110,7 @@ def secure_run(model, loader, args, reveal: str = "metrics", callbacks=None,
         parties=args.parties, precision_bits=args.precision_bits, reveal=reveal,
         metrics={"accuracy": SecureAccuracy(num_classes=10)},
         preprocess=not args.no_preprocess if preprocess is None else preprocess, runtime=args.runtime,
-        compare_digit_bits=args.compare_digit_bits,
+        compare_digit_bits=args.compare_digit_bits, dealer_overlap=getattr(args, "dealer_overlap", None),
     )
     trainer = Trainer(strategy=strategy, accelerator="cpu", logger=False, enable_progress_bar=False,
                       enable_model_summary=False, callbacks=callbacks)
@@ -326,12 +326,15 @@ def main(argv=None) -> None:
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: all cores)")
     p.add_argument("--compare-digit-bits", type=int, choices=[8, 4], default=4,
                    help="comparison digit size: 4 (default) = 16x smaller dealer tables than 8, one more round per ReLU/argmax")
+    p.add_argument("--dealer-overlap", choices=["yes", "no"], help="distributed: the dealer generates the next "
+                   "batch's material during the current one (yes) or between batches (no); default: the strategy's")
     p.add_argument("--gap-ms", type=float, default=0.0,
                    help="the client's batches arrive this far apart (latency at low load); 0: back to back")
     p.add_argument("--runtime", choices=["simulated", "distributed"], default="simulated",
                    help="parties in this process, or one process per party plus the crypto provider")
     args = p.parse_args(argv)
     args.parties = tuple(args.parties.split(","))
+    args.dealer_overlap = None if args.dealer_overlap is None else args.dealer_overlap == "yes"
     warnings.filterwarnings("ignore")
     if args.threads:
         torch.set_num_threads(args.threads)
