@@ -223,3 +223,37 @@ def test_every_batch_after_the_first_is_streamed_with_or_without_overlap(overlap
     requests = _dealer_requests(strategies[0])
     assert requests["store_discards"] == 0 and requests["taken_ahead"] == requests["requests_from_store"], requests
     assert requests["folded_ahead"] == 3 * 2, requests  # batches 2, 3, 4; two linear layers each
+
+
+@pytest.mark.parametrize("overlap", [False, True], ids=["between-batches", "overlap"])
+def test_the_dealer_process_forgets_the_masks_of_finished_batches(overlap: bool) -> None:
+    """The dealer process keeps the masks of the last streamed batches only: after 8 equal batches it holds as
+    many masks as after 4 (the weights' and the inline batches' stay), not twice as many more."""
+    held = []
+    for n_batches in (4, 8):
+        strategy = SecurePredictStrategy(runtime="distributed", dealer_overlap=overlap)
+        trainer = Trainer(strategy=strategy, logger=False, enable_progress_bar=False, enable_model_summary=False)
+        trainer.predict(Tiny(), DataLoader(TensorDataset(X[:4 * n_batches]), batch_size=4))
+        held.append(strategy.process_reports[2]["dealer"]["masks_held"])
+    assert held[0] == held[1] > 0, held
+
+
+class ReusesAMask(Tiny):
+    """Its third batch leaves the plan with a product that reuses a mask made earlier in the same batch (the
+    hidden activation's, from streamed material): the dealer process must still hold it."""
+
+    def forward(self, x):
+        self.calls += 1
+        h = F.relu(self.fc1(x))
+        out = self.fc2(h)
+        return out + self.fc2(h) if self.calls == 3 else out
+
+
+def test_a_batch_that_leaves_the_plan_can_reuse_the_masks_of_its_streamed_material() -> None:
+    outs = []
+    for runtime, extra in (("distributed", {"dealer_overlap": True}),
+                           ("simulated", {"seed": 0, "model_owner": "alice", "client": "bob"})):
+        strategy = SecurePredictStrategy(runtime=runtime, reveal="labels", **extra)
+        trainer = Trainer(strategy=strategy, logger=False, enable_progress_bar=False, enable_model_summary=False)
+        outs.append(torch.cat(trainer.predict(ReusesAMask(), DataLoader(TensorDataset(X[:32]), batch_size=8))))
+    assert torch.equal(outs[0], outs[1])

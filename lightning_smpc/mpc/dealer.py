@@ -258,6 +258,11 @@ class TrustedDealer:
                 self.forget(mid)
         self._store.clear()
 
+    @property
+    def masks_held(self) -> int:
+        """Masks the dealer still keeps (to make later products with them)."""
+        return len(self._masks)
+
     def forget(self, mask_id: int) -> None:
         """Drop a stored mask (its last user is gone)."""
         self._masks.pop(mask_id, None)

@@ -368,6 +368,7 @@ class _DealerProcess:
         self.recording: list[_PlanEntry] | None = None
         self.plan: list[_PlanEntry] = []
         self.posted: deque[list] = deque()  # per streamed repeat: the waits of its messages
+        self.repeat_masks: deque[list] = deque()  # per streamed repeat: the ids of the masks it created
 
     def serve(self) -> None:
         while True:
@@ -401,12 +402,20 @@ class _DealerProcess:
             raise wire.WireError(f"Rejected a stream of {repeats} repeats of a {plan_len}-request plan: the dealer "
                                  f"recorded {len(self.plan)} requests.")
         t0 = time.perf_counter()
+        # the parties ask for a stream once the batches before the last streamed one are over: nothing refers to
+        # the masks those created any more (a plan's requests refer to their own repeat's masks or to older ones
+        # made inline, such as the weights'), so the dealer's memory stays bounded however long the run
+        while len(self.repeat_masks) > 1:
+            for mid in self.repeat_masks.popleft():
+                self.dealer.forget(mid)
         waits: list = []
         for i, req, mat in self.dealer.replay(self.plan, repeats):
             if i == 0:
                 self._settle(_STREAM_DEPTH - 1)  # bounded: wait for the parties to take older repeats
                 waits = []
                 self.posted.append(waits)
+                self.repeat_masks.append([])
+            self.repeat_masks[-1].extend(mat.created)
             waits += self._post(req, mat, wire.encode_request(req, self.parties))
         self.dealer.times.preprocess_seconds += time.perf_counter() - t0
 
@@ -439,7 +448,8 @@ def serve_dealer(
 
     Returns the dealer's offline traffic accounting ``{party: {"rounds", "messages", "bytes_sent",
     "bytes_received"}}`` (as ``Session.stats()["offline"]`` in the simulated runtime): the bytes of the messages
-    actually sent (parties 1..n-1 get their seed and the created mask ids; the first party also the corrections).
+    actually sent (parties 1..n-1 get their seed and the created mask ids; the first party also the corrections),
+    and ``"masks_held"``: the masks the dealer still kept at the end (bounded: see ``_DealerProcess._stream``).
     Raises :class:`~.wire.WireError` for a malformed request, :class:`~.links.LinkError` on a link failure.
     """
     parties = tuple(parties)
@@ -449,7 +459,7 @@ def serve_dealer(
     dealer = TrustedDealer(crypto_provider, parties, make_prg(seed), accounting, compare_bits, "cpu",
                            compare_digit_bits)
     _DealerProcess(links, parties, dealer, compare_bits, compare_digit_bits).serve()
-    return accounting.stats(offline=True)
+    return {**accounting.stats(offline=True), "masks_held": dealer.masks_held}
 
 
 def finish(session) -> None:
