@@ -29,7 +29,8 @@ __all__ = ["PartyLauncher", "PartyProcessError", "resolve_start_method"]
 DEALER_NICENESS = 10
 
 # Errors a process reports when a PEER failed (its sockets closed, or it stopped answering)
-_PEER_FAILURES = ("Connection reset by peer", "Connection closed by peer", "Timed out", "timed out")
+_PEER_FAILURES = ("Connection reset by peer", "Connection closed by peer", "Timed out", "timed out",
+                  "Application timeout caused pair closure")  # gloo: the other pending operations on a timed-out pair
 
 
 class PartyLauncher(_Launcher):

@@ -99,6 +99,7 @@ class StreamSchedule:
     def before_batch(self, next_same: bool) -> None:
         self.next_same = bool(next_same) and self.enabled
         streamed = self.session.dealer.store_size > 0  # this batch's material is on its way
+        self._discards = self.session.dealer.times.store_discards
         self.recording = self.next_same and not streamed
         if self.recording:
             self.session.record_plan()
@@ -113,7 +114,8 @@ class StreamSchedule:
             self.plan = self.session.dealer.stop_recording()
             self.session.dealer.fallback_inline = True
             self._stream()
-        elif self.next_same and not self.overlap and self.session.dealer.store_size == 0:
+        elif (self.next_same and not self.overlap and self.session.dealer.store_size == 0
+              and self.session.dealer.times.store_discards == self._discards):  # a batch that left the plan: record anew
             self._stream()
         if self.next_same:
             t0 = time.perf_counter()

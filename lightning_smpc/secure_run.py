@@ -31,8 +31,9 @@ class SecureRun:
     handle on the distributed runtime (None: simulated); ``device`` where the simulated shares live.
     """
 
-    def __init__(self, config, model: LightningModule, world: Optional[party_runtime.World], device: torch.device) -> None:
-        t_start = time.perf_counter()
+    def __init__(self, config, model: LightningModule, world: Optional[party_runtime.World], device: torch.device,
+                 t_start: Optional[float] = None) -> None:
+        t_start = time.perf_counter() if t_start is None else t_start  # when the strategy's setup began
         self.config, self.world, self.device = config, world, device
         self.distributed = world is not None
         if self.distributed:

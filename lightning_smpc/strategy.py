@@ -311,7 +311,7 @@ class SecurePredictStrategy(ParallelStrategy):
                                                              self.compare_digit_bits)
             self.timings = {"dealer_seconds": time.perf_counter() - t0}
             return
-        self.secure_run = SecureRun(self, model, self._world, self.root_device)
+        self.secure_run = SecureRun(self, model, self._world, self.root_device, t_start=self._t_setup)
         self.shared_weight_names = tuple(self.secure_run.shared_params)
         self.timings = self.secure_run.timings
 

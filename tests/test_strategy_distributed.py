@@ -257,3 +257,31 @@ def test_a_batch_that_leaves_the_plan_can_reuse_the_masks_of_its_streamed_materi
         trainer = Trainer(strategy=strategy, logger=False, enable_progress_bar=False, enable_model_summary=False)
         outs.append(torch.cat(trainer.predict(ReusesAMask(), DataLoader(TensorDataset(X[:32]), batch_size=8))))
     assert torch.equal(outs[0], outs[1])
+
+
+class ChangesForGood(Tiny):
+    """From its third batch on, every batch runs one more ReLU (same batch shape): the plan changes for good."""
+
+    def forward(self, x):
+        self.calls += 1
+        h = F.relu(self.fc1(x))
+        if self.calls >= 3:
+            h = F.relu(h - 0.1)
+        return self.fc2(h)
+
+
+@pytest.mark.parametrize("overlap", [False, True], ids=["between-batches", "overlap"])
+def test_a_plan_that_changes_for_good_is_recorded_anew_not_streamed_again(overlap: bool) -> None:
+    """The batch that leaves the plan drops its stream once; the next batch records the new plan, which is
+    streamed from then on (the stale plan is not generated, taken and dropped batch after batch)."""
+    outs, strategies = [], []
+    for runtime, extra in (("distributed", {"dealer_overlap": overlap}),
+                           ("simulated", {"seed": 0, "model_owner": "alice", "client": "bob"})):
+        strategy = SecurePredictStrategy(runtime=runtime, reveal="labels", **extra)
+        trainer = Trainer(strategy=strategy, logger=False, enable_progress_bar=False, enable_model_summary=False)
+        outs.append(torch.cat(trainer.predict(ChangesForGood(), DataLoader(TensorDataset(X[:40]), batch_size=4))))
+        strategies.append(strategy)
+    assert torch.equal(outs[0], outs[1])
+    requests = _dealer_requests(strategies[0])
+    # taken ahead and folded: batches 2, 3 (dropped when it left the plan) and 5-10 (batch 4 records the new plan)
+    assert requests["store_discards"] == 1 and requests["folded_ahead"] == 2 * 8, requests
