@@ -227,8 +227,8 @@ def test_every_batch_after_the_first_is_streamed_with_or_without_overlap(overlap
 
 @pytest.mark.parametrize("overlap", [False, True], ids=["between-batches", "overlap"])
 def test_the_dealer_process_forgets_the_masks_of_finished_batches(overlap: bool) -> None:
-    """The dealer process keeps the masks of the last streamed batches only: after 8 equal batches it holds as
-    many masks as after 4 (the weights' and the inline batches' stay), not twice as many more."""
+    """The first party tells the dealer process which masks it dropped (their last handle is gone): after 8
+    equal batches the dealer holds as many masks as after 4 (the weights' stay), not twice as many more."""
     held = []
     for n_batches in (4, 8):
         strategy = SecurePredictStrategy(runtime="distributed", dealer_overlap=overlap)
@@ -285,3 +285,33 @@ def test_a_plan_that_changes_for_good_is_recorded_anew_not_streamed_again(overla
     requests = _dealer_requests(strategies[0])
     # taken ahead and folded: batches 2, 3 (dropped when it left the plan) and 5-10 (batch 4 records the new plan)
     assert requests["store_discards"] == 1 and requests["folded_ahead"] == 2 * 8, requests
+
+
+class KeepsAnActivation(Tiny):
+    """Keeps the hidden activation of batch 3 (its mask came from streamed material) and multiplies by it in
+    batches 4-6, then drops it: the dealer must keep that mask while a plan that uses it is streamed."""
+
+    keep = None
+
+    def forward(self, x):
+        self.calls += 1
+        h = F.relu(self.fc1(x))
+        out = self.fc2(h)
+        if self.keep is not None:
+            out = out + self.fc2(self.keep)
+        if self.calls == 3:
+            self.keep = h
+        if self.calls == 6:
+            self.keep = None
+        return out
+
+
+@pytest.mark.parametrize("overlap", [False, True], ids=["between-batches", "overlap"])
+def test_masks_a_model_keeps_across_batches_outlive_the_batch_that_made_them(overlap: bool) -> None:
+    outs = []
+    for runtime, extra in (("distributed", {"dealer_overlap": overlap}),
+                           ("simulated", {"seed": 0, "model_owner": "alice", "client": "bob"})):
+        strategy = SecurePredictStrategy(runtime=runtime, reveal="labels", **extra)
+        trainer = Trainer(strategy=strategy, logger=False, enable_progress_bar=False, enable_model_summary=False)
+        outs.append(torch.cat(trainer.predict(KeepsAnActivation(), DataLoader(TensorDataset(X[:40]), batch_size=4))))
+    assert torch.equal(outs[0], outs[1])

@@ -166,9 +166,10 @@ class DistributedCommunicator(Communicator):
 
 
 # ---------------------------------------------------------------------------------------------- dealer transport
-_CTRL_TAG, _REQ_TAG = "dealer/control", "dealer/request"
+_CTRL_TAG, _REQ_TAG, _FORGET_TAG = "dealer/control", "dealer/request", "dealer/forget"
 # The first party's control message to the dealer process: int64 [code, a, b]
-_END, _RECORD, _STREAM, _STOP = 0, -1, -2, -3  # code > 0: a request of `code` bytes follows (the inline path)
+_END, _RECORD, _STREAM, _STOP, _FORGET = 0, -1, -2, -3, -4  # code > 0: a request of `code` bytes follows (inline)
+_FORGET_AT = 4096  # the first party tells the dealer which masks it dropped at each stream request, or this many
 _MATERIAL = "stream"  # the dealer's material, inline or streamed: one-way messages, often posted ahead
 _STREAM_DEPTH = 2  # repeats of streamed material the dealer keeps posted before it waits for the parties
 
@@ -209,6 +210,7 @@ class RemoteDealer:
         self._ready: deque = deque()  # (request, material) of a repeat taken ahead (take_ahead)
         self._precompute = None  # the session's data-independent folding (see Session.preprocess)
         self._told: list = []  # waits of the first party's posted messages to the dealer
+        self._dropped: list[int] = []  # masks the first party no longer uses, not yet told to the dealer
 
     # -------------------------------------------------------------------------- requests
     def request(self, req) -> Material:
@@ -220,6 +222,8 @@ class RemoteDealer:
                 return self._ready.popleft()[1]
             self._leave_plan(req)
         data = wire.encode_request(req, self.parties)
+        if len(self._dropped) >= _FORGET_AT and self._recording is None:  # (a plan pins its masks when it ends)
+            self._tell_dropped()
         if self._streamed:
             if self._predicted() == req:
                 self.times.requests_from_store += 1
@@ -288,6 +292,7 @@ class RemoteDealer:
         if repeats <= 0 or not plan:
             return
         self._precompute = party_precompute
+        self._tell_dropped()
         self._tell(_control(_STREAM, len(plan), repeats), _CTRL_TAG)
         self._streamed.extend((0, plan) for _ in range(repeats))
         # the receives are posted now (message sizes follow from the plan's shapes): the dealer's sends complete
@@ -322,10 +327,12 @@ class RemoteDealer:
 
     def clear_store(self) -> None:
         """Receive and discard everything streamed and not used (its masks are never used: nothing leaks)."""
+        for _, mat in self._ready:
+            self._dropped.extend(mat.created)
         self._ready.clear()
         while self._streamed:
             predicted = self._predicted()
-            self._take_streamed(predicted, wire.encode_request(predicted, self.parties))
+            self._dropped.extend(self._take_streamed(predicted, wire.encode_request(predicted, self.parties)).created)
 
     def finish(self) -> None:
         """Tell the dealer process that no more requests come (it returns its stats); the first party sends it."""
@@ -347,8 +354,18 @@ class RemoteDealer:
         while len(self._told) > 64:  # long taken: the dealer reads them in order
             self._told.pop(0)()
 
-    def forget(self, mask_id: int) -> None:  # the dealer process keeps its masks for the run
-        pass
+    def forget(self, mask_id: int) -> None:
+        """A mask's last handle is gone (the same in every party: they run the same program): the first party
+        tells the dealer process, which then drops it (see :meth:`_tell_dropped`)."""
+        if self.party == 0 and not self.finished:
+            self._dropped.append(mask_id)
+
+    def _tell_dropped(self) -> None:
+        if self.party != 0 or not self._dropped:
+            return
+        dropped, self._dropped = self._dropped, []  # (a finalizer may add more meanwhile: told next time)
+        self._tell(_control(_FORGET, len(dropped)), _CTRL_TAG)
+        self._tell(torch.tensor(dropped, dtype=torch.int64), _FORGET_TAG)
 
 
 def _material_tag(digest: str, compare_bits: int, digit_bits: int) -> str:
@@ -368,7 +385,8 @@ class _DealerProcess:
         self.recording: list[_PlanEntry] | None = None
         self.plan: list[_PlanEntry] = []
         self.posted: deque[list] = deque()  # per streamed repeat: the waits of its messages
-        self.repeat_masks: deque[list] = deque()  # per streamed repeat: the ids of the masks it created
+        self.pinned: set[int] = set()  # masks made before the plan that its requests use: kept while it is streamed
+        self.dropped: set[int] = set()  # pinned masks the first party dropped: forgotten when the plan changes
 
     def serve(self) -> None:
         while True:
@@ -380,6 +398,9 @@ class _DealerProcess:
                 self.recording = []
             elif code == _STOP:
                 self.plan, self.recording = self.recording or [], None
+                self._pin_plan()
+            elif code == _FORGET and 0 < a <= 1 << 24:
+                self._forget(self.links.recv(self.first, (a,), torch.int64, _FORGET_TAG, channel="control").tolist())
             elif code == _STREAM:
                 self._stream(a, b)
             elif 0 < code <= wire.MAX_REQUEST_BYTES:
@@ -402,22 +423,29 @@ class _DealerProcess:
             raise wire.WireError(f"Rejected a stream of {repeats} repeats of a {plan_len}-request plan: the dealer "
                                  f"recorded {len(self.plan)} requests.")
         t0 = time.perf_counter()
-        # the parties ask for a stream once the batches before the last streamed one are over: nothing refers to
-        # the masks those created any more (a plan's requests refer to their own repeat's masks or to older ones
-        # made inline, such as the weights'), so the dealer's memory stays bounded however long the run
-        while len(self.repeat_masks) > 1:
-            for mid in self.repeat_masks.popleft():
-                self.dealer.forget(mid)
         waits: list = []
         for i, req, mat in self.dealer.replay(self.plan, repeats):
             if i == 0:
                 self._settle(_STREAM_DEPTH - 1)  # bounded: wait for the parties to take older repeats
                 waits = []
                 self.posted.append(waits)
-                self.repeat_masks.append([])
-            self.repeat_masks[-1].extend(mat.created)
             waits += self._post(req, mat, wire.encode_request(req, self.parties))
         self.dealer.times.preprocess_seconds += time.perf_counter() - t0
+
+    def _pin_plan(self) -> None:
+        """Keep the masks made before the plan that its requests use (the weights', or an activation a model
+        keeps across batches) for as long as it is streamed, even if the first party dropped them meanwhile."""
+        created = {mid for entry in self.plan for mid in entry.created}
+        self.pinned = {r for entry in self.plan for r in entry.request.refs if r is not None and r not in created}
+        self._forget(list(self.dropped))
+
+    def _forget(self, mask_ids: list[int]) -> None:
+        """Drop the masks the first party no longer uses (its last handle is gone), so that the dealer's memory
+        stays bounded however long the run; pinned ones wait until the plan changes."""
+        self.dropped = {mid for mid in mask_ids if mid in self.pinned} | (self.dropped & self.pinned)
+        for mid in mask_ids:
+            if mid not in self.pinned:
+                self.dealer.forget(mid)
 
     def _post(self, req, mat, data: bytes) -> list:
         tag = _material_tag(wire.request_digest(data), self.compare_bits, self.digit_bits)
