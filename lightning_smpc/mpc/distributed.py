@@ -135,7 +135,7 @@ class DistributedCommunicator(Communicator):
                 wire.append((mine & ((1 << bits) - 1)).to(dtype))
             else:
                 wire.append(mine.contiguous())
-            kinds.append(f"{kind}{bits}")
+            kinds.append(f"{kind}{bits}{list(shares.shape[1:])}")  # bound: a packed bit string hides its length
         rows = self.links.all_gather_many(wire, f"open/{','.join(kinds)}:{self._tag}", ranks=self._peers)
         out = []
         for i, (shares, kind, bits) in enumerate(items):

@@ -187,6 +187,8 @@ def test_one_round_of_openings_is_one_message():
     bits = torch.randint(0, 2, (1, 11), generator=g, dtype=torch.uint8)
     small = torch.randint(0, 2**40, (1, 4), generator=g)
     got = comm.open([(value, "arith", 64), (bits, "xor", 1), (small, "arith", 4)], tag="relu")
-    assert links.messages == ["open/arith64,xor1,arith4:relu"] and comm.rounds == 1
+    # one message, whose authenticated tag names each value's kind, width and shape (11 packed bits fill 2 bytes,
+    # as 16 would: the shape tells them apart)
+    assert links.messages == ["open/arith64[3, 5],xor1[11],arith4[4]:relu"] and comm.rounds == 1
     assert torch.equal(got[0], 2 * value[0]) and torch.equal(got[1], torch.zeros(11, dtype=torch.uint8))
     assert torch.equal(got[2], (2 * small[0]) & 15)
