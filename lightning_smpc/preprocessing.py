@@ -93,6 +93,7 @@ class StreamSchedule:
     def __init__(self, session, enabled: bool, overlap: bool = True) -> None:
         self.session, self.enabled, self.overlap = session, enabled, overlap
         self.recording, self.next_same = False, False
+        self._discards = 0  # the dealer's store discards when this batch began
         self.plan: Optional[list] = None
         self.seconds = 0.0
 
