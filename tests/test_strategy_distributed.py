@@ -139,6 +139,19 @@ def _dealer_requests(strategy) -> dict:
     return strategy.process_reports[0]["dealer_requests"]
 
 
+def _labels_in_both_runtimes(make_model, make_loader, **distributed) -> dict:
+    """The first party's dealer requests of a distributed run (``distributed``: its extra strategy arguments),
+    after checking that its revealed labels equal the simulated runtime's."""
+    outs, strategies = [], []
+    for runtime, extra in (("distributed", distributed), ("simulated", {"seed": 0, "model_owner": "alice", "client": "bob"})):
+        strategy = SecurePredictStrategy(runtime=runtime, reveal="labels", metrics={"accuracy": SecureAccuracy(num_classes=4)}, **extra)
+        trainer = Trainer(strategy=strategy, logger=False, enable_progress_bar=False, enable_model_summary=False)
+        outs.append(torch.cat(trainer.predict(make_model(), make_loader())))
+        strategies.append(strategy)
+    assert torch.equal(outs[0], outs[1])
+    return _dealer_requests(strategies[0])
+
+
 @pytest.mark.parametrize("n, overlap", [(2, None), (3, None), (2, True)], ids=["2pc", "3pc", "2pc-overlap"])
 def test_streamed_dealer_material_gives_the_same_results_as_the_simulated_runtime(n: int, overlap) -> None:
     """preprocess=True: the dealer process streams the next batch's material (batches 16, 16, 8: the second is
@@ -196,14 +209,7 @@ def test_runs_of_same_shaped_batches_are_streamed_wherever_they_start(sizes) -> 
     """Each party takes ``next_same`` of the batch it is processing (not of one Lightning already prefetched),
     and a run of same-shaped batches after an odd one records its own plan: same labels as the simulated
     runtime, streamed material, nothing discarded."""
-    outs, strategies = [], []
-    for runtime, extra in (("distributed", {}), ("simulated", {"seed": 0, "model_owner": "alice", "client": "bob"})):
-        strategy = SecurePredictStrategy(runtime=runtime, reveal="labels", metrics={"accuracy": SecureAccuracy(num_classes=4)}, **extra)
-        trainer = Trainer(strategy=strategy, logger=False, enable_progress_bar=False, enable_model_summary=False)
-        outs.append(torch.cat(trainer.predict(Tiny(), DataLoader(_Batches(sizes), batch_size=None))))
-        strategies.append(strategy)
-    assert torch.equal(outs[0], outs[1])
-    requests = _dealer_requests(strategies[0])
+    requests = _labels_in_both_runtimes(Tiny, lambda: DataLoader(_Batches(sizes), batch_size=None))
     assert requests["requests_from_store"] > 0 and requests["store_discards"] == 0, requests
 
 
@@ -212,15 +218,8 @@ def test_every_batch_after_the_first_is_streamed_with_or_without_overlap(overlap
     """Four equal batches: the dealer process streams batches 2-4, generated while the previous batch runs
     (overlap) or after it (between batches); the parties take each between batches and fold both layers'
     [a] @ (W - B) then. Same labels as the simulated runtime."""
-    outs, strategies = [], []
-    for runtime, extra in (("distributed", {"dealer_overlap": overlap}),
-                           ("simulated", {"seed": 0, "model_owner": "alice", "client": "bob"})):
-        strategy = SecurePredictStrategy(runtime=runtime, reveal="labels", metrics={"accuracy": SecureAccuracy(num_classes=4)}, **extra)
-        trainer = Trainer(strategy=strategy, logger=False, enable_progress_bar=False, enable_model_summary=False)
-        outs.append(torch.cat(trainer.predict(Tiny(), DataLoader(TensorDataset(X[:32], Y[:32]), batch_size=8))))
-        strategies.append(strategy)
-    assert torch.equal(outs[0], outs[1])
-    requests = _dealer_requests(strategies[0])
+    requests = _labels_in_both_runtimes(Tiny, lambda: DataLoader(TensorDataset(X[:32], Y[:32]), batch_size=8),
+                                        dealer_overlap=overlap)
     assert requests["store_discards"] == 0 and requests["taken_ahead"] == requests["requests_from_store"], requests
     assert requests["folded_ahead"] == 3 * 2, requests  # batches 2, 3, 4; two linear layers each
 
@@ -250,13 +249,7 @@ class ReusesAMask(Tiny):
 
 
 def test_a_batch_that_leaves_the_plan_can_reuse_the_masks_of_its_streamed_material() -> None:
-    outs = []
-    for runtime, extra in (("distributed", {"dealer_overlap": True}),
-                           ("simulated", {"seed": 0, "model_owner": "alice", "client": "bob"})):
-        strategy = SecurePredictStrategy(runtime=runtime, reveal="labels", **extra)
-        trainer = Trainer(strategy=strategy, logger=False, enable_progress_bar=False, enable_model_summary=False)
-        outs.append(torch.cat(trainer.predict(ReusesAMask(), DataLoader(TensorDataset(X[:32]), batch_size=8))))
-    assert torch.equal(outs[0], outs[1])
+    _labels_in_both_runtimes(ReusesAMask, lambda: DataLoader(TensorDataset(X[:32]), batch_size=8), dealer_overlap=True)
 
 
 class ChangesForGood(Tiny):
@@ -274,15 +267,8 @@ class ChangesForGood(Tiny):
 def test_a_plan_that_changes_for_good_is_recorded_anew_not_streamed_again(overlap: bool) -> None:
     """The batch that leaves the plan drops its stream once; the next batch records the new plan, which is
     streamed from then on (the stale plan is not generated, taken and dropped batch after batch)."""
-    outs, strategies = [], []
-    for runtime, extra in (("distributed", {"dealer_overlap": overlap}),
-                           ("simulated", {"seed": 0, "model_owner": "alice", "client": "bob"})):
-        strategy = SecurePredictStrategy(runtime=runtime, reveal="labels", **extra)
-        trainer = Trainer(strategy=strategy, logger=False, enable_progress_bar=False, enable_model_summary=False)
-        outs.append(torch.cat(trainer.predict(ChangesForGood(), DataLoader(TensorDataset(X[:40]), batch_size=4))))
-        strategies.append(strategy)
-    assert torch.equal(outs[0], outs[1])
-    requests = _dealer_requests(strategies[0])
+    requests = _labels_in_both_runtimes(ChangesForGood, lambda: DataLoader(TensorDataset(X[:40]), batch_size=4),
+                                        dealer_overlap=overlap)
     # taken ahead and folded: batches 2, 3 (dropped when it left the plan) and 5-10 (batch 4 records the new plan)
     assert requests["store_discards"] == 1 and requests["folded_ahead"] == 2 * 8, requests
 
@@ -308,10 +294,5 @@ class KeepsAnActivation(Tiny):
 
 @pytest.mark.parametrize("overlap", [False, True], ids=["between-batches", "overlap"])
 def test_masks_a_model_keeps_across_batches_outlive_the_batch_that_made_them(overlap: bool) -> None:
-    outs = []
-    for runtime, extra in (("distributed", {"dealer_overlap": overlap}),
-                           ("simulated", {"seed": 0, "model_owner": "alice", "client": "bob"})):
-        strategy = SecurePredictStrategy(runtime=runtime, reveal="labels", **extra)
-        trainer = Trainer(strategy=strategy, logger=False, enable_progress_bar=False, enable_model_summary=False)
-        outs.append(torch.cat(trainer.predict(KeepsAnActivation(), DataLoader(TensorDataset(X[:40]), batch_size=4))))
-    assert torch.equal(outs[0], outs[1])
+    _labels_in_both_runtimes(KeepsAnActivation, lambda: DataLoader(TensorDataset(X[:40]), batch_size=4),
+                             dealer_overlap=overlap)
