@@ -87,7 +87,7 @@ class SecurePredictStrategy(ParallelStrategy):
         dealer_overlap: with ``preprocess``, parties as processes: ``True``: the crypto provider's process generates
             the next batch's material while the parties compute the current batch (best when it has a machine of
             its own); ``False``: between batches (on a machine shared with the parties it then does not slow their
-            online phase: batch-10 online latency 26 ms instead of 33 ms on a 2-core machine, for ~7% less
+            online phase: batch-10 online latency 26 ms instead of 33 ms on a 2-core machine, for ~10% less
             throughput when batches come back to back). ``None``: ``False`` when ``predict`` spawns the roles on
             this machine, else ``True``.
 
