@@ -79,21 +79,24 @@ class PartyProcessError(SmpcError, RuntimeError):
     """A party's (or the dealer's) process failed or died; every process of the run was stopped."""
 
 
-def _pack_bits(bits: torch.Tensor) -> torch.Tensor:
-    flat = bits.reshape(-1).to(torch.uint8)
-    pad = (-flat.numel()) % 8
-    if pad:
-        flat = torch.cat([flat, flat.new_zeros(pad)])
-    weights = (1 << torch.arange(8, dtype=torch.uint8))
-    return (flat.reshape(-1, 8) * weights).sum(1, dtype=torch.uint8)
+def _opening_wire(mine: torch.Tensor, kind: str, bits: int) -> torch.Tensor:
+    """This party's share of an opened value as it goes on the wire: 1-bit XOR shares packed 8 per byte, a share
+    needed modulo ``2^bits`` only reduced to that (all the others may see) in a narrow type."""
+    if kind == "xor" and bits == 1:
+        return wire.pack_bits(mine.cpu())
+    if kind == "arith" and bits < 64:
+        dtype = torch.uint8 if bits <= 8 else torch.int16 if bits <= 15 else torch.int32 if bits <= 31 else torch.int64
+        return (mine & ((1 << bits) - 1)).to(dtype)
+    return mine.contiguous()
 
 
-def _unpack_bits(packed: torch.Tensor, shape: tuple) -> torch.Tensor:
-    n = 1
-    for d in shape:
-        n *= d
-    bits = (packed.unsqueeze(-1) >> torch.arange(8, dtype=torch.uint8)) & 1
-    return bits.reshape(-1)[:n].reshape(shape)
+def _opening_share(t: torch.Tensor, kind: str, bits: int, shape: tuple) -> torch.Tensor:
+    """A party's share back from its wire form (:func:`_opening_wire`)."""
+    if kind == "xor" and bits == 1:
+        return wire.unpack_bits(t, shape)
+    if kind == "arith" and bits < 64:
+        return t.to(torch.int64) & ((1 << bits) - 1)
+    return t
 
 
 class DistributedCommunicator(Communicator):
@@ -125,29 +128,12 @@ class DistributedCommunicator(Communicator):
         return super().broadcast_input(sender, value, tag, bits)
 
     def _exchange_many(self, items) -> list[torch.Tensor]:
-        wire, kinds = [], []
-        for shares, kind, bits in items:
-            mine = shares[0]
-            if kind == "xor" and bits == 1:
-                wire.append(_pack_bits(mine))
-            elif kind == "arith" and bits < 64:  # a share mod 2^bits is all the others may see
-                dtype = torch.uint8 if bits <= 8 else torch.int16 if bits <= 15 else torch.int32 if bits <= 31 else torch.int64
-                wire.append((mine & ((1 << bits) - 1)).to(dtype))
-            else:
-                wire.append(mine.contiguous())
-            kinds.append(f"{kind}{bits}{list(shares.shape[1:])}")  # bound: a packed bit string hides its length
-        rows = self.links.all_gather_many(wire, f"open/{','.join(kinds)}:{self._tag}", ranks=self._peers)
-        out = []
-        for i, (shares, kind, bits) in enumerate(items):
-            shape = tuple(shares.shape[1:])
-            if kind == "xor" and bits == 1:
-                parts = [_unpack_bits(row[i], shape) for row in rows]
-            elif kind == "arith" and bits < 64:
-                parts = [row[i].to(torch.int64) & ((1 << bits) - 1) for row in rows]
-            else:
-                parts = [row[i] for row in rows]
-            out.append(torch.stack(parts))
-        return out
+        payload = [_opening_wire(shares[0], kind, bits) for shares, kind, bits in items]
+        # bound into the message: each value's kind, width and shape (a packed bit string hides its length)
+        what = ",".join(f"{kind}{bits}{list(shares.shape[1:])}" for shares, kind, bits in items)
+        rows = self.links.all_gather_many(payload, f"open/{what}:{self._tag}", ranks=self._peers)
+        return [torch.stack([_opening_share(row[i], kind, bits, tuple(shares.shape[1:])) for row in rows])
+                for i, (shares, kind, bits) in enumerate(items)]
 
     def _exchange_to(self, shares: torch.Tensor, receivers: list[str]):
         outside = [r for r in receivers if r not in self.parties]
