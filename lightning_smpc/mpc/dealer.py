@@ -324,7 +324,7 @@ class TrustedDealer:
             plains.append(m)
         a, b = plains
         if op in ("matmul", "linear") and ref_y is not None:
-            b = self._limb_operand(ref_y, tf_y, op, b)
+            b = self._limb_operand(ref_y, tf_y, b)
         if op == "mul":
             c = a * b
         elif op == "matmul":
@@ -338,9 +338,10 @@ class TrustedDealer:
         data["c"] = sh.arith("c", c)
         return Material(data, tuple(created), tuple(keys)), {}
 
-    def _limb_operand(self, mask_id: int, transform: tuple, op: str, plain: torch.Tensor) -> LimbOperand:
-        """The reused mask ``mask_id`` (transformed) as a :class:`LimbOperand`, split once per run."""
-        key = (mask_id, transform, op)
+    def _limb_operand(self, mask_id: int, transform: tuple, plain: torch.Tensor) -> LimbOperand:
+        """The reused mask ``mask_id`` (transformed) as a :class:`LimbOperand`, split once per run (one split serves
+        matmul and linear: linear takes its ``.mT`` view)."""
+        key = (mask_id, transform)
         if key not in self._limb_operands:
             if len(self._limb_operands) >= _LIMB_OPERANDS_KEPT:  # bounded: the oldest goes first
                 del self._limb_operands[next(iter(self._limb_operands))]
