@@ -2,26 +2,51 @@
 following batches of the same shape is generated ahead.
 
 * simulated runtime (:class:`PreprocessSchedule`): into the dealer's store, at most ``ahead`` batches at a time;
-* parties as processes (:class:`StreamSchedule`): the dealer process streams the next batch's material while the
-  parties compute the current one, whenever the client announced that the next batch has the same shape.
+* parties as processes (:class:`StreamSchedule`): the dealer process streams the next batch's material, during the
+  current batch or between the two, whenever the client announced that the next batch has the same shape.
 """
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from typing import Optional
 
 __all__ = ["PreprocessSchedule", "StreamSchedule", "full_batches_after_first"]
 
 
-class PreprocessSchedule:
+class _Schedule:
+    """What both schedules share: the session, the plan they recorded, and the seconds of their offline work."""
+
+    def __init__(self, session, enabled: bool) -> None:
+        self.session, self.enabled = session, enabled
+        self.recording = False
+        self.plan: Optional[list] = None
+        self.seconds = 0.0
+
+    def _keep_plan(self) -> None:
+        """Stop recording: the recorded requests are the plan; a later batch that does not match it goes inline."""
+        self.recording = False
+        self.plan = self.session.dealer.stop_recording()
+        self.session.dealer.fallback_inline = True
+
+    @contextmanager
+    def _offline(self):
+        """Counts the enclosed work in :attr:`seconds`."""
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds += time.perf_counter() - t0
+
+
+class PreprocessSchedule(_Schedule):
     """Records the plan on the first batch and keeps the dealer's store filled between batches."""
 
     def __init__(self, session, enabled: bool, ahead: int) -> None:
-        self.session, self.enabled, self.ahead = session, enabled, ahead
-        self.batches_seen, self.recording = 0, False
-        self.plan: Optional[list] = None
+        super().__init__(session, enabled)
+        self.ahead = ahead
+        self.batches_seen = 0
         self.full_batches_left = 0
-        self.seconds = 0.0
 
     def before_batch(self) -> None:
         """Called before a batch is shared: start recording on the first, refill an empty store later."""
@@ -42,9 +67,7 @@ class PreprocessSchedule:
         """
         if not self.recording:
             return
-        self.recording = False
-        self.plan = self.session.dealer.stop_recording()
-        self.session.dealer.fallback_inline = True
+        self._keep_plan()
         self.full_batches_left = full_batches_after_first(trainer, batch_size)
         self._refill()
 
@@ -52,10 +75,9 @@ class PreprocessSchedule:
         repeats = min(self.ahead, self.full_batches_left)
         if repeats <= 0:
             return
-        t0 = time.perf_counter()
-        self.session.preprocess(self.plan, repeats)
+        with self._offline():
+            self.session.preprocess(self.plan, repeats)
         self.full_batches_left -= repeats
-        self.seconds += time.perf_counter() - t0
 
 
 def full_batches_after_first(trainer, batch_size: int) -> int:
@@ -76,7 +98,7 @@ def full_batches_after_first(trainer, batch_size: int) -> int:
     return n_batches - 1 - int(short_last)
 
 
-class StreamSchedule:
+class StreamSchedule(_Schedule):
     """Parties as processes: keep the dealer process one batch ahead for runs of batches of the same shape.
 
     Every party calls the same hooks with the same ``next_same`` (from the client's header of this batch), so
@@ -91,11 +113,10 @@ class StreamSchedule:
     """
 
     def __init__(self, session, enabled: bool, overlap: bool = True) -> None:
-        self.session, self.enabled, self.overlap = session, enabled, overlap
-        self.recording, self.next_same = False, False
+        super().__init__(session, enabled)
+        self.overlap = overlap
+        self.next_same = False
         self._discards = 0  # the dealer's store discards when this batch began
-        self.plan: Optional[list] = None
-        self.seconds = 0.0
 
     def before_batch(self, next_same: bool) -> None:
         self.next_same = bool(next_same) and self.enabled
@@ -111,19 +132,15 @@ class StreamSchedule:
         """After a batch's online phase: keep a new plan and have its successor streamed; then, offline, take
         the successor's material and fold its data-independent products (the online phase only reads it)."""
         if self.recording:
-            self.recording = False
-            self.plan = self.session.dealer.stop_recording()
-            self.session.dealer.fallback_inline = True
+            self._keep_plan()
             self._stream()
         elif (self.next_same and not self.overlap and self.session.dealer.store_size == 0
               and self.session.dealer.times.store_discards == self._discards):  # a batch that left the plan: record anew
             self._stream()
         if self.next_same:
-            t0 = time.perf_counter()
-            self.session.dealer.take_ahead()
-            self.seconds += time.perf_counter() - t0
+            with self._offline():
+                self.session.dealer.take_ahead()
 
     def _stream(self) -> None:
-        t0 = time.perf_counter()
-        self.session.preprocess(self.plan, 1)
-        self.seconds += time.perf_counter() - t0
+        with self._offline():
+            self.session.preprocess(self.plan, 1)
