@@ -24,8 +24,8 @@ from .mpc.distributed import PartyProcessError, _abort, _drain, _stop, _to_bytes
 
 __all__ = ["PartyLauncher", "PartyProcessError", "resolve_start_method"]
 
-# The crypto provider's process runs at this lower CPU priority when it shares the machine with the parties: it
-# generates the next batch's material while they compute, and should use the cores only when they wait.
+# The crypto provider's process runs at this lower CPU priority when it shares the machine with the parties: its
+# work is offline (the next batch's material), and should take the cores only when the parties wait.
 DEALER_NICENESS = 10
 
 # Errors a process reports when a PEER failed (its sockets closed, or it stopped answering)
