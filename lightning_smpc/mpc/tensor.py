@@ -37,12 +37,18 @@ class SkippedSoftmax:
     """
 
     dim: int | None
+    log: bool = False
+
+
+# The real softmax of a skipped one, computed when an op other than an argmax over its dim uses it (a softmax
+# inside a network, e.g. attention): set by ``ops.smooth`` (the core's dispatch cannot import the ops).
+MATERIALIZE: list[Callable] = []
 
 
 # One declaration per op is the single source of dispatch (OP_TABLE), of the ops a skipped softmax allows
 # (ARGMAX_SAFE), of supported_ops() / the error text, and of the README's op table (ops.ops_table_markdown()),
 # which shows each op's note (its cost or restriction, OP_NOTE).
-FAMILIES = ("metadata", "shape", "arithmetic", "bilinear", "reduction", "nonlinear", "pooling", "layers")
+FAMILIES = ("metadata", "shape", "arithmetic", "bilinear", "reduction", "nonlinear", "smooth", "pooling", "layers")
 OP_FAMILY: dict[Callable, str] = {}
 OP_NOTE: dict[Callable, str] = {}
 
@@ -147,12 +153,7 @@ class ShareTensor(torch.Tensor):
     def __torch_function__(cls, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func not in ARGMAX_SAFE and _any_skipped(args, kwargs):
-            name = torch.overrides.resolve_name(func) or getattr(func, "__name__", repr(func))
-            raise UnsupportedOpError(
-                f"`{name}` was applied to the output of a softmax/log_softmax that is skipped on shares (its "
-                "values are the logits, so only an argmax over the softmax dim, or the indices of a max over "
-                "it, are valid). Remove the softmax from forward() or use only its argmax."
-            )
+            args, kwargs = _materialized(func, args, kwargs)
         handler = OP_TABLE.get(func)
         if handler is None:
             name = torch.overrides.resolve_name(func) or getattr(func, "__name__", repr(func))
@@ -179,6 +180,27 @@ def _add_op_note(e: UnsupportedOpError, func: Callable) -> None:
     note = OP_NOTE.get(func)
     if note and hasattr(e, "add_note") and not getattr(e, "__notes__", None):
         e.add_note(f"`{_short(_name(func))}` on shares: {note}")
+
+
+def _materialized(func, args, kwargs):
+    """``args``/``kwargs`` with every skipped softmax replaced by the real one (computed once per value). The
+    values of a max over a skipped softmax (the logits' maximum) cannot be: they are refused."""
+
+    def real(a):
+        if isinstance(a, ShareTensor) and a._skipped is not None:
+            if a._skipped.dim is None or not MATERIALIZE:
+                name = torch.overrides.resolve_name(func) or getattr(func, "__name__", repr(func))
+                raise UnsupportedOpError(
+                    f"`{name}` was applied to the values of a max over a softmax/log_softmax that is skipped on "
+                    "shares (they are the logits' maximum, not probabilities); use the indices of the max, or "
+                    "compute the max of the softmax's values with the softmax inside the network."
+                )
+            return MATERIALIZE[0](a)
+        if isinstance(a, (list, tuple)) and any(isinstance(t, ShareTensor) for t in a):
+            return type(a)(real(t) for t in a)
+        return a
+
+    return tuple(real(a) for a in args), {k: real(v) for k, v in kwargs.items()}
 
 
 def _any_skipped(args, kwargs) -> bool:

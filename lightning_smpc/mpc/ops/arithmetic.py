@@ -110,13 +110,15 @@ implements(Tensor.__imul__, Tensor.mul_, family="arithmetic", note=_IN_PLACE.for
 
 
 @implements(Tensor.__truediv__, Tensor.div, torch.div, family="arithmetic",
-            note="Public divisors only (no `rounding_mode`): 1 to 3 truncation rounds, error <= 2 + |q| 2^(f - s) LSB "
+            note="A secret divisor: times its reciprocal (as `torch.reciprocal`). Public divisors (no `rounding_mode`): 1 to 3 truncation rounds, error <= 2 + |q| 2^(f - s) LSB "
             "(f = precision_bits, s = 61 - compare_bits; see `_divide_public`).")
 def _h_div(x, y, *, rounding_mode=None):
-    if isinstance(y, ShareTensor):
-        raise UnsupportedOpError("Division by a secret-shared value is not supported (only by public values).")
     if rounding_mode is not None:
         raise UnsupportedOpError(f"div(rounding_mode={rounding_mode!r}) on shares is not supported; divide, then reveal.")
+    if isinstance(y, ShareTensor):
+        from .smooth import divide_secret  # smooth builds on this module: imported at call time
+
+        return divide_secret(x, y)
     return _divide_public(x, y)
 
 

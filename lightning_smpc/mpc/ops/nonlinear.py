@@ -67,7 +67,7 @@ def _move_last(x: ShareTensor, dim: int) -> ShareTensor:
 
 
 def _argmax_parts(x: ShareTensor, dim, keepdim: bool, want_max: bool):
-    _check_skipped_argmax(x, dim)
+    x = _check_skipped_argmax(x, dim)
     if dim is None:
         x, dim = _reshape_to(x, (1, x.numel())), -1
     nd = len(_shape_of(x))
@@ -120,6 +120,7 @@ def _h_amax(x, dim=(), keepdim=False):
 def _h_max(x, dim=None, keepdim=False):
     if isinstance(dim, ShareTensor) or (dim is not None and not isinstance(dim, int)):
         raise UnsupportedOpError("max(x, y) elementwise is not supported; use torch.maximum-free code or relu(x-y)+y.")
+    x = _check_skipped_argmax(x, dim)  # the real softmax where the skipped one's dim is not this max's
     _, index, mx, frac = _argmax_parts(x, dim, keepdim, True)
     # the max of a skipped softmax is the logits' maximum, not a probability: mark it unusable
     values = ShareTensor(mx, x._session, frac, None, None if x._skipped is None else SkippedSoftmax(None))

@@ -153,3 +153,67 @@ def _join(kind):
 _JOIN_NOTE = "Local; every operand must be shared (share public ones first)."
 implements(torch.cat, torch.concat, family="shape", note=_JOIN_NOTE)(_join("cat"))
 implements(torch.stack, family="shape", note=_JOIN_NOTE)(_join("stack"))
+
+
+# ---------------------------------------------------------------------------------------------- transformer shape ops
+def _sizes(args, kw, key):
+    sizes = kw.get(key, args)
+    if len(sizes) == 1 and isinstance(sizes[0], (tuple, list, torch.Size)):
+        sizes = tuple(sizes[0])
+    return tuple(int(s) for s in sizes)
+
+
+@implements(Tensor.expand, family="shape", note="Local on each share row (a class token to the batch, ...).")
+def _expand(x, *sizes, **kw):
+    shape = _meta_shape(x, lambda t: t.expand(*_sizes(sizes, kw, "size")))
+    if shape == _shape_of(x):
+        return x
+    return _wrap(x, transforms.align_party(x._shares, len(shape)).expand((x._shares.shape[0],) + shape), x._frac, None)
+
+
+@implements(Tensor.expand_as, family="shape", note="Local on each share row.")
+def _expand_as(x, other):
+    return _expand(x, tuple(other.shape))
+
+
+@implements(Tensor.repeat, family="shape", note="Local on each share row.")
+def _repeat(x, *sizes, **kw):
+    reps = _sizes(sizes, kw, "repeats")
+    shares = transforms.align_party(x._shares, len(reps))
+    return _wrap(x, shares.repeat((1,) + reps), x._frac, None)
+
+
+@implements(Tensor.unflatten, torch.unflatten, family="shape", note="Local on each share row.")
+def _unflatten(x, dim, sizes):
+    return _reshape_to(x, _meta_shape(x, torch.unflatten, dim, tuple(sizes)))
+
+
+def _slices(x, dim, bounds):
+    nd = len(_shape_of(x))
+    d = _norm(dim, nd)
+    return tuple(_getitem(x, (slice(None),) * d + (slice(a, b),)) for a, b in bounds)
+
+
+@implements(Tensor.split, torch.split, family="shape", note="Local on each share row (basic slices).")
+def _split(x, split_size_or_sections, dim=0):
+    n = _shape_of(x)[_norm(dim, len(_shape_of(x)))]
+    if isinstance(split_size_or_sections, int):
+        starts = list(range(0, n, split_size_or_sections))
+        bounds = [(a, min(a + split_size_or_sections, n)) for a in starts]
+    else:
+        ends = list(torch.tensor(list(split_size_or_sections)).cumsum(0).tolist())
+        bounds = list(zip([0] + ends[:-1], ends))
+    return _slices(x, dim, bounds)
+
+
+@implements(Tensor.chunk, torch.chunk, family="shape", note="Local on each share row (basic slices).")
+def _chunk(x, chunks, dim=0):
+    n = _shape_of(x)[_norm(dim, len(_shape_of(x)))]
+    return _split(x, -(-n // chunks), dim)
+
+
+@implements(Tensor.unbind, torch.unbind, family="shape", note="Local on each share row (basic indices).")
+def _unbind(x, dim=0):
+    nd = len(_shape_of(x))
+    d = _norm(dim, nd)
+    return tuple(_getitem(x, (slice(None),) * d + (i,)) for i in range(_shape_of(x)[d]))

@@ -1,0 +1,290 @@
+"""Smooth functions and the transformer layers built on them: GELU, sigmoid, tanh, SiLU, erf, exp, reciprocal,
+rsqrt, sqrt, log, division by a secret, softmax inside a network, layer_norm and scaled_dot_product_attention.
+
+The protocols live in :mod:`..approx` (piecewise polynomials and normalised powers over the core protocols); the
+handlers here only fix the scale (``precision_bits``), choose each function's interval range and wrap results.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from .. import approx as A
+from ..errors import ShapeMismatchError, UnsupportedOpError
+from ..tensor import MATERIALIZE, ShareTensor, implements
+from ._common import Tensor, _fixed, _lift, _norm, _shape_of, _wrap
+from .arithmetic import _add, _h_mul
+from .bilinear import _h_matmul
+from .nonlinear import _h_max, _move_last
+from .reduction import _h_mean
+from .shape import _permute, _transpose
+
+
+def _at_precision(x: ShareTensor) -> ShareTensor:
+    """``x`` at exactly ``precision_bits`` fractional bits (a pending product truncated, an integer lifted)."""
+    x = _fixed(x)
+    f = x._session.precision_bits
+    return x if x._frac == f else _wrap(x, _lift(x, f), f, None)
+
+
+def _piecewise(x: ShareTensor, name: str) -> ShareTensor:
+    x = _at_precision(x)
+    return _wrap(x, A.piecewise(x._session, x._shares, A.SPECS[name]), x._session.precision_bits, None)
+
+
+def _range_exponents(sess) -> tuple[int, int]:
+    """Interval exponents ``j`` told apart for a normalised power over the whole share range:
+    ``2^-precision_bits`` (1 LSB) up to ``2^(compare_bits - precision_bits - 1)``."""
+    return -sess.precision_bits, sess.compare_bits - sess.precision_bits - 1
+
+
+def _power(x: ShareTensor, p, lo: int | None = None, hi: int | None = None, signed: bool = False) -> ShareTensor:
+    x = _at_precision(x)
+    sess = x._session
+    dlo, dhi = _range_exponents(sess)
+    lo, hi = max(dlo, dlo if lo is None else lo), min(dhi, dhi if hi is None else hi)
+    return _wrap(x, A.normalized_power(sess, x._shares, p, lo, hi, signed), sess.precision_bits, None)
+
+
+def _note(name: str, what: str) -> str:
+    spec = A.SPECS[name]
+    return (f"{what}: {len(spec.breaks) + 1} pieces (degree {spec.degree}) selected by one comparison call, "
+            f"13 rounds at the defaults; max error {spec.max_error:.1e} + fixed point; domain: {spec.domain}.")
+
+
+# ---------------------------------------------------------------------------------------------- activations
+@implements(F.gelu, family="smooth", note=_note("gelu", "Piecewise polynomial (`approximate='tanh'`: its own fit)"))
+def _h_gelu(x, approximate: str = "none"):
+    if approximate not in ("none", "tanh"):
+        raise ValueError(f"Expected approximate='none' or 'tanh', but got {approximate!r}.")
+    return _piecewise(x, "gelu" if approximate == "none" else "gelu_tanh")
+
+
+@implements(torch.sigmoid, Tensor.sigmoid, F.sigmoid, family="smooth", note=_note("sigmoid", "Piecewise polynomial"))
+def _h_sigmoid(x):
+    return _piecewise(x, "sigmoid")
+
+
+@implements(torch.tanh, Tensor.tanh, F.tanh, family="smooth", note=_note("tanh", "Piecewise polynomial"))
+def _h_tanh(x):
+    return _piecewise(x, "tanh")
+
+
+@implements(F.silu, family="smooth", note=_note("silu", "Piecewise polynomial"))
+def _h_silu(x, inplace: bool = False):
+    return _piecewise(x, "silu")
+
+
+@implements(torch.erf, Tensor.erf, torch.special.erf, family="smooth", note=_note("erf", "Piecewise polynomial"))
+def _h_erf(x):
+    return _piecewise(x, "erf")
+
+
+@implements(torch.exp, Tensor.exp, family="smooth", note=_note("exp", "Piecewise polynomial (relative error "
+            "below 1e-5 up to e^10.3)"))
+def _h_exp(x):
+    return _piecewise(x, "exp")
+
+
+_POWER_NOTE = ("One comparison call against the powers of two (the interval 2^j <= x < 2^(j+1)), x 2^-j in [1, 2), a "
+               "degree-6 polynomial there, then a local factor for 2^-j: {rounds} rounds at the defaults; relative error "
+               "about 1e-5 + 2^-precision_bits / x. Domain: {domain}.")
+
+
+@implements(torch.rsqrt, Tensor.rsqrt, family="smooth",
+            note=_POWER_NOTE.format(rounds=16, domain="x >= 2^-precision_bits (smaller x as that)"))
+def _h_rsqrt(x):
+    return _power(x, -0.5)
+
+
+@implements(torch.sqrt, Tensor.sqrt, family="smooth",
+            note=_POWER_NOTE.format(rounds=16, domain="x >= 0 (x below 2^-precision_bits as that)"))
+def _h_sqrt(x):
+    return _power(x, 0.5)
+
+
+@implements(torch.reciprocal, Tensor.reciprocal, family="smooth",
+            note=_POWER_NOTE.format(rounds=16, domain="|x| >= 2^-(compare_bits - precision_bits - 1), both signs "
+                                    "(the result must stay in the share range)"))
+def _h_reciprocal(x):
+    return _power(x, -1.0, lo=-(x._session.compare_bits - x._session.precision_bits - 1), signed=True)
+
+
+@implements(torch.log, Tensor.log, family="smooth",
+            note=_POWER_NOTE.format(rounds=14, domain="x > 0; ln(x) = ln(m) + j ln 2"))
+def _h_log(x):
+    return _power(x, "log")
+
+
+@implements(Tensor.__rtruediv__, family="smooth", note="A public or shared numerator over a shared denominator: its "
+            "reciprocal (as `torch.reciprocal`), then a product.")
+def _h_rdiv(x, y):
+    return _h_mul(_h_reciprocal(x), y)
+
+
+def divide_secret(x, y: ShareTensor) -> ShareTensor:
+    """``x / y`` for a secret ``y``: ``x * reciprocal(y)`` (the arithmetic family's ``/`` calls this)."""
+    return _h_mul(x, _h_reciprocal(y))
+
+
+# ---------------------------------------------------------------------------------------------- softmax
+def softmax(x: ShareTensor, dim: int, log: bool = False) -> ShareTensor:
+    """The real (log-)softmax over ``dim``: ``e = exp(x - max)`` (the argmax protocol's max, then a piecewise exp on
+    non-positive inputs), ``e / sum(e)`` with the reciprocal of the sum in ``[1, n]`` (or ``x - max - ln(sum)``).
+    Rounds at the defaults: 6 (max) + 13 (exp) + 12 (reciprocal over ceil(log2 n) + 1 intervals) + 1 (product)."""
+    nd = len(_shape_of(x))
+    d = _norm(dim, nd)
+    logits = _wrap(x, x._shares, x._frac, x.mask, skipped=None)
+    y = _move_last(logits, d)
+    shifted = _at_precision(_add(y, _h_max(y, -1, True).values, -1))  # <= 0 (the max itself: exactly 0)
+    n = _shape_of(y)[-1]
+    hi = max(1, math.ceil(math.log2(n)))
+    e = _piecewise(shifted, "exp_nonpositive")
+    total = e.sum(-1, keepdim=True)  # in [1, n]: the max's term is exp(0) = 1
+    if log:
+        out = _add(shifted, _power(total, "log", lo=0, hi=hi), -1)
+    else:
+        out = _h_mul(e, _power(total, -1.0, lo=0, hi=hi))
+    if d != nd - 1:  # move the softmax dim back
+        out = _permute(out, tuple(range(d)) + (nd - 1,) + tuple(range(d, nd - 1)))
+    return out
+
+
+def _materialize(x: ShareTensor) -> ShareTensor:
+    key = ("softmax", x._skipped.dim, x._skipped.log)
+    if key not in x._cache:
+        x._cache[key] = softmax(x, x._skipped.dim, x._skipped.log)
+    return x._cache[key]
+
+
+MATERIALIZE.append(_materialize)
+
+
+# ---------------------------------------------------------------------------------------------- layers
+@implements(F.layer_norm, family="smooth",
+            note="Mean and variance by local sums and public divisions, one Beaver square, `rsqrt(var + eps)` over "
+            "the intervals from eps up, two products (with a shared or public affine weight): about 24 rounds.")
+def _h_layer_norm(x, normalized_shape, weight=None, bias=None, eps: float = 1e-5):
+    normalized_shape = tuple([normalized_shape] if isinstance(normalized_shape, int) else normalized_shape)
+    if _shape_of(x)[len(_shape_of(x)) - len(normalized_shape):] != normalized_shape:
+        raise ShapeMismatchError(f"layer_norm: expected an input ending in {normalized_shape}, but got {_shape_of(x)}.")
+    dims = tuple(range(-len(normalized_shape), 0))
+    centred = _at_precision(_add(x, _h_mean(x, dims, keepdim=True), -1))
+    var = _h_mean(_h_mul(centred, centred), dims, keepdim=True)
+    f = x._session.precision_bits
+    lo = math.floor(math.log2(eps)) if eps > 0 else -f  # var + eps >= eps: no interval below it is needed
+    y = _h_mul(centred, _power(_add(var, eps), -0.5, lo=lo))
+    if weight is not None:
+        y = _h_mul(y, weight)
+    return y if bias is None else _add(y, bias)
+
+
+def _public_mask(mask, shape, device) -> Tensor:
+    m = torch.as_tensor(mask)
+    if isinstance(mask, ShareTensor):
+        raise UnsupportedOpError("A secret-shared attention mask is not supported; masks must be public.")
+    return m.to(device).expand(torch.broadcast_shapes(tuple(m.shape), shape))
+
+
+def _fill_where_not(x: ShareTensor, keep: Tensor, value: float) -> ShareTensor:
+    """``x`` where the public boolean ``keep``, else the public ``value`` (local: keep is public)."""
+    x = _at_precision(x)
+    keep = keep.to(torch.int64)
+    shares = x._shares * keep
+    out = _wrap(x, shares, x._frac, None)
+    fill = (1 - keep).to(torch.float64) * value
+    return _add(out, fill)
+
+
+@implements(Tensor.masked_fill, torch.masked_fill, family="smooth",
+            note="A public boolean mask and a public value: local (a secret mask is refused); -inf becomes the most "
+            "negative value a softmax after it can still compare.")
+def _h_masked_fill(x, mask, value):
+    if isinstance(value, ShareTensor):
+        raise UnsupportedOpError("masked_fill with a secret-shared value is not supported; the value must be public.")
+    keep = ~_public_mask(mask, _shape_of(x), x._shares.device).to(torch.bool)
+    return _fill_where_not(x, keep, _finite_fill(x, float(value)))
+
+
+def _finite_fill(x: ShareTensor, value: float) -> float:
+    """-inf/+inf (a masked attention score) as the largest magnitude a max-subtraction can still compare."""
+    if math.isinf(value):
+        big = 2.0 ** (x._session.compare_bits - x._session.precision_bits - 2)
+        return -big if value < 0 else big
+    return value
+
+
+@implements(F.scaled_dot_product_attention, family="smooth",
+            note="`softmax(q @ k^T * scale + mask) @ v` with two secret products, public boolean/float masks and "
+            "`is_causal`; dropout and `enable_gqa` are refused.")
+def _h_sdpa(query, key, value, attn_mask=None, dropout_p: float = 0.0, is_causal: bool = False, scale=None,
+            enable_gqa: bool = False):
+    if dropout_p:
+        raise UnsupportedOpError("scaled_dot_product_attention with dropout_p > 0 is training-only; call model.eval().")
+    if enable_gqa:
+        raise UnsupportedOpError("scaled_dot_product_attention(enable_gqa=True) is not supported on shares.")
+    n_q, n_k, width = query.shape[-2], key.shape[-2], query.shape[-1]
+    scale = 1 / math.sqrt(width) if scale is None else scale
+    scores = _h_mul(_h_matmul(query, _transpose(key, -2, -1)), scale)
+    shape = _shape_of(scores) if isinstance(scores, ShareTensor) else tuple(scores.shape)
+    if is_causal:
+        causal = torch.ones(n_q, n_k, dtype=torch.bool).tril()
+        scores = _fill_where_not(scores, _public_mask(causal, shape, scores._shares.device), _finite_fill(scores, -math.inf))
+    if attn_mask is not None:
+        m = _public_mask(attn_mask, shape, scores._shares.device)
+        if m.dtype == torch.bool:
+            scores = _fill_where_not(scores, m, _finite_fill(scores, -math.inf))
+        else:
+            scores = _add(scores, torch.clamp(m.to(torch.float64), min=_finite_fill(scores, -math.inf)))
+    return _h_matmul(softmax(scores, -1), value)
+
+
+# ---------------------------------------------------------------------------------------------- einsum
+@implements(torch.einsum, family="bilinear",
+            note="Two operands (attention patterns and any other): permuted and reshaped into one batched matmul, "
+            "so its cost is matmul's; labels in one operand only are summed first; one operand is local.")
+def _h_einsum(equation: str, *operands):
+    if len(operands) == 1 and isinstance(operands[0], (list, tuple)):
+        operands = tuple(operands[0])
+    if len(operands) != 2 or "..." in equation:
+        raise UnsupportedOpError("einsum on shares takes exactly two operands and no '...'; write it with matmul.")
+    ins, out = equation.replace(" ", "").split("->") if "->" in equation else (equation.replace(" ", ""), None)
+    la, lb = ins.split(",")
+    if out is None:
+        out = "".join(sorted(c for c in set(la + lb) if (la + lb).count(c) == 1))
+    a, b = operands
+    a, la = _sum_labels(a, la, lb + out)
+    b, lb = _sum_labels(b, lb, la + out)
+    batch = [c for c in la if c in lb and c in out]
+    contract = [c for c in la if c in lb and c not in out]
+    left = [c for c in la if c not in lb]
+    right = [c for c in lb if c not in la]
+    size = {c: n for c, n in zip(la, a.shape)} | {c: n for c, n in zip(lb, b.shape)}
+    prod = lambda cs: math.prod(size[c] for c in cs)  # noqa: E731
+    a3 = _reorder(a, la, batch + left + contract).reshape(prod(batch), prod(left), prod(contract))
+    b3 = _reorder(b, lb, batch + contract + right).reshape(prod(batch), prod(contract), prod(right))
+    res = _h_matmul(a3, b3).reshape(*[size[c] for c in batch + left + right])
+    return _reorder(res, batch + left + right, list(out))
+
+
+def _sum_labels(t, labels: str, others: str):
+    own = [i for i, c in enumerate(labels) if c not in others]
+    if own:
+        t = t.sum(dim=tuple(own))
+        labels = "".join(c for c in labels if c not in [labels[i] for i in own])
+    return t, labels
+
+
+def _reorder(t, labels, order):
+    labels = list(labels)
+    perm = [labels.index(c) for c in order]
+    return t if perm == list(range(len(perm))) else t.permute(*perm)
+
+
+@implements(torch.bmm, Tensor.bmm, family="bilinear", note="As matmul on 3-D operands (a Beaver product of two secrets).")
+def _h_bmm(x, y):
+    if len(x.shape) != 3 or len(y.shape) != 3:
+        raise ShapeMismatchError(f"bmm expects 3-D operands, but got {tuple(x.shape)} and {tuple(y.shape)}.")
+    return _h_matmul(x, y)
