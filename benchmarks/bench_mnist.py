@@ -1,4 +1,4 @@
-"""Secure MNIST inference benchmark: the seed workload (784-500-10 MLP) or LeNet-5, as a user runs it.
+"""Secure MNIST inference benchmark: the seed workload (784-500-10 MLP), LeNet-5 or a tiny ViT, as a user runs it.
 
 Runs ``Trainer(strategy=SecurePredictStrategy(...)).predict`` with ``SecureAccuracy`` (only the number of
 correct predictions is revealed) on N test images at batch B, several repetitions, and prints ONE JSON
@@ -10,6 +10,7 @@ estimates for a LAN and a WAN from the counted rounds and bytes.
     python benchmarks/bench_mnist.py --data-dir ../shared/data              # both modes
     python benchmarks/bench_mnist.py --mode throughput --breakdown --plot out/breakdown.png
     python benchmarks/bench_mnist.py --data-dir ../shared/data --model lenet --mode throughput   # 1,000 images, batch 100
+    python benchmarks/bench_mnist.py --data-dir ../shared/data --model vit --mode throughput --runtime distributed
 
 ``--model lenet`` is the LeNet-5 of ``examples/mnist_cnn.py`` with the peers' weights (``--lenet-weights``, default
 ``../shared/peers/lenet.pt``, the model of the SPU and CrypTen LeNet benchmarks; trained for one epoch and cached when
@@ -18,6 +19,10 @@ lines carry the MLP's fields plus ``model``, ``dealer_bytes_per_image_party0`` a
 forward (``conv2d#1``, ``relu#1``, ``max_pool2d#1``, ...; a conv's truncation is fused into the next ReLU and
 counted there) the seconds (dealer work included: measured on an extra run that generates dealer material inline),
 online rounds and bytes sent, and dealer bytes, of the first party, over all batches (simulated runtime only).
+``--model vit`` is the tiny ViT of ``examples/mnist_vit.py`` (``nn.LayerNorm``, ``nn.GELU``, a softmax attention)
+with the peers' weights (``--vit-weights``, default ``../shared/peers/vit.pt``, the model of the SPU and CrypTen ViT
+benchmarks), 1,000 images at batch 100 like the LeNet; its line (and the LeNet's) adds ``max_abs_logit_err`` and
+``mean_abs_logit_err`` (an extra pass that reveals the logits) and ``rounds_per_batch``.
 """
 from __future__ import annotations
 
@@ -134,6 +139,25 @@ class SpacedCollate:
         return default_collate(items)
 
 
+def vit_model(args) -> torch.nn.Module:
+    """The tiny ViT of examples/mnist_vit.py with the peers' weights (required: ``--vit-weights``)."""
+    sys.path.insert(0, str(REPO / "examples"))  # a plain import: the distributed runtime pickles the model by name
+    import mnist_vit as example
+    model = example.ViT()
+    model.load_state_dict(torch.load(args.vit_weights, map_location="cpu"))
+    return model
+
+
+def logit_errors(model, loader, args) -> dict:
+    """Max and mean absolute error of the secure logits (revealed in an extra, untimed pass) against plaintext."""
+    _, _, logits = secure_run(model, loader, args, reveal="logits")
+    secure = torch.cat([torch.as_tensor(v).reshape(-1, 10) for v in logits]).double()
+    with torch.no_grad():
+        plain = torch.cat([model(xb) for xb, _ in loader]).double()
+    err = (secure - plain).abs()
+    return {"max_abs_logit_err": round(float(err.max()), 5), "mean_abs_logit_err": round(float(err.mean()), 6)}
+
+
 def run_config(model, x, y, n: int, batch: int, args) -> dict:
     loader = DataLoader(TensorDataset(x[:n], y[:n]), batch_size=batch)
     secure_loader = DataLoader(TensorDataset(x[:n], y[:n]), batch_size=batch,
@@ -202,6 +226,9 @@ def run_config(model, x, y, n: int, batch: int, args) -> dict:
         # pessimistic: the dealer's bytes to the first party go over the same link, not overlapped with the online phase
         result[f"est_{net}_with_dealer_s"] = round(result[f"est_{net}_s"] + offline_stats.get("bytes_received", 0) * 8 / bps, 3)
     result["breakdown"] = breakdown(stats)
+    if args.model != "mlp":
+        result.update(logit_errors(model, loader, args))
+        result["rounds_per_batch"] = online_stats["rounds"] // (n // batch)
     if args.model != "mlp" and args.runtime == "simulated":
         result = {"model": args.model, **result, "layers": layer_breakdown(model, loader, args)}
     elif args.model != "mlp":
@@ -214,7 +241,8 @@ class _LayerMeter(Callback):
     second ReLU of a batch), summed over batches, by wrapping the op table's handlers for this run only."""
 
     OPS = ("conv2d", "linear", "relu", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "adaptive_max_pool2d",
-           "argmax", "add", "mul", "pad", "mean")
+           "argmax", "add", "mul", "pad", "mean", "layer_norm", "gelu", "softmax", "matmul", "sigmoid", "tanh", "silu",
+           "scaled_dot_product_attention", "cat")
 
     def __init__(self, party: str) -> None:
         self.party, self.rows, self.calls, self.depth, self.saved = party, {}, {}, 0, {}
@@ -308,8 +336,11 @@ def plot(rows: list[dict], path: str) -> None:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-dir", default="data")
-    p.add_argument("--model", choices=["mlp", "lenet", "lenet_bn"], default="mlp",
-                   help="the seed MLP, LeNet-5 (the peers' weights), or LeNet-5 with BatchNorm (trained one epoch)")
+    p.add_argument("--model", choices=["mlp", "lenet", "lenet_bn", "vit"], default="mlp",
+                   help="the seed MLP, LeNet-5 (the peers' weights), LeNet-5 with BatchNorm (trained one epoch), or the "
+                   "tiny ViT (the peers' weights)")
+    p.add_argument("--vit-weights", default=str(REPO.parent / "shared" / "peers" / "vit.pt"),
+                   help="state_dict of the tiny ViT (default: the peers' vit.pt)")
     p.add_argument("--lenet-weights", default=str(REPO.parent / "shared" / "peers" / "lenet.pt"),
                    help="state_dict of the LeNet (default: the peers' lenet.pt; trained when missing)")
     p.add_argument("--mode", choices=["throughput", "latency", "both"], default="both")
@@ -340,6 +371,8 @@ def main(argv=None) -> None:
         torch.set_num_threads(args.threads)
     if args.model == "mlp":
         model, modes_n = trained_model(args.data_dir, Path(args.cache), args.epochs).eval(), MODES
+    elif args.model == "vit":
+        model, modes_n = vit_model(args).eval(), LENET_MODES
     else:
         model, modes_n = lenet_model(args).eval(), LENET_MODES
     modes = ["throughput", "latency"] if args.mode == "both" else [args.mode]

@@ -70,9 +70,15 @@ class LeNet(LightningModule):
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data-dir", default="data", help="directory holding MNIST/raw/ (default: data)")
+    p = example_parser(__doc__)
     p.add_argument("--batchnorm", action="store_true", help="the variant with BatchNorm after every conv/linear")
+    return p.parse_args(argv)
+
+
+def example_parser(doc: str) -> argparse.ArgumentParser:
+    """The options every MNIST example shares (data, training, test subset, parties, runtime)."""
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
+    p.add_argument("--data-dir", default="data", help="directory holding MNIST/raw/ (default: data)")
     p.add_argument("--epochs", type=int, default=1, help="plaintext training epochs (default: 1)")
     p.add_argument("--train-subset", type=int, default=None, help="first N training images (default: all 60k)")
     p.add_argument("--test-subset", type=int, default=1000, help="first N test images (default: 1000)")
@@ -84,20 +90,21 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--runtime", choices=["simulated", "distributed"], default="simulated",
                    help="parties in this process (default), or one process per party plus the crypto provider")
     p.add_argument("--no-agreement", action="store_true", help="skip the second secure pass that reveals labels")
-    return p.parse_args(argv)
+    return p
 
 
-def train_or_load(args: argparse.Namespace, dm: MNISTDataModule) -> LeNet:
+def train_or_load(args: argparse.Namespace, dm: MNISTDataModule, model_cls: type = LeNet, **hparams) -> LightningModule:
     """Train in plaintext with an ordinary Trainer, or load ``--weights`` / the ``--ckpt`` cache."""
+    hparams = hparams or {"batchnorm": args.batchnorm}
     if args.weights:
-        model = LeNet(batchnorm=args.batchnorm)
+        model = model_cls(**hparams)
         model.load_state_dict(torch.load(args.weights, map_location="cpu"))
         print(f"loaded weights from {args.weights}")
         return model
     if args.ckpt and os.path.isfile(args.ckpt):
         print(f"loading trained model from {args.ckpt}")
-        return LeNet.load_from_checkpoint(args.ckpt, map_location="cpu")
-    model = LeNet(batchnorm=args.batchnorm)
+        return model_cls.load_from_checkpoint(args.ckpt, map_location="cpu")
+    model = model_cls(**hparams)
     trainer = Trainer(max_epochs=args.epochs, accelerator="cpu", logger=False, enable_checkpointing=False,
                       enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0)
     trainer.fit(model, datamodule=dm)
@@ -108,7 +115,7 @@ def train_or_load(args: argparse.Namespace, dm: MNISTDataModule) -> LeNet:
 
 
 @torch.inference_mode()
-def plaintext_logits(model: LeNet, dm: MNISTDataModule) -> tuple[torch.Tensor, torch.Tensor]:
+def plaintext_logits(model: LightningModule, dm: MNISTDataModule) -> tuple[torch.Tensor, torch.Tensor]:
     model.eval()
     dm.setup("predict")
     logits, targets = [], []
@@ -126,6 +133,12 @@ def main(argv: Optional[list[str]] = None) -> None:
     dm.prepare_data()
     model = train_or_load(args, dm)
 
+    compare_secure_and_plaintext(model, dm, args)
+
+
+def compare_secure_and_plaintext(model: LightningModule, dm: MNISTDataModule, args: argparse.Namespace) -> None:
+    """Plaintext accuracy, secure accuracy (revealed to the model owner), traffic, and the agreement of the secure
+    labels (a second pass, revealed to the client) with the plaintext argmax."""
     t0 = time.perf_counter()
     logits, target = plaintext_logits(model, dm)
     plain_s = time.perf_counter() - t0

@@ -344,7 +344,7 @@ def test_non_predict_entry_points_refused(tiny, fn: str) -> None:
 class BadLayersNet(TinyNet):
     def __init__(self) -> None:
         super().__init__()
-        self.body = nn.Sequential(nn.Linear(8, 16), nn.LayerNorm(16), nn.ReLU(), nn.Linear(16, 4), nn.Sigmoid())
+        self.body = nn.Sequential(nn.Linear(8, 16), nn.GroupNorm(4, 16), nn.ReLU(), nn.Linear(16, 4), nn.Softplus())
 
     def forward(self, x):
         return self.body(x)
@@ -357,20 +357,20 @@ def test_unsupported_layers_listed_before_sharing(tiny) -> None:
         _secure(strategy, BadLayersNet(), DataLoader(TensorDataset(x, y), batch_size=32))
     msg = str(info.value)
     assert isinstance(info.value, NotImplementedError)
-    assert "`body.1` (LayerNorm)" in msg and "`body.4` (Sigmoid)" in msg
-    assert "inverse square root" in msg
+    assert "`body.1` (GroupNorm)" in msg and "`body.4` (Softplus)" in msg
+    assert "LayerNorm is" in msg
     assert strategy.session is None  # nothing was shared
 
 
-class ExpLayer(nn.Module):
+class SinLayer(nn.Module):
     def forward(self, x):
-        return torch.exp(x)
+        return torch.sin(x)
 
 
-class ExpNet(TinyNet):
+class SinNet(TinyNet):
     def __init__(self) -> None:
         super().__init__()
-        self.squash = ExpLayer()
+        self.squash = SinLayer()
 
     def forward(self, x):
         return self.fc2(self.squash(self.fc1(x)))
@@ -379,10 +379,10 @@ class ExpNet(TinyNet):
 def test_unsupported_op_names_op_and_layer(tiny) -> None:
     _, x, y, _ = tiny
     with pytest.raises(UnsupportedOpError) as info:
-        _secure(SecurePredictStrategy(seed=0), ExpNet(), DataLoader(TensorDataset(x, y), batch_size=32))
+        _secure(SecurePredictStrategy(seed=0), SinNet(), DataLoader(TensorDataset(x, y), batch_size=32))
     msg = str(info.value)
     assert isinstance(info.value, NotImplementedError)
-    assert "exp" in msg and "`squash` (ExpLayer)" in msg
+    assert "sin" in msg and "`squash` (SinLayer)" in msg
 
 
 def test_nan_input_rejected(tiny) -> None:

@@ -6,15 +6,23 @@ Why these protocols (see ``notes/transformers.md``; read, not copied):
 
 * **Piecewise polynomials, one comparison call for all breakpoints** (PUMA's GELU, generalised). Every
   breakpoint ``t_i`` is compared at once (``[x >= t_i]`` for all ``i`` in ONE :func:`~.protocols.compare_bit`
-  call: one comparison's rounds, whatever the number of pieces); each interior piece is a degree-``D``
-  polynomial in its own centred variable ``x - c_i`` (so the coefficients stay small and the fixed-point error
-  of the powers is not amplified: the fits below keep ``sum_k k |a_k| h^(k-1) <= 7``); the tails are constant or
-  linear (GELU/SiLU: 0 and ``x``; sigmoid: 0 and 1; erf/tanh: -1 and 1; exp: 0). The pieces' values are
-  selected by ONE Beaver product with the pieces' indicator bits. A piece evaluated far from its interval may
-  wrap around the ring (its powers overflow): it is multiplied by an indicator that is exactly 0, so the
-  result is exact in the ring whatever that garbage is. Constant rounds: ``cmp + 2 ceil(log2 D) + 2``
-  (13 at the defaults, ``D = 6``), independent of the input's magnitude, unlike CrypTen's Taylor/Newton
-  iterations (whose ``erf`` diverges beyond ``|x| ~ 2`` and needs its defaults changed for this model).
+  call: one comparison's rounds, whatever the number of pieces); the powers ``x^2 .. x^D`` are computed once and
+  shared by every piece (each piece is fitted centred on its interval and expanded in powers of ``x``; simulated
+  with the truncations' errors, this costs at most 2e-5 beyond the fit); the tails are constant or linear
+  (GELU/SiLU: 0 and ``x``; sigmoid: 0 and 1; erf/tanh: -1 and 1; exp: 0). The pieces' values are selected by ONE
+  Beaver product with the pieces' indicator bits. A piece evaluated far from its interval may wrap around the
+  ring (its powers overflow): it is multiplied by an indicator that is exactly 0, so the result is exact in the
+  ring whatever that garbage is. Constant rounds: ``cmp + 2 ceil(log2 D) + 2`` (13 at the defaults, ``D = 6``),
+  independent of the input's magnitude, unlike CrypTen's Taylor/Newton iterations (whose ``erf`` diverges beyond
+  ``|x| ~ 2`` and needs its defaults changed for this model).
+* **Powers with reused masks.** ``x`` is opened (masked) once and every later product with ``x`` reuses that
+  opening, as the model's weights do; ``x^2`` likewise: ``x^3 = x^2 x`` opens only ``x^2``, and ``x^4 = x^2 x^2``
+  opens nothing (the dealer's ``[c]`` is ``[a^2]``). Degree 6 opens ``x`` (twice: the first product's two
+  operands), ``x^2`` and ``x^4``: 4 openings and 3 truncations per element instead of 10 and 5.
+* **exp by range reduction** (``torch.exp`` on the whole share range): ``x = j ln 2 + r`` with ``j`` from one
+  comparison call against the multiples of ``ln 2``, ``r`` in ``[0, ln 2)`` (local), ``e^r`` by one polynomial and
+  ``2^j`` a local factor; the lowest interval's factor is 0 (``e^x`` is below half an LSB there). The softmax uses
+  the cheaper piecewise ``exp`` on ``x <= 0`` instead (4 pieces, no range reduction).
 * **Normalised powers** ``x^p`` (``p`` = -1, -1/2, 1/2) and ``log x``: ONE comparison call against the powers
   of two ``2^k`` (the interval ``2^j <= x < 2^(j+1)`` as indicator bits, a "bit length" without bit
   decomposition), then everything that depends on ``j`` alone is a public constant per interval times an
@@ -40,8 +48,8 @@ import torch
 from . import protocols as P
 from .protocols import COSTS
 
-__all__ = ["PiecewisePoly", "SPECS", "SMOOTH_COSTS", "piecewise", "normalized_power", "piecewise_cost",
-           "power_cost", "fit_piecewise"]
+__all__ = ["PiecewisePoly", "SPECS", "SMOOTH_COSTS", "piecewise", "relu_minus", "normalized_power", "exp",
+           "piecewise_cost", "relu_minus_cost", "power_cost", "exp_cost", "fit_piecewise"]
 
 # Products of a power with a public coefficient carry ``coef_bits(spec, f)`` extra fractional bits (truncated once):
 # as many as keep every term below 2^59 in the ring, so a small high-order coefficient keeps its precision.
@@ -53,40 +61,62 @@ class PiecewisePoly:
     """``f(x)`` as ``left(x)`` below ``breaks[0]``, a polynomial in ``x - centers[i]`` on
     ``[breaks[i], breaks[i+1])``, ``right(x)`` from ``breaks[-1]`` on. Tails are ``(a, b)``: ``a + b x``.
 
-    ``coeffs[i][k]`` multiplies ``(x - centers[i])^k``. ``max_error`` is measured in float at fit time over the
-    pieces (the tails' own error, e.g. GELU's ``0`` below -5, is included).
+    ``coeffs[i][k]`` multiplies ``(x - centers[i])^k``. A tail of ``None``: the outer piece extends that way (no
+    comparison with its break; e.g. ``exp`` after a max subtraction never sees ``x > 0``). ``max_error`` is measured
+    in float at fit time over the pieces (the tails' own error, e.g. GELU's ``0`` below -5, is included).
     """
 
     name: str
     breaks: tuple[float, ...]
     centers: tuple[float, ...]
     coeffs: tuple[tuple[float, ...], ...]
-    left: tuple[float, float]
-    right: tuple[float, float]
+    left: tuple[float, float] | None
+    right: tuple[float, float] | None
     max_error: float = 0.0
     domain: str = "all reals in the share range"
+
+    @property
+    def thresholds(self) -> tuple[float, ...]:
+        """The breaks compared with: all but an open side's outer one."""
+        return self.breaks[(self.left is None): len(self.breaks) - (self.right is None)]
+
+    @property
+    def tails(self) -> tuple[tuple[float, float], ...]:
+        return tuple(t for t in (self.left, self.right) if t is not None)
 
     @property
     def degree(self) -> int:
         return max(len(c) for c in self.coeffs) - 1
 
-    @property
-    def term_bound(self) -> float:
-        """The largest ``sum_k |a_k| h^k`` over the pieces (``h``: the piece's half-width): bounds every term."""
-        return max(sum(abs(a) * ((hi - lo) / 2) ** k for k, a in enumerate(c))
-                   for c, lo, hi in zip(self.coeffs, self.breaks[:-1], self.breaks[1:]))
+    def expanded(self, shared: bool) -> tuple[tuple[float, ...], ...]:
+        """Each piece's coefficients in powers of ``x`` itself (``shared``: the pieces share one set of powers), or
+        of its own centred variable ``x - c_i`` (a single piece)."""
+        if not shared:
+            return self.coeffs
+        out = []
+        for a, c in zip(self.coeffs, self.centers):
+            b = np.zeros(len(a))
+            for k, ak in enumerate(a):  # (x - c)^k by the binomial theorem
+                b[: k + 1] += ak * np.array([math.comb(k, j) * (-c) ** (k - j) for j in range(k + 1)])
+            out.append(tuple(float(v) for v in b))
+        return tuple(out)
 
-    def coef_bits(self, precision_bits: int) -> int:
-        """Fractional bits of the public coefficients at this precision (see ``RING_HEADROOM_BITS``)."""
-        return RING_HEADROOM_BITS - precision_bits - max(0, math.ceil(math.log2(self.term_bound)))
+    def coef_bits(self, precision_bits: int, shared: bool) -> int:
+        """Fractional bits of the public coefficients at this precision: as many as keep every term of every
+        piece, over the piece's interval, below ``2^RING_HEADROOM_BITS`` in the ring."""
+        bound = 1.0
+        for b, lo, hi, c in zip(self.expanded(shared), self.breaks[:-1], self.breaks[1:], self.centers):
+            reach = max(abs(lo), abs(hi)) if shared else (hi - lo) / 2
+            bound = max(bound, sum(abs(v) * reach**k for k, v in enumerate(b)))
+        return RING_HEADROOM_BITS - precision_bits - math.ceil(math.log2(bound))
 
 
 def fit_piecewise(name: str, fn: Callable[[np.ndarray], np.ndarray], breaks: tuple[float, ...], degree: int,
-                  left: tuple[float, float], right: tuple[float, float], domain: str = "all reals in the share range",
+                  left: tuple[float, float] | None, right: tuple[float, float] | None, domain: str = "all reals in the share range",
                   check_range: tuple[float, float] | None = None) -> PiecewisePoly:
     """Least-squares fit at Chebyshev nodes of each piece (near-minimax), centred on the piece. The tails' slopes
     are integers (they multiply shares locally, exactly)."""
-    if any(float(b) != int(b) for _, b in (left, right)):
+    if any(float(b) != int(b) for _, b in (t for t in (left, right) if t is not None)):
         raise ValueError(f"{name}: tail slopes must be integers, got {left[1]} and {right[1]}.")
     centers, coeffs = [], []
     nodes = np.cos(np.pi * (np.arange(256) + 0.5) / 256)
@@ -105,8 +135,12 @@ def fit_piecewise(name: str, fn: Callable[[np.ndarray], np.ndarray], breaks: tup
 
 def evaluate_plain(spec: PiecewisePoly, x: np.ndarray) -> np.ndarray:
     """The spec in float (what the shares compute, without fixed-point rounding)."""
-    out = np.where(x < spec.breaks[0], spec.left[0] + spec.left[1] * x, spec.right[0] + spec.right[1] * x)
-    for lo, hi, c, a in zip(spec.breaks[:-1], spec.breaks[1:], spec.centers, spec.coeffs):
+    left, right = spec.left or (math.nan, 0.0), spec.right or (math.nan, 0.0)
+    out = np.where(x < spec.breaks[0], left[0] + left[1] * x, right[0] + right[1] * x)
+    n = len(spec.coeffs)
+    for i, (lo, hi, c, a) in enumerate(zip(spec.breaks[:-1], spec.breaks[1:], spec.centers, spec.coeffs)):
+        lo = -np.inf if (i == 0 and spec.left is None) else lo
+        hi = np.inf if (i == n - 1 and spec.right is None) else hi
         inside = (x >= lo) & (x < hi)
         out = np.where(inside, np.polynomial.polynomial.polyval(x - c, a), out)
     return out
@@ -132,26 +166,28 @@ _DEG = 6
 SPECS: dict[str, PiecewisePoly] = {
     s.name: s
     for s in (
-        fit_piecewise("gelu", _gelu, (-5, -2.5, 0, 2.5, 5), _DEG, (0.0, 0.0), (0.0, 1.0)),
-        fit_piecewise("gelu_tanh", _gelu_tanh, (-5, -2.5, 0, 2.5, 5), _DEG, (0.0, 0.0), (0.0, 1.0)),
-        fit_piecewise("sigmoid", _sigmoid, (-14, -8, -4, -1.5, 1.5, 4, 8, 14), _DEG, (0.0, 0.0), (1.0, 0.0)),
+        # GELU and SiLU are relu(x) - h(|x|) with h(a) = a Phi(-a) (a sigmoid(-a) for SiLU), smooth on a >= 0 and
+        # vanishing fast: the ReLU's one comparison gives |x| = 2 relu(x) - x, and h needs 2 (3) breaks instead of
+        # the 5 (7) of a direct fit over both signs (see relu_minus).
+        fit_piecewise("gelu", lambda a: np.maximum(a, 0) - _gelu(a), (0, 2, 4.5), _DEG, None, (0.0, 0.0),
+                      check_range=(0, 12)),
+        fit_piecewise("gelu_tanh", lambda a: np.maximum(a, 0) - _gelu_tanh(a), (0, 2, 4.5), _DEG, None, (0.0, 0.0),
+                      check_range=(0, 12)),
+        fit_piecewise("sigmoid", _sigmoid, (-11, -5, -1.5, 1.5, 5, 11), _DEG, (0.0, 0.0), (1.0, 0.0)),
         fit_piecewise("tanh", np.tanh, (-7, -4, -2, -0.75, 0.75, 2, 4, 7), _DEG, (-1.0, 0.0), (1.0, 0.0)),
-        fit_piecewise("silu", lambda x: x * _sigmoid(x), (-18, -8, -3, 0, 3, 8, 18), _DEG, (0.0, 0.0), (0.0, 1.0)),
+        fit_piecewise("silu", lambda a: np.maximum(a, 0) - a * _sigmoid(a), (0, 3, 8, 18), _DEG, None, (0.0, 0.0),
+                      check_range=(0, 30)),
         fit_piecewise("erf", _erf, (-4, -2, -0.8, 0.8, 2, 4), _DEG, (-1.0, 0.0), (1.0, 0.0)),
         # exp after a max subtraction (softmax): inputs <= 0; exp(-12) = 6e-6 < 1/2 LSB at 16 bits
-        fit_piecewise("exp_nonpositive", np.exp, (-12, -6, -3, -1, 0), _DEG, (0.0, 0.0), (1.0, 0.0),
+        fit_piecewise("exp_nonpositive", np.exp, (-12, -5, -1.5, 0), _DEG, (0.0, 0.0), None,
                       domain="x <= 0 (0 for x < -12)", check_range=(-20, 0)),
-        # torch.exp: up to e^10.3 ~ 30 000 (the share range ends at 32 768)
-        fit_piecewise("exp", np.exp, (-12, -6, -3, -1, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10.3), _DEG, (0.0, 0.0),
-                      (math.exp(10.3), 0.0), domain="x <= 10.3 (larger values leave the share range; "
-                      "they give e^10.3)", check_range=(-20, 10.3)),
     )
 }
 
 
 # ---------------------------------------------------------------------------------------------- share helpers
-class _Fresh:
-    """A Beaver factor without an opened mask: what :func:`~.protocols.beaver` needs of an operand."""
+class _Operand:
+    """A Beaver factor: its shares and, once a product opened it, its mask (reused by every later product)."""
 
     __slots__ = ("shares", "mask")
 
@@ -159,9 +195,10 @@ class _Fresh:
         self.shares, self.mask = shares, None
 
 
-def _mul(sess, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Ring product of two same-shape share tensors (one Beaver product, both operands fresh)."""
-    return P.beaver(sess, "mul", _Fresh(x), _Fresh(y))
+def _mul(sess, x, y) -> torch.Tensor:
+    """Ring product of two share tensors or :class:`_Operand` (one Beaver product; opened masks are reused)."""
+    wrap = lambda v: v if isinstance(v, _Operand) else _Operand(v)  # noqa: E731
+    return P.beaver(sess, "mul", wrap(x), wrap(y))
 
 
 def _plus_public(sess, shares: torch.Tensor, pub: torch.Tensor) -> torch.Tensor:
@@ -180,32 +217,39 @@ def _indicators(sess, x: torch.Tensor, thresholds: list[float], f: int) -> torch
     """Arithmetic shares (scale 0) of the interval indicators ``[P, *S, M + 1]`` of ``x`` (frac ``f``) for the sorted
     ``thresholds`` ``t_1 < ... < t_M``: interval 0 is ``x < t_1``, interval ``i`` is ``t_i <= x < t_(i+1)``, the
     last ``x >= t_M``. One comparison call for all thresholds."""
-    diff = _plus_public(sess, x.unsqueeze(-1), -_encode(thresholds, f, x.device))
-    bits = P.compare_bit(sess, diff, None)  # [x >= t_i]
+    bits = P.compare_thresholds(sess, x, _encode(thresholds, f, x.device))  # [x >= t_i]
     below = -bits[..., :1]
     if sess.holds_first:
         below[0] += 1
     return torch.cat([below, bits[..., :-1] - bits[..., 1:], bits[..., -1:]], -1)
 
 
+def _power_plan(degree: int) -> list[list[tuple[int, int]]]:
+    """Levels of products ``x^k = x^top * x^(k - top)`` (``top`` the level's power of two) for ``k = 2..degree``."""
+    levels, top = [], 1
+    while top < degree:
+        levels.append([(top, k - top) for k in range(top + 1, min(2 * top, degree) + 1)])
+        top *= 2
+    return levels
+
+
 def _powers(sess, u: torch.Tensor, degree: int, f: int) -> dict[int, torch.Tensor]:
-    """``{k: u^k}`` for ``k = 1..degree`` at frac ``f``: ``ceil(log2 degree)`` levels of one Beaver product and one
-    truncation each (the new powers of a level are stacked into one product)."""
+    """``{k: u^k}`` for ``k = 1..degree`` at frac ``f``: per level of :func:`_power_plan`, its products (each factor
+    is opened by its first product and reused after) and one truncation of the level's powers, stacked."""
+    operands = {1: _Operand(u)}
     pw = {1: u}
-    have = 1
-    while have < degree:
-        ks = list(range(have + 1, min(2 * have, degree) + 1))
-        lhs = torch.stack([pw[have]] * len(ks), -1)
-        rhs = torch.stack([pw[k - have] for k in ks], -1)
-        prod = P.truncate(sess, _mul(sess, lhs, rhs), f)
-        for i, k in enumerate(ks):
-            pw[k] = prod[..., i]
-        have = ks[-1]
+    for level in _power_plan(degree):
+        prods = torch.stack([_mul(sess, operands[top], operands[other]) for top, other in level], -1)
+        prods = P.truncate(sess, prods, f)
+        for i, (top, other) in enumerate(level):
+            pw[top + other] = prods[..., i]
+            operands[top + other] = _Operand(pw[top + other])
     return pw
 
 
-def _polynomial(sess, pw: dict[int, torch.Tensor], coeffs: list[list[float]], f: int, bits: int) -> torch.Tensor:
-    """``sum_k a_k u^k`` at frac ``f + bits`` (not truncated); ``coeffs[i]`` along the last axis of the powers."""
+def _polynomial(sess, pw: dict[int, torch.Tensor], coeffs, f: int, bits: int) -> torch.Tensor:
+    """``sum_k a_k u^k`` at frac ``f + bits`` (not truncated); piece ``i``'s coefficients ``coeffs[i]`` along a new
+    last axis (the powers are shared by the pieces)."""
     deg = max(len(c) for c in coeffs) - 1
     a = np.zeros((len(coeffs), deg + 1))
     for i, c in enumerate(coeffs):
@@ -213,34 +257,56 @@ def _polynomial(sess, pw: dict[int, torch.Tensor], coeffs: list[list[float]], f:
     device = pw[1].device
     out = None
     for k in range(1, deg + 1):
-        term = pw[k] * _encode(a[:, k], bits, device)
+        term = pw[k].unsqueeze(-1) * _encode(a[:, k], bits, device)
         out = term if out is None else out + term
     return _plus_public(sess, out, _encode(a[:, 0], f + bits, device))
+
+
+def _single_poly(sess, u: torch.Tensor, spec: PiecewisePoly, f: int) -> torch.Tensor:
+    """A one-piece spec's polynomial in ``u - center`` at frac ``f`` (powers, one truncation)."""
+    v = _plus_public(sess, u, -_encode(spec.centers[0], f, u.device))
+    bits = spec.coef_bits(f, shared=False)
+    return P.truncate(sess, _polynomial(sess, _powers(sess, v, spec.degree, f), spec.coeffs, f, bits), bits)[..., 0]
 
 
 # ---------------------------------------------------------------------------------------------- protocols
 def piecewise(sess, x: torch.Tensor, spec: PiecewisePoly) -> torch.Tensor:
     """Shares (frac ``f = precision_bits``) of ``spec(x)`` for shares ``x`` at frac ``f``.
 
-    Protocol: 1. the indicators of the ``len(breaks) + 1`` intervals (one comparison call); 2. the powers of
-    the centred variables ``x - c_i``, all pieces stacked (``ceil(log2 D)`` levels); 3. each piece's polynomial
-    locally, its coefficients at ``spec.coef_bits(f)`` extra bits, truncated once; the tails (integer slopes) locally; 4. one Beaver product with the indicators,
-    summed over the pieces. Cost: :func:`piecewise_cost`.
+    Protocol: 1. the indicators of the ``len(breaks) + 1`` intervals (one comparison call); 2. the powers of ``x``
+    (``ceil(log2 D)`` levels, masks reused); 3. every piece's polynomial locally (coefficients expanded in powers of
+    ``x``, at ``spec.coef_bits(f)`` extra bits), truncated once; the tails (integer slopes) locally; 4. one Beaver
+    product with the indicators, summed over the pieces. Cost: :func:`piecewise_cost`.
     """
     f = sess.precision_bits
-    ind = _indicators(sess, x, list(spec.breaks), f)  # [P, *S, n_pieces + 2]
-    u = _plus_public(sess, x.unsqueeze(-1), -_encode(spec.centers, f, x.device))  # [P, *S, n_pieces]
-    bits = spec.coef_bits(f)
-    inner = P.truncate(sess, _polynomial(sess, _powers(sess, u, spec.degree, f), [list(c) for c in spec.coeffs], f, bits),
-                       bits)
-    left, right = (_plus_public(sess, x * int(b), _encode(a, f, x.device)).unsqueeze(-1) for a, b in (spec.left, spec.right))
-    return _mul(sess, ind, torch.cat([left, inner, right], -1)).sum(-1)
+    ind = _indicators(sess, x, list(spec.thresholds), f)  # [P, *S, pieces and tails]
+    bits = spec.coef_bits(f, shared=True)
+    inner = _polynomial(sess, _powers(sess, x, spec.degree, f), spec.expanded(shared=True), f, bits)
+    values = [P.truncate(sess, inner, bits)]
+    if spec.left is not None:
+        values.insert(0, _plus_public(sess, x * int(spec.left[1]), _encode(spec.left[0], f, x.device)).unsqueeze(-1))
+    if spec.right is not None:
+        values.append(_plus_public(sess, x * int(spec.right[1]), _encode(spec.right[0], f, x.device)).unsqueeze(-1))
+    return _mul(sess, ind, torch.cat(values, -1)).sum(-1)
 
 
-# m^p (or ln m) on [1, 2), centred at 1.5, degree 6: errors 7.5e-6 (1/m), 1.8e-6 (1/sqrt m), 1e-6 (sqrt m)
+RELU_MINUS = ("gelu", "gelu_tanh", "silu")  # specs of h in relu(x) - h(|x|)
+
+
+def relu_minus(sess, x: torch.Tensor, spec: PiecewisePoly) -> torch.Tensor:
+    """Shares of ``relu(x) - h(|x|)`` (GELU, SiLU) for ``x`` at frac ``f``: one ReLU, ``|x| = 2 relu(x) - x`` (local),
+    then ``h`` as :func:`piecewise` on ``|x|``. Cost: :func:`relu_minus_cost`."""
+    r = P.relu(sess, x, None)
+    return r - piecewise(sess, 2 * r - x, spec)
+
+
+# m^p (or ln m) on [1, 2) and e^r on [0, ln 2), centred, degree 6: errors 7.5e-6 (1/m), 1.8e-6 (1/sqrt m), 1e-6
+# (sqrt m), 1e-6 (ln m), 1e-9 (e^r)
 _NORM_FNS = {-1.0: lambda m: 1 / m, -0.5: lambda m: 1 / np.sqrt(m), 0.5: np.sqrt, "log": np.log}
 NORM_SPECS: dict = {p: fit_piecewise(f"pow{p}", fn, (1.0, 2.0), _DEG, (0.0, 0.0), (0.0, 0.0), check_range=(1.0, 1.999))
                     for p, fn in _NORM_FNS.items()}
+EXP_REDUCED = fit_piecewise("exp_reduced", np.exp, (0.0, math.log(2)), _DEG, (0.0, 0.0), (0.0, 0.0),
+                            check_range=(0.0, 0.693))
 
 
 def _intervals(lo: int, hi: int, signed: bool) -> tuple[list[float], list[tuple[int, int]]]:
@@ -253,7 +319,17 @@ def _intervals(lo: int, hi: int, signed: bool) -> tuple[list[float], list[tuple[
     return neg + [0.0] + pos, [(-1, j) for j in range(hi, lo - 1, -1)] + [(1, j) for j in range(lo, hi + 1)]
 
 
-def normalized_power(sess, x: torch.Tensor, p, lo: int, hi: int, signed: bool = False) -> torch.Tensor:
+def _scale(sess, g: torch.Tensor, ind: torch.Tensor, factors: list[float], f: int) -> torch.Tensor:
+    """``g * sum_i ind_i factors_i`` at frac ``f`` (``|g| < 2``): the factor is local (public constants times the
+    indicators) at as many fractional bits as keep the product below 2^61; one Beaver product, one truncation."""
+    top = max(abs(v) for v in factors)
+    bits = 59 - f - max(0, math.ceil(math.log2(top)))
+    d = (ind * torch.tensor([round(v * 2.0**bits) for v in factors], dtype=torch.int64, device=g.device)).sum(-1)
+    return P.truncate(sess, _mul(sess, g, d), bits)
+
+
+def normalized_power(sess, x: torch.Tensor, p, lo: int, hi: int, signed: bool = False,
+                     fine: tuple[torch.Tensor, int, int] | None = None) -> torch.Tensor:
     """Shares (frac ``f``) of ``x^p`` (``p`` in -1, -0.5, 0.5) or of ``ln x`` (``p="log"``), ``x`` at frac ``f``.
 
     ``lo``/``hi``: the exponents ``j`` of the intervals ``2^j <= |x| < 2^(j+1)`` told apart (``x`` below ``2^(lo+1)``
@@ -263,25 +339,40 @@ def normalized_power(sess, x: torch.Tensor, p, lo: int, hi: int, signed: bool = 
     ``[1, 2)`` (a Beaver product and a truncation); 3. ``m^p`` by a degree-6 polynomial in ``m - 1.5`` (3 levels of
     powers, one truncation); 4. times the local ``d = sum_j ind_j sign_j 2^(p j)`` (a Beaver product and a
     truncation), or plus ``sum_j ind_j j ln 2`` for the log (local). Cost: :func:`power_cost`.
+
+    ``fine = (shares, frac, divisor)``: the same value as ``x`` times ``divisor`` (a positive integer), at ``frac > f``
+    fractional bits (a layer norm's sum of squares): ``m`` is taken from it, so a small ``x`` keeps the precision
+    that truncating it to ``f`` bits would lose (``x`` still picks the interval); ``c`` then holds
+    ``2^(G - j) / divisor`` at ``G`` bits (rounded: relative error below ``divisor 2^-(G - hi)``).
     """
     f = sess.precision_bits
     thresholds, intervals = _intervals(lo, hi, signed)
     ind = _indicators(sess, x, thresholds, f)
-    scale_bits = max(hi, 0)
-    c = (ind * torch.tensor([s << (scale_bits - j) for s, j in intervals], dtype=torch.int64, device=x.device)).sum(-1)
-    m = P.truncate(sess, _mul(sess, x, c), scale_bits)
-    spec = NORM_SPECS[p]
-    u = _plus_public(sess, m.unsqueeze(-1), -_encode(spec.centers, f, x.device))
-    bits = spec.coef_bits(f)
-    g = P.truncate(sess, _polynomial(sess, _powers(sess, u, spec.degree, f), [list(spec.coeffs[0])], f, bits), bits)
-    g = g.squeeze(-1)
+    if fine is None:
+        scale_bits, source, divisor = max(hi, 0), x, 1
+    else:
+        source, frac, divisor = fine
+        scale_bits = 59 - frac  # |m| < 2: the product stays below 2^61
+    scales = [s * round(2.0 ** (scale_bits - j) / divisor) for s, j in intervals]
+    c = (ind * torch.tensor(scales, dtype=torch.int64, device=x.device)).sum(-1)
+    m = P.truncate(sess, _mul(sess, source, c), scale_bits + (0 if fine is None else fine[1] - f))
+    g = _single_poly(sess, m, NORM_SPECS[p], f)
     if p == "log":
         return g + (ind * _encode([j * math.log(2) for _, j in intervals], f, x.device)).sum(-1)
-    top = max(p * j for _, j in intervals)
-    d_bits = 59 - f - max(0, math.ceil(top))  # |g| < 2, so |g * d| stays below 2^61 at f + d_bits bits
-    d = (ind * torch.tensor([s * round(2.0 ** (d_bits + p * j)) for s, j in intervals], dtype=torch.int64,
-                            device=x.device)).sum(-1)
-    return P.truncate(sess, _mul(sess, g, d), d_bits)
+    return _scale(sess, g, ind, [s * 2.0 ** (p * j) for s, j in intervals], f)
+
+
+def exp(sess, x: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+    """Shares (frac ``f``) of ``e^x`` for ``x`` at frac ``f``: ``x = j ln 2 + r`` with ``j`` in ``lo..hi`` (one
+    comparison call against ``(lo + 1) ln 2 .. hi ln 2``), ``r = x - j ln 2`` local, ``e^r`` by one degree-6
+    polynomial on ``[0, ln 2)``, times the local ``2^j`` (0 for the lowest interval: ``e^x < 2^(lo + 1)`` there).
+    Cost: :func:`exp_cost`."""
+    f = sess.precision_bits
+    js = list(range(lo, hi + 1))
+    ind = _indicators(sess, x, [j * math.log(2) for j in js[1:]], f)
+    r = x - (ind * _encode([j * math.log(2) for j in js], f, x.device)).sum(-1)
+    g = _single_poly(sess, r, EXP_REDUCED, f)
+    return _scale(sess, g, ind, [0.0] + [2.0**j for j in js[1:]], f)
 
 
 # ---------------------------------------------------------------------------------------------- declared costs
@@ -294,30 +385,36 @@ class _Tally:
     d: int
     rounds: int = 0
     bytes_sent: int = 0
-    parts: list = field(default_factory=list)
 
-    def compare(self, numel: int) -> None:
-        self._add("compare_bit", numel=numel, j=self.j, d=self.d)
+    def compare(self, numel: int, thresholds: int) -> None:
+        self._add("compare_thresholds", numel=numel, m=thresholds, j=self.j, d=self.d)
 
-    def mul(self, numel: int) -> None:
-        self._add("beaver_mul", shape_x=(numel,), shape_y=(numel,), fresh_x=True, fresh_y=True)
+    def mul(self, numel: int, fresh_x: bool = True, fresh_y: bool = True) -> None:
+        self._add("beaver_mul", shape_x=(numel,), shape_y=(numel,), fresh_x=fresh_x, fresh_y=fresh_y)
 
     def trunc(self, numel: int) -> None:
         self._add("trunc", numel=numel)
 
     def powers(self, numel: int, degree: int) -> None:
-        have = 1
-        while have < degree:
-            k = min(2 * have, degree) - have
-            self.mul(numel * k)
-            self.trunc(numel * k)
-            have += k
+        """As :func:`_powers`: a factor is opened by its first product only."""
+        opened: set[int] = set()
+        for level in _power_plan(degree):
+            for top, other in level:
+                self.mul(numel, top not in opened, other not in opened)
+                opened |= {top, other}
+            self.trunc(numel * len(level))
+
+    def single_poly(self, numel: int, degree: int) -> None:
+        self.powers(numel, degree)
+        self.trunc(numel)
 
     def _add(self, name: str, **sizes) -> None:
         cost = COSTS[name]
         self.rounds += cost.rounds(self.n, **sizes)
         self.bytes_sent += cost.bytes_sent(self.n, **sizes)
-        self.parts.append(name)
+
+    def result(self) -> dict[str, int]:
+        return {"rounds": self.rounds, "bytes_sent": self.bytes_sent}
 
 
 def piecewise_cost(n_parties: int, numel: int, spec: PiecewisePoly, compare_bits: int = 32,
@@ -325,30 +422,50 @@ def piecewise_cost(n_parties: int, numel: int, spec: PiecewisePoly, compare_bits
     """Declared online cost of :func:`piecewise` on ``numel`` elements: ``{"rounds", "bytes_sent"}`` per party."""
     t = _Tally(n_parties, compare_bits, digit_bits)
     pieces = len(spec.breaks) - 1
-    t.compare(numel * len(spec.breaks))
-    t.powers(numel * pieces, spec.degree)
+    t.compare(numel, len(spec.thresholds))
+    t.powers(numel, spec.degree)
     t.trunc(numel * pieces)
-    t.mul(numel * (pieces + 2))
-    return {"rounds": t.rounds, "bytes_sent": t.bytes_sent}
+    t.mul(numel * (pieces + len(spec.tails)))
+    return t.result()
+
+
+def relu_minus_cost(n_parties: int, numel: int, spec: PiecewisePoly, compare_bits: int = 32,
+                    digit_bits: int = 4) -> dict[str, int]:
+    """Declared online cost of :func:`relu_minus`: one ReLU, then :func:`piecewise_cost`."""
+    relu = COSTS["relu"]
+    pw = piecewise_cost(n_parties, numel, spec, compare_bits, digit_bits)
+    return {"rounds": relu.rounds(n_parties, j=compare_bits, d=digit_bits) + pw["rounds"],
+            "bytes_sent": relu.bytes_sent(n_parties, numel=numel, j=compare_bits, d=digit_bits) + pw["bytes_sent"]}
 
 
 def power_cost(n_parties: int, numel: int, p, lo: int, hi: int, signed: bool = False, compare_bits: int = 32,
                digit_bits: int = 4) -> dict[str, int]:
     """Declared online cost of :func:`normalized_power`: ``{"rounds", "bytes_sent"}`` per party."""
     t = _Tally(n_parties, compare_bits, digit_bits)
-    t.compare(numel * len(_intervals(lo, hi, signed)[0]))
+    t.compare(numel, len(_intervals(lo, hi, signed)[0]))
     t.mul(numel)
     t.trunc(numel)
-    t.powers(numel, NORM_SPECS[p].degree)
-    t.trunc(numel)
+    t.single_poly(numel, NORM_SPECS[p].degree)
     if p != "log":
         t.mul(numel)
         t.trunc(numel)
-    return {"rounds": t.rounds, "bytes_sent": t.bytes_sent}
+    return t.result()
+
+
+def exp_cost(n_parties: int, numel: int, lo: int, hi: int, compare_bits: int = 32, digit_bits: int = 4) -> dict[str, int]:
+    """Declared online cost of :func:`exp`: ``{"rounds", "bytes_sent"}`` per party."""
+    t = _Tally(n_parties, compare_bits, digit_bits)
+    t.compare(numel, hi - lo)
+    t.single_poly(numel, EXP_REDUCED.degree)
+    t.mul(numel)
+    t.trunc(numel)
+    return t.result()
 
 
 SMOOTH_COSTS: dict[str, Callable[..., dict[str, int]]] = {
-    **{name: (lambda n, numel, _s=spec, **kw: piecewise_cost(n, numel, _s, **kw)) for name, spec in SPECS.items()},
+    **{name: (lambda n, numel, _s=spec, **kw: (relu_minus_cost if _s.name in RELU_MINUS else piecewise_cost)(n, numel, _s, **kw))
+       for name, spec in SPECS.items()},
+    "exp": exp_cost,
     "reciprocal": lambda n, numel, lo, hi, **kw: power_cost(n, numel, -1.0, lo, hi, signed=True, **kw),
     "rsqrt": lambda n, numel, lo, hi, **kw: power_cost(n, numel, -0.5, lo, hi, **kw),
     "sqrt": lambda n, numel, lo, hi, **kw: power_cost(n, numel, 0.5, lo, hi, **kw),

@@ -375,7 +375,10 @@ class TrustedDealer:
             data["r"], r = sh.uniform("r")
             u = r63 = None
             offset = -r
-        cmp_off = offset if pairs is None else offset[..., [a for a, _ in pairs]] - offset[..., [b for _, b in pairs]]
+        if pairs is None or use == "thresholds":  # thresholds share the element's offset (and so its tables)
+            cmp_off = offset
+        else:
+            cmp_off = offset[..., [a for a, _ in pairs]] - offset[..., [b for _, b in pairs]]
         # "greater-than" table of t_i = 2^d - 1 - digit_i(offset mod 2^j): bit u of G_i is [u > t_i]
         # (2^d bits per digit); generate = G[q], propagate = G[q + 1] xor G[q]
         n_digits = j // d

@@ -51,7 +51,8 @@ OWNER_SEEDS = "owner_seeds"
 BEAVER_OPS = ("mul", "matmul", "linear", "conv2d")
 CONV_KWARGS = {"dilation": 1, "groups": 1, "padding": 0, "stride": 1}  # name -> minimum value
 CMP_MODES = ("mask", "trunc")
-CMP_USES = ("bit", "relu", "argmax")
+CMP_USES = ("bit", "relu", "argmax", "thresholds")
+MAX_THRESHOLDS = 4096  # comparisons of one value against public thresholds in one request
 TRANSFORMS = ("reshape", "permute", "getitem")
 
 
@@ -229,7 +230,12 @@ def validate_request(req: Request, parties: Sequence[str] | None = None) -> None
         _choice(mode, CMP_MODES, "cmp mode")
         _int(m, "cmp bits", 1 if mode == "trunc" else 0, 62 if mode == "trunc" else 0)
         _choice(use, CMP_USES, "cmp use")
-        if (pairs is not None or use == "argmax") and not shape:
+        if use == "thresholds":  # ``pairs`` holds the number of thresholds each element is compared with
+            if mode != "mask":
+                raise WireError("cmp thresholds: only the mask mode (no fused truncation) is supported.")
+            _int(pairs, "cmp thresholds", 1, MAX_THRESHOLDS)
+            _numel(tuple(shape) + (pairs,), "cmp thresholds")
+        elif (pairs is not None or use == "argmax") and not shape:
             raise WireError(f"cmp {use}: a scalar has no last dim to compare within.")
         if pairs is not None:
             _tuple(pairs, "cmp pairs")
@@ -436,11 +442,16 @@ def _layout(kind: str, params: tuple, fresh: tuple, party: int, parties: tuple, 
     if mode == "trunc":
         share("u", shape)
         share("r63", shape, mod_bits=m + 1)
-    cmp_shape = shape if pairs is None else shape[:-1] + (len(pairs),)
+    # the tables follow the opened offsets (one per element; per pair for argmax); the carry tree's AND triples and
+    # the daBits follow the comparisons (several per element against thresholds)
+    if use == "thresholds":
+        table_shape, cmp_shape = shape, shape + (pairs,)
+    else:
+        table_shape = cmp_shape = shape if pairs is None else shape[:-1] + (len(pairs),)
     n_digits = compare_bits // digit_bits
     words, table_dtype = gt_table_spec(digit_bits)
-    share("gt_table", cmp_shape + (n_digits,) + words, table_dtype)
-    share("rj", cmp_shape, u8)
+    share("gt_table", table_shape + (n_digits,) + words, table_dtype)
+    share("rj", table_shape, u8)
     width, level = n_digits, 0
     while width > 1:
         npairs = width // 2

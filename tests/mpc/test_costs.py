@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from lightning_smpc.mpc import COSTS, ops
-from lightning_smpc.mpc.protocols import compare_bit, truncate
+from lightning_smpc.mpc.protocols import compare_bit, compare_thresholds, truncate
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
@@ -168,6 +168,23 @@ def _compare_bit(make, n, expect):
         expect(s, lambda: (h * 0.5) < 0.1, literal=(rounds, (n - 1) * sent), numel=1024, d=d)
 
 
+# compare_thresholds, 100 elements against 5 thresholds: one 64-bit opening per element (800 B), then per comparison
+# the carry tree and a daBit: 4-bit digits 7 + 3 + 1 ANDs (2 x (438 + 188 + 63) = 1378 B for 500 comparisons) + 63 B;
+# 8-bit digits 3 + 1 ANDs (2 x (188 + 63) = 502 B) + 63 B
+THRESHOLDS_100x5 = {4: (5, 800 + 1378 + 63), 8: (4, 800 + 502 + 63)}
+
+
+def _compare_thresholds(make, n, expect):
+    for d, (rounds, sent) in THRESHOLDS_100x5.items():
+        s = make(seed=6, compare_digit_bits=d)
+        h = s.share(torch.randn(4, 25) * 3)
+        t = torch.tensor([-2.0, -0.5, 0.0, 1.0, 2.5])
+        bits, _ = expect(s, lambda: compare_thresholds(s, h.shares, (t * 2**16).long()), literal=(rounds, (n - 1) * sent),
+                         numel=100, m=5, d=d)
+        want = (h.reveal().unsqueeze(-1) >= t.double()).double()
+        assert torch.equal(s.from_shares(bits, 0).reveal(), want)
+
+
 def _relu(make, n, expect):
     for d, (rounds, sent) in CMP_1024.items():
         s = make(seed=4, compare_digit_bits=d)
@@ -207,6 +224,7 @@ SCENARIOS: dict[str, Callable] = {
     "reveal": _reveal,
     "trunc": _trunc,
     "compare_bit": _compare_bit,
+    "compare_thresholds": _compare_thresholds,
     "relu": _relu,
     "argmax": _argmax,
 }

@@ -110,7 +110,7 @@ implements(Tensor.__imul__, Tensor.mul_, family="arithmetic", note=_IN_PLACE.for
 
 
 @implements(Tensor.__truediv__, Tensor.div, torch.div, family="arithmetic",
-            note="A secret divisor: times its reciprocal (as `torch.reciprocal`). Public divisors (no `rounding_mode`): 1 to 3 truncation rounds, error <= 2 + |q| 2^(f - s) LSB "
+            note="Secret divisor: times its reciprocal. Public (no `rounding_mode`): 1 to 3 truncation rounds, error <= 2 + |q| 2^(f - s) LSB "
             "(f = precision_bits, s = 61 - compare_bits; see `_divide_public`).")
 def _h_div(x, y, *, rounding_mode=None):
     if rounding_mode is not None:

@@ -18,9 +18,8 @@ def _h_dropout(x, p=0.5, training=True, inplace=False):
     return x
 
 
-_SOFTMAX_NOTE = ("Skipped when only an argmax (or a max's indices) over the same dim uses it (free: the result holds "
-                 "the logits); computed when anything else uses it (inside a network, e.g. attention): see "
-                 "`smooth.softmax`.")
+_SOFTMAX_NOTE = ("Skipped (free) when only an argmax (or a max's indices) over its dim uses it; computed where anything "
+                 "else does (attention): max, exp, reciprocal, about 40 rounds.")
 
 
 def _skip_softmax(x, dim, log: bool):

@@ -92,10 +92,11 @@ def _windows(x: ShareTensor, rows, cols, fill: int) -> Tensor:
     return g.reshape(g.shape[:-2] + (g.shape[-2] * g.shape[-1],))
 
 
-def _window_max(x: ShareTensor, win: Tensor) -> ShareTensor:
-    """Shares of the max over the last dim of ``win`` (windows of ``x``), with ``maxpool_method``'s protocol."""
+def _window_max(x: ShareTensor, win: Tensor, method: str | None = None) -> ShareTensor:
+    """Shares of the max over the last dim of ``win`` (windows of ``x``), with ``method`` (default: ``maxpool_method``'s
+    protocol for the window size)."""
     sess = x._session
-    if maxpool_method(win.shape[-1]) == "pairs":
+    if (method or maxpool_method(win.shape[-1])) == "pairs":
         shares, m, frac = _fused_m(_wrap(x, win, x._frac, None))
         _, mx = P.argmax_onehot(sess, shares, m, True)
         return ShareTensor(mx, sess, frac)

@@ -217,3 +217,10 @@ def _unbind(x, dim=0):
     nd = len(_shape_of(x))
     d = _norm(dim, nd)
     return tuple(_getitem(x, (slice(None),) * d + (i,)) for i in range(_shape_of(x)[d]))
+
+
+@implements(Tensor.__iter__, family="shape", note="Local: the values along dim 0, as `unbind(0)`.")
+def _iter(x):
+    if not _shape_of(x):
+        raise TypeError("iteration over a 0-d tensor")
+    return iter(_unbind(x, 0))

@@ -12,13 +12,16 @@ import torch
 import torch.nn.functional as F
 
 from .. import approx as A
+from .. import protocols as P
 from ..errors import ShapeMismatchError, UnsupportedOpError
 from ..tensor import MATERIALIZE, ShareTensor, implements
 from ._common import Tensor, _fixed, _lift, _norm, _shape_of, _wrap
 from .arithmetic import _add, _h_mul
 from .bilinear import _h_matmul
-from .nonlinear import _h_max, _move_last
-from .reduction import _h_mean
+from .nonlinear import _move_last
+from .pooling import _window_max
+from .arithmetic import _divide_public
+from .reduction import _h_mean, _h_sum
 from .shape import _permute, _transpose
 
 
@@ -31,7 +34,8 @@ def _at_precision(x: ShareTensor) -> ShareTensor:
 
 def _piecewise(x: ShareTensor, name: str) -> ShareTensor:
     x = _at_precision(x)
-    return _wrap(x, A.piecewise(x._session, x._shares, A.SPECS[name]), x._session.precision_bits, None)
+    protocol = A.relu_minus if name in A.RELU_MINUS else A.piecewise
+    return _wrap(x, protocol(x._session, x._shares, A.SPECS[name]), x._session.precision_bits, None)
 
 
 def _range_exponents(sess) -> tuple[int, int]:
@@ -40,22 +44,27 @@ def _range_exponents(sess) -> tuple[int, int]:
     return -sess.precision_bits, sess.compare_bits - sess.precision_bits - 1
 
 
-def _power(x: ShareTensor, p, lo: int | None = None, hi: int | None = None, signed: bool = False) -> ShareTensor:
+def _power(x: ShareTensor, p, lo: int | None = None, hi: int | None = None, signed: bool = False,
+           fine=None) -> ShareTensor:
     x = _at_precision(x)
     sess = x._session
     dlo, dhi = _range_exponents(sess)
     lo, hi = max(dlo, dlo if lo is None else lo), min(dhi, dhi if hi is None else hi)
-    return _wrap(x, A.normalized_power(sess, x._shares, p, lo, hi, signed), sess.precision_bits, None)
+    return _wrap(x, A.normalized_power(sess, x._shares, p, lo, hi, signed, fine), sess.precision_bits, None)
 
 
 def _note(name: str, what: str) -> str:
+    """The op table's one sentence: protocol, declared cost at the defaults (2 parties), error (details: approx)."""
     spec = A.SPECS[name]
-    return (f"{what}: {len(spec.breaks) + 1} pieces (degree {spec.degree}) selected by one comparison call, "
-            f"13 rounds at the defaults; max error {spec.max_error:.1e} + fixed point; domain: {spec.domain}.")
+    cost = A.SMOOTH_COSTS[name](2, 1)
+    how = (f"relu(x) - h(|x|), h in {len(spec.coeffs)} pieces" if name in A.RELU_MINUS
+           else f"{len(spec.coeffs) + len(spec.tails)} pieces")
+    return (f"{what}: {how} of degree {spec.degree}, one comparison call; {cost['rounds']} rounds, "
+            f"{cost['bytes_sent']} B/element; error {spec.max_error:.0e} + ~2e-5.")
 
 
 # ---------------------------------------------------------------------------------------------- activations
-@implements(F.gelu, family="smooth", note=_note("gelu", "Piecewise polynomial (`approximate='tanh'`: its own fit)"))
+@implements(F.gelu, family="smooth", note=_note("gelu", "Piecewise polynomial (`tanh` form: its own fit)"))
 def _h_gelu(x, approximate: str = "none"):
     if approximate not in ("none", "tanh"):
         raise ValueError(f"Expected approximate='none' or 'tanh', but got {approximate!r}.")
@@ -82,44 +91,46 @@ def _h_erf(x):
     return _piecewise(x, "erf")
 
 
-@implements(torch.exp, Tensor.exp, family="smooth", note=_note("exp", "Piecewise polynomial (relative error "
-            "below 1e-5 up to e^10.3)"))
+@implements(torch.exp, Tensor.exp, family="smooth",
+            note="x = j ln2 + r: j by one comparison call, e^r a degree-6 polynomial, times 2^j; 16 rounds; relative "
+            "error ~1e-5; 0 below -11.8, and x < 10.4 (the share range).")
 def _h_exp(x):
-    return _piecewise(x, "exp")
+    x = _at_precision(x)
+    sess = x._session
+    f = sess.precision_bits
+    return _wrap(x, A.exp(sess, x._shares, -(f + 2), sess.compare_bits - f - 1), f, None)
 
 
-_POWER_NOTE = ("One comparison call against the powers of two (the interval 2^j <= x < 2^(j+1)), x 2^-j in [1, 2), a "
-               "degree-6 polynomial there, then a local factor for 2^-j: {rounds} rounds at the defaults; relative error "
-               "about 1e-5 + 2^-precision_bits / x. Domain: {domain}.")
+_POWER_NOTE = ("One comparison call finds 2^j <= x < 2^(j+1); x 2^-j in [1, 2) by a degree-6 polynomial, times a local "
+               "factor: {rounds} rounds; relative error ~1e-5 + 2^-f/x; {domain}.")
 
 
 @implements(torch.rsqrt, Tensor.rsqrt, family="smooth",
-            note=_POWER_NOTE.format(rounds=16, domain="x >= 2^-precision_bits (smaller x as that)"))
+            note=_POWER_NOTE.format(rounds=16, domain="x >= 2^-f"))
 def _h_rsqrt(x):
     return _power(x, -0.5)
 
 
 @implements(torch.sqrt, Tensor.sqrt, family="smooth",
-            note=_POWER_NOTE.format(rounds=16, domain="x >= 0 (x below 2^-precision_bits as that)"))
+            note=_POWER_NOTE.format(rounds=16, domain="x >= 2^-f"))
 def _h_sqrt(x):
     return _power(x, 0.5)
 
 
 @implements(torch.reciprocal, Tensor.reciprocal, family="smooth",
-            note=_POWER_NOTE.format(rounds=16, domain="|x| >= 2^-(compare_bits - precision_bits - 1), both signs "
-                                    "(the result must stay in the share range)"))
+            note=_POWER_NOTE.format(rounds=16, domain="both signs, |x| >= 2^-15"))
 def _h_reciprocal(x):
     return _power(x, -1.0, lo=-(x._session.compare_bits - x._session.precision_bits - 1), signed=True)
 
 
 @implements(torch.log, Tensor.log, family="smooth",
-            note=_POWER_NOTE.format(rounds=14, domain="x > 0; ln(x) = ln(m) + j ln 2"))
+            note=_POWER_NOTE.format(rounds=14, domain="x >= 2^-f; ln m + j ln 2"))
 def _h_log(x):
     return _power(x, "log")
 
 
-@implements(Tensor.__rtruediv__, family="smooth", note="A public or shared numerator over a shared denominator: its "
-            "reciprocal (as `torch.reciprocal`), then a product.")
+@implements(Tensor.__rtruediv__, family="smooth", note="A public numerator over a shared denominator: the reciprocal "
+            "(as `torch.reciprocal`), times the numerator.")
 def _h_rdiv(x, y):
     return _h_mul(_h_reciprocal(x), y)
 
@@ -131,14 +142,16 @@ def divide_secret(x, y: ShareTensor) -> ShareTensor:
 
 # ---------------------------------------------------------------------------------------------- softmax
 def softmax(x: ShareTensor, dim: int, log: bool = False) -> ShareTensor:
-    """The real (log-)softmax over ``dim``: ``e = exp(x - max)`` (the argmax protocol's max, then a piecewise exp on
+    """The real (log-)softmax over ``dim``: ``e = exp(x - max)`` (a tree of ReLU maxima, ``n - 1`` comparisons per
+    row in ``ceil(log2 n)`` levels, rather than the argmax protocol's ``n(n-1)/2``; then a piecewise exp on
     non-positive inputs), ``e / sum(e)`` with the reciprocal of the sum in ``[1, n]`` (or ``x - max - ln(sum)``).
-    Rounds at the defaults: 6 (max) + 13 (exp) + 12 (reciprocal over ceil(log2 n) + 1 intervals) + 1 (product)."""
+    Rounds at the defaults: 5 ceil(log2 n) (max) + 13 (exp) + 16 (reciprocal) + 1 (product)."""
     nd = len(_shape_of(x))
     d = _norm(dim, nd)
     logits = _wrap(x, x._shares, x._frac, x.mask, skipped=None)
     y = _move_last(logits, d)
-    shifted = _at_precision(_add(y, _h_max(y, -1, True).values, -1))  # <= 0 (the max itself: exactly 0)
+    top = _window_max(y, y._shares, "tree").unsqueeze(-1)  # ceil(log2 n) ReLU levels: n - 1 comparisons per row
+    shifted = _at_precision(_add(y, top, -1))  # <= 0 (the max itself: 0)
     n = _shape_of(y)[-1]
     hi = max(1, math.ceil(math.log2(n)))
     e = _piecewise(shifted, "exp_nonpositive")
@@ -164,28 +177,40 @@ MATERIALIZE.append(_materialize)
 
 # ---------------------------------------------------------------------------------------------- layers
 @implements(F.layer_norm, family="smooth",
-            note="Mean and variance by local sums and public divisions, one Beaver square, `rsqrt(var + eps)` over "
-            "the intervals from eps up, two products (with a shared or public affine weight): about 24 rounds.")
+            note="Mean and variance by local sums, public divisions and one square; `rsqrt(var + eps)` from the sum of "
+            "squares kept at f + 8 bits; two products (affine: shared or public).")
 def _h_layer_norm(x, normalized_shape, weight=None, bias=None, eps: float = 1e-5):
     normalized_shape = tuple([normalized_shape] if isinstance(normalized_shape, int) else normalized_shape)
     if _shape_of(x)[len(_shape_of(x)) - len(normalized_shape):] != normalized_shape:
         raise ShapeMismatchError(f"layer_norm: expected an input ending in {normalized_shape}, but got {_shape_of(x)}.")
     dims = tuple(range(-len(normalized_shape), 0))
     centred = _at_precision(_add(x, _h_mean(x, dims, keepdim=True), -1))
-    var = _h_mean(_h_mul(centred, centred), dims, keepdim=True)
-    f = x._session.precision_bits
+    squares = _h_sum(_h_mul(centred, centred), dims, keepdim=True)  # frac 2f, exact in the ring
+    sess, f = x._session, x._session.precision_bits
+    var = _add(_divide_public(squares, math.prod(normalized_shape)), eps)  # picks the interval of the rsqrt
+    # the rsqrt's normalised input from the sum of squares kept at f + 8 bits: a small variance keeps its precision
+    fine_frac = f + 8
+    fine = P.truncate(sess, _lift(squares, 2 * f), 2 * f - fine_frac)
+    fine = _plus_eps(sess, fine, eps * math.prod(normalized_shape), fine_frac)
     lo = math.floor(math.log2(eps)) if eps > 0 else -f  # var + eps >= eps: no interval below it is needed
-    y = _h_mul(centred, _power(_add(var, eps), -0.5, lo=lo))
+    y = _h_mul(centred, _power(var, -0.5, lo=lo, fine=(fine, fine_frac, math.prod(normalized_shape))))
     if weight is not None:
         y = _h_mul(y, weight)
     return y if bias is None else _add(y, bias)
 
 
+def _plus_eps(sess, shares: Tensor, value: float, frac: int) -> Tensor:
+    out = shares.clone()
+    if sess.holds_first:
+        out[0] += round(value * 2.0**frac)
+    return out
+
+
 def _public_mask(mask, shape, device) -> Tensor:
-    m = torch.as_tensor(mask)
     if isinstance(mask, ShareTensor):
-        raise UnsupportedOpError("A secret-shared attention mask is not supported; masks must be public.")
-    return m.to(device).expand(torch.broadcast_shapes(tuple(m.shape), shape))
+        raise UnsupportedOpError("A secret-shared mask is not supported; masks must be public.")
+    m = torch.as_tensor(mask).to(device)
+    return m.expand(torch.broadcast_shapes(tuple(m.shape), shape))
 
 
 def _fill_where_not(x: ShareTensor, keep: Tensor, value: float) -> ShareTensor:
@@ -199,8 +224,8 @@ def _fill_where_not(x: ShareTensor, keep: Tensor, value: float) -> ShareTensor:
 
 
 @implements(Tensor.masked_fill, torch.masked_fill, family="smooth",
-            note="A public boolean mask and a public value: local (a secret mask is refused); -inf becomes the most "
-            "negative value a softmax after it can still compare.")
+            note="A public mask and value: local (a secret mask is refused); -inf becomes the most negative value a "
+            "later softmax can compare.")
 def _h_masked_fill(x, mask, value):
     if isinstance(value, ShareTensor):
         raise UnsupportedOpError("masked_fill with a secret-shared value is not supported; the value must be public.")
@@ -217,8 +242,8 @@ def _finite_fill(x: ShareTensor, value: float) -> float:
 
 
 @implements(F.scaled_dot_product_attention, family="smooth",
-            note="`softmax(q @ k^T * scale + mask) @ v` with two secret products, public boolean/float masks and "
-            "`is_causal`; dropout and `enable_gqa` are refused.")
+            note="softmax(q @ k^T * scale + mask) @ v: two secret products and a softmax; public bool/float masks, "
+            "`is_causal`; dropout and `enable_gqa` refused.")
 def _h_sdpa(query, key, value, attn_mask=None, dropout_p: float = 0.0, is_causal: bool = False, scale=None,
             enable_gqa: bool = False):
     if dropout_p:
@@ -243,8 +268,8 @@ def _h_sdpa(query, key, value, attn_mask=None, dropout_p: float = 0.0, is_causal
 
 # ---------------------------------------------------------------------------------------------- einsum
 @implements(torch.einsum, family="bilinear",
-            note="Two operands (attention patterns and any other): permuted and reshaped into one batched matmul, "
-            "so its cost is matmul's; labels in one operand only are summed first; one operand is local.")
+            note="Two operands, no '...': permuted and reshaped into one batched matmul (its cost is matmul's); labels "
+            "of one operand only are summed first.")
 def _h_einsum(equation: str, *operands):
     if len(operands) == 1 and isinstance(operands[0], (list, tuple)):
         operands = tuple(operands[0])
