@@ -237,7 +237,7 @@ def validate_request(req: Request, parties: Sequence[str] | None = None) -> None
             _numel(tuple(shape) + (pairs,), "cmp thresholds")
         elif (pairs is not None or use == "argmax") and not shape:
             raise WireError(f"cmp {use}: a scalar has no last dim to compare within.")
-        if pairs is not None:
+        elif pairs is not None:
             _tuple(pairs, "cmp pairs")
             _numel(tuple(shape[:-1]) + (len(pairs),), "cmp pairs")
             last = shape[-1]

@@ -73,7 +73,9 @@ def beaver_requests(draw):
 
 @st.composite
 def cmp_requests(draw):
-    use = draw(st.sampled_from(["bit", "relu", "argmax"]))
+    use = draw(st.sampled_from(["bit", "relu", "argmax", "thresholds"]))
+    if use == "thresholds":  # one opening per element against several thresholds (mask mode only)
+        return Request("cmp", (draw(dims), "mask", 0, draw(st.integers(1, 40)), use))
     mode = draw(st.sampled_from(["mask", "trunc"]))
     m = draw(st.integers(1, 62)) if mode == "trunc" else 0
     shape = draw(nonempty) if use == "argmax" else draw(dims)
@@ -113,7 +115,8 @@ FIXED = [  # every kind, op, mode and use at least once (hypothesis adds random 
                        (1, 4, 5, 5), (2, 2, 3, 3), (), ()), (None, None)),
 ] + [Request("cmp", ((2, 5), mode, 12 if mode == "trunc" else 0,
                      tuple(itertools.combinations(range(5), 2)) if use == "argmax" else None, use))
-     for mode in ("mask", "trunc") for use in ("bit", "relu", "argmax")]
+     for mode in ("mask", "trunc") for use in ("bit", "relu", "argmax")] + [
+    Request("cmp", ((2, 5), "mask", 0, 7, "thresholds")), Request("cmp", ((), "mask", 0, 1, "thresholds"))]
 
 
 def _check_layout(req, n, cb=16, d=8):
@@ -296,6 +299,10 @@ GOOD = {"kind": "trunc", "params": [[2, 3], 16], "refs": []}
     (_json({"kind": "cmp", "params": [[2, 3], "trunc", 0, None, "relu"], "refs": []}), "cmp bits"),
     (_json({"kind": "cmp", "params": [[], "mask", 0, None, "argmax"], "refs": []}), "scalar"),
     (_json({"kind": "cmp", "params": [[3], "mask", 0, None, "sort"], "refs": []}), "cmp use"),
+    (_json({"kind": "cmp", "params": [[3], "trunc", 4, 2, "thresholds"], "refs": []}), "mask mode"),
+    (_json({"kind": "cmp", "params": [[3], "mask", 0, 0, "thresholds"], "refs": []}), "cmp thresholds"),
+    (_json({"kind": "cmp", "params": [[3], "mask", 0, 5000, "thresholds"], "refs": []}), "cmp thresholds"),
+    (_json({"kind": "cmp", "params": [[3], "mask", 0, [[0, 1]], "thresholds"], "refs": []}), "cmp thresholds"),
 ])
 def test_malformed_requests_are_rejected(data, match):
     with pytest.raises(WireError, match=match):
