@@ -61,28 +61,31 @@ def _inside_metric(model: nn.Module, name: str) -> bool:
 
 
 class layer_names:
-    """Adds the layer path to an UnsupportedOpError raised inside a submodule's forward."""
+    """Adds the layer path to an UnsupportedOpError raised inside a submodule's forward.
+
+    Two global module hooks for the call (not two per submodule: registering hundreds of hooks per batch costs
+    more than the batch's local work on a small model); they track the modules of ``model`` only."""
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
         self.stack: list[str] = []
         self.handles: list = []
+        self.names: dict[int, str] = {}
 
     def __enter__(self):
-        for name, mod in self.model.named_modules():
-            if name and not isinstance(mod, Metric):
-                self.handles.append(mod.register_forward_pre_hook(self._enter_layer(name)))
-                self.handles.append(mod.register_forward_hook(self._leave_layer))
+        self.names = {id(mod): name for name, mod in self.model.named_modules() if name and not isinstance(mod, Metric)}
+        hooks = nn.modules.module
+        self.handles = [hooks.register_module_forward_pre_hook(self._enter_layer),
+                        hooks.register_module_forward_hook(self._leave_layer)]
         return self
 
-    def _enter_layer(self, name: str):
-        def hook(module, args) -> None:
+    def _enter_layer(self, module, args) -> None:
+        name = self.names.get(id(module))
+        if name is not None:
             self.stack.append(name)
 
-        return hook
-
     def _leave_layer(self, module, args, output) -> None:  # must return None: a value would replace the output
-        if self.stack:
+        if id(module) in self.names and self.stack:
             self.stack.pop()
 
     def __exit__(self, exc_type, exc, tb):
