@@ -14,7 +14,8 @@ from typing import Any, Callable, Iterator, Mapping, Optional, Sequence, Union
 
 import torch
 
-__all__ = ["split_batch", "ClientLoader", "PlaceholderLoader", "PlaceholderBatch", "batch_header"]
+__all__ = ["split_batch", "several_inputs", "is_integer_input", "ClientLoader", "PlaceholderLoader", "PlaceholderBatch",
+           "PlaceholderInput", "batch_header"]
 
 Key = Union[int, str]
 _NONE = object()
@@ -41,10 +42,56 @@ def _keys(batch: Any, input_key: Optional[Key], target_key: Optional[Key]) -> tu
     raise TypeError(f"Unsupported batch type {type(batch).__name__}: expected a tensor, a tuple/list or a dict.")
 
 
+def several_inputs(input_key: Any) -> Optional[tuple]:
+    """The input keys when a batch holds several inputs (``input_key`` a tuple or list of keys), else None."""
+    if isinstance(input_key, (tuple, list)):
+        if not input_key or len(set(input_key)) != len(input_key):
+            raise ValueError(f"Expected distinct input keys, but got {input_key!r}.")
+        return tuple(input_key)
+    return None
+
+
+def _several_target(batch: Any, keys: tuple, target_key: Optional[Key]) -> Optional[Key]:
+    """Where a batch of several inputs holds its targets (None: no targets); a tuple/list batch's target defaults to
+    the first position that is not an input."""
+    if isinstance(batch, Mapping):
+        missing = [k for k in keys if k not in batch]
+        if missing:
+            raise KeyError(f"Cannot find the inputs {missing} in batch keys {list(batch)}; check `input_key`.")
+        tk = target_key if target_key is not None else next((k for k in _TARGET_KEYS if k in batch), None)
+        tk = tk if tk is not None and tk in batch else None
+    elif isinstance(batch, Sequence) and not isinstance(batch, str):
+        if not all(isinstance(k, int) and -len(batch) <= k < len(batch) for k in keys):
+            raise KeyError(f"Expected input positions within a batch of {len(batch)}, but got {keys!r}.")
+        tk = target_key if target_key is not None else next((i for i in range(len(batch)) if i not in keys), None)
+    else:
+        raise TypeError(f"Several inputs {keys!r} need a dict or tuple/list batch, but got {type(batch).__name__}.")
+    return tk
+
+
+def _split_several(batch: Any, keys: tuple, target_key: Optional[Key]):
+    """Several inputs: ``({key: value}, targets or None, rebuild)``."""
+    tk = _several_target(batch, keys, target_key)
+
+    def rebuild(xs, y):
+        items = dict(batch) if isinstance(batch, Mapping) else list(batch)
+        for k in keys:
+            items[k] = xs[k]
+        if tk is not None:
+            items[tk] = y if y is not None else batch[tk]
+        return tuple(items) if isinstance(batch, tuple) else items
+
+    return {k: batch[k] for k in keys}, (batch[tk] if tk is not None else None), rebuild
+
+
 def split_batch(batch: Any, input_key: Optional[Key], target_key: Optional[Key]):
-    """(inputs, targets or None, rebuild(inputs, targets) -> batch of the same structure)."""
+    """(inputs, targets or None, rebuild(inputs, targets) -> batch of the same structure). With several input keys,
+    the inputs are a dict ``{key: value}`` in the keys' order."""
     if isinstance(batch, PlaceholderBatch):
         return batch.split()
+    keys = several_inputs(input_key)
+    if keys is not None:
+        return _split_several(batch, keys, target_key)
     kind, ik, tk = _keys(batch, input_key, target_key)
     if kind == "tensor":
         return batch, None, lambda x, y: x
@@ -59,11 +106,41 @@ def split_batch(batch: Any, input_key: Optional[Key], target_key: Optional[Key])
     return batch[ik], (batch[tk] if tk is not None else None), rebuild
 
 
-def batch_header(batch: Any, input_key: Optional[Key], target_key: Optional[Key]) -> dict:
-    """What the other parties may learn of a client batch: its structure and input shape."""
+_PUBLIC_DTYPES = {str(d): d for d in (torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64,
+                                       torch.float16, torch.bfloat16, torch.float32, torch.float64)}
+
+
+def is_integer_input(x: Any) -> bool:
+    """A secret input shared as integers (``frac_bits=0``, no fixed-point scaling): token ids, counts, flags."""
+    if isinstance(x, (PlaceholderInput, PlaceholderBatch)):  # another party's view: the client's header says
+        return x.integer
+    return not torch.as_tensor(x).is_floating_point()
+
+
+def batch_header(batch: Any, input_key: Optional[Key], target_key: Optional[Key], public: Sequence = ()) -> dict:
+    """What the other parties may learn of a client batch: its structure, its secret inputs' shapes and whether they
+    are integers, and the shapes and dtypes of its public inputs (their values follow the header)."""
+    keys = several_inputs(input_key)
+    if keys is not None:
+        inputs, _, _ = _split_several(batch, keys, target_key)
+        kind = "dict" if isinstance(batch, Mapping) else "tuple" if isinstance(batch, tuple) else "list"
+        tk = _several_target(batch, keys, target_key)
+        specs = []
+        for k, v in inputs.items():
+            t = torch.as_tensor(v)
+            specs.append({"key": k, "shape": list(t.shape), "int": not t.is_floating_point(),
+                          "public": str(t.dtype) if k in public else None})
+        secret = next(sp for sp in specs if sp["public"] is None)
+        header = {"kind": kind, "input": None, "target": tk, "x_shape": secret["shape"], "inputs": specs}
+        if kind == "dict":
+            header["keys"] = [str(k) for k in batch]
+        else:
+            header["len"] = len(batch)
+        return header
     kind, ik, tk = _keys(batch, input_key, target_key)
     x = batch if kind == "tensor" else batch[ik]
-    header = {"kind": kind, "input": ik, "target": tk, "x_shape": list(torch.as_tensor(x).shape)}
+    t = torch.as_tensor(x)
+    header = {"kind": kind, "input": ik, "target": tk, "x_shape": list(t.shape), "x_int": not t.is_floating_point()}
     if kind == "dict":
         header["keys"] = [str(k) for k in batch]
     elif kind != "tensor":
@@ -71,11 +148,21 @@ def batch_header(batch: Any, input_key: Optional[Key], target_key: Optional[Key]
     return header
 
 
-class PlaceholderBatch:
-    """A client batch as the other parties see it: structure and shapes; the values stay with the client."""
+class PlaceholderInput:
+    """One secret input of a client batch as the other parties see it: its shape, and whether it holds integers."""
 
-    def __init__(self, header: dict) -> None:
+    def __init__(self, shape, integer: bool) -> None:
+        self.input_shape, self.integer = tuple(shape), bool(integer)
+
+
+class PlaceholderBatch:
+    """A client batch as the other parties see it: structure and shapes; the values stay with the client (public
+    inputs, received after the header, are in ``public``)."""
+
+    def __init__(self, header: dict, public: Optional[dict] = None) -> None:
         self.header = header
+        self.public = public or {}
+        self.integer = bool(header.get("x_int", False))
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -94,6 +181,19 @@ class PlaceholderBatch:
         h = self.header
         if h["kind"] == "tensor":
             return self, None, lambda x, y: x
+        if h.get("inputs"):
+            inputs = {sp["key"]: (self.public[sp["key"]] if sp["public"] else PlaceholderInput(sp["shape"], sp["int"]))
+                      for sp in h["inputs"]}
+
+            def rebuild_several(xs, y):
+                items: Any = {k: None for k in h["keys"]} if h["kind"] == "dict" else [None] * h["len"]
+                for k, v in xs.items():
+                    items[k] = v
+                if h["target"] is not None:
+                    items[h["target"]] = y
+                return tuple(items) if h["kind"] == "tuple" else items
+
+            return inputs, (self if self.has_target else None), rebuild_several
 
         def rebuild(x, y):
             if h["kind"] == "dict":
@@ -119,11 +219,26 @@ def _decode(data: bytes) -> dict:
     if header.get("end"):
         return header
     shape = header.get("x_shape")
-    if header.get("kind") not in ("tensor", "tuple", "list", "dict") or not isinstance(shape, list) or not all(
-        isinstance(d, int) and d >= 0 for d in shape
-    ) or not isinstance(header.get("next_same", False), bool):
+    if header.get("kind") not in ("tensor", "tuple", "list", "dict") or not _is_shape(shape) or not isinstance(
+        header.get("next_same", False), bool
+    ):
         raise ValueError(f"malformed batch header {header!r}")
+    for sp in header.get("inputs") or ():
+        if not isinstance(sp, dict) or not _is_shape(sp.get("shape")) or not isinstance(sp.get("int"), bool) or (
+            sp.get("public") is not None and sp.get("public") not in _PUBLIC_DTYPES
+        ):
+            raise ValueError(f"malformed input in batch header {sp!r}")
     return header
+
+
+def _is_shape(shape) -> bool:
+    return isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)
+
+
+def public_specs(header: dict) -> list[tuple[Any, tuple, torch.dtype]]:
+    """(key, shape, dtype) of the public inputs that follow a batch header, in order."""
+    return [(sp["key"], tuple(sp["shape"]), _PUBLIC_DTYPES[sp["public"]]) for sp in header.get("inputs") or ()
+            if sp["public"]]
 
 
 class ClientLoader:
@@ -133,9 +248,11 @@ class ClientLoader:
     prefetches alike (Lightning fetches one batch ahead when the length is unknown).
     """
 
-    def __init__(self, loader, announce: Callable[[bytes], None], input_key, target_key, read_ahead: bool = True) -> None:
+    def __init__(self, loader, announce: Callable[[bytes], None], input_key, target_key, read_ahead: bool = True,
+                 public: Sequence = (), send_public: Optional[Callable[[torch.Tensor], None]] = None) -> None:
         self.loader, self.announce, self.read_ahead = loader, announce, read_ahead
         self.input_key, self.target_key = input_key, target_key
+        self.public, self.send_public = tuple(public), send_public
         self.ended = False
         self._next_same: deque[bool] = deque()  # per yielded batch not yet taken (Lightning may prefetch one)
         try:
@@ -158,10 +275,15 @@ class ClientLoader:
         batch = next(batches, _NONE)
         while batch is not _NONE:
             following = next(batches, _NONE) if self.read_ahead else _NONE
-            header = batch_header(batch, self.input_key, self.target_key)
-            header["next_same"] = following is not _NONE and batch_header(following, self.input_key, self.target_key) == header
+            header = batch_header(batch, self.input_key, self.target_key, self.public)
+            header["next_same"] = following is not _NONE and batch_header(
+                following, self.input_key, self.target_key, self.public) == header
             self._next_same.append(header["next_same"])
             self.announce(_encode(header))
+            if header.get("inputs"):  # the public inputs' values follow, on the same authenticated channel
+                inputs, _, _ = split_batch(batch, self.input_key, self.target_key)
+                for key, _, _ in public_specs(header):
+                    self.send_public(torch.as_tensor(inputs[key]).contiguous())
             yield batch
             batch = following if self.read_ahead else next(batches, _NONE)
         self.end()
@@ -181,8 +303,9 @@ class ClientLoader:
 class PlaceholderLoader:
     """A party's stand-in for the client's dataloader: one :class:`PlaceholderBatch` per announced header."""
 
-    def __init__(self, receive: Callable[[], bytes]) -> None:
-        self.receive = receive
+    def __init__(self, receive: Callable[[], bytes],
+                 receive_public: Optional[Callable[[tuple, torch.dtype], torch.Tensor]] = None) -> None:
+        self.receive, self.receive_public = receive, receive_public
         first = json.loads(receive().decode())
         if not isinstance(first, dict) or not isinstance(first.get("len"), int):
             raise ValueError(f"Expected the client's dataloader length first, but got {first!r}.")
@@ -201,10 +324,14 @@ class PlaceholderLoader:
             if header.get("end"):
                 self.ended = True
                 return
-            yield PlaceholderBatch(header)
+            public = {key: self.receive_public(shape, dtype) for key, shape, dtype in public_specs(header)}
+            yield PlaceholderBatch(header, public)
 
     def end(self) -> None:
         """Consume the remaining headers up to the client's end marker (the loop may stop before it)."""
         while not self.ended:
-            if _decode(self.receive()).get("end"):
+            header = _decode(self.receive())
+            if header.get("end"):
                 self.ended = True
+            for _, shape, dtype in public_specs(header):
+                self.receive_public(shape, dtype)

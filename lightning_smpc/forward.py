@@ -42,7 +42,12 @@ def run_forward(model: LightningModule, params: dict[str, ShareTensor], args: tu
     with layer_names(model):
         if type(model).predict_step is LightningModule.predict_step:
             inputs, _, _ = split_batch(batch, input_key, target_key)
-            out = torch.func.functional_call(model, params, (inputs,), strict=False)
+            if isinstance(inputs, dict):  # several inputs: by name (dict batches) or in order (tuple batches)
+                named = all(isinstance(k, str) for k in inputs)
+                call_args, call_kwargs = ((), inputs) if named else (tuple(inputs.values()), {})
+            else:
+                call_args, call_kwargs = (inputs,), {}
+            out = torch.func.functional_call(model, params, call_args, call_kwargs, strict=False)
         else:
             inner = {f"inner.{k}": v for k, v in params.items()}
             out = torch.func.functional_call(_PredictStepCaller(model), inner, args, kwargs, strict=False)

@@ -25,6 +25,7 @@ __all__ = ["World", "join", "load_keys", "party_session", "serve_dealer", "finis
 
 _HEADER_BYTES = 4096  # a batch header (structure and shapes) fits easily; larger ones are refused
 _HEADER_TAG = "batch_header"
+_PUBLIC_TAG = "public_input"
 
 
 @dataclass
@@ -90,6 +91,17 @@ def receive(world: World, src: int) -> bytes:
     if not 0 <= n <= _HEADER_BYTES:
         raise ValueError(f"Malformed batch header length {n} from rank {src}.")
     return bytes(buf[8 : 8 + n].tolist())
+
+
+def announce_tensor(world: World, t: torch.Tensor) -> None:
+    """The client's process sends a public input (announced in the batch header) to the other compute parties."""
+    world.links.broadcast(t, world.rank, _PUBLIC_TAG, ranks=world.party_ranks, channel="stream")
+
+
+def receive_tensor(world: World, src: int, shape: tuple, dtype: torch.dtype) -> torch.Tensor:
+    """Another compute party's process receives a public input of the announced shape and dtype."""
+    return world.links.broadcast(torch.empty(shape, dtype=dtype), src, _PUBLIC_TAG, ranks=world.party_ranks,
+                                 channel="stream")
 
 
 def leave(world: World) -> None:

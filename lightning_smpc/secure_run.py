@@ -16,7 +16,7 @@ from lightning.pytorch import LightningModule
 from torchmetrics import Metric
 
 from . import folding, party_runtime
-from .batches import ClientLoader, PlaceholderBatch, PlaceholderLoader, split_batch
+from .batches import ClientLoader, PlaceholderBatch, PlaceholderInput, PlaceholderLoader, is_integer_input, split_batch
 from .forward import run_forward, shared_weights
 from .mpc import Session, ShareTensor
 from .preprocessing import PreprocessSchedule, StreamSchedule
@@ -89,10 +89,14 @@ class SecureRun:
         cfg = self.config
         if self.is_client:
             self.loader = ClientLoader(dataloader, lambda data: party_runtime.announce(self.world, data),
-                                       cfg.input_key, cfg.target_key, read_ahead=cfg.preprocess)
+                                       cfg.input_key, cfg.target_key, read_ahead=cfg.preprocess,
+                                       public=cfg.public_inputs,
+                                       send_public=lambda t: party_runtime.announce_tensor(self.world, t))
         else:
             client_rank = cfg.parties.index(self.client)
-            self.loader = PlaceholderLoader(lambda: party_runtime.receive(self.world, client_rank))
+            self.loader = PlaceholderLoader(
+                lambda: party_runtime.receive(self.world, client_rank),
+                lambda shape, dtype: party_runtime.receive_tensor(self.world, client_rank, shape, dtype))
         return self.loader
 
     def share_batch(self, batch: Any) -> Any:
@@ -100,20 +104,27 @@ class SecureRun:
         self._batch_t0 = time.perf_counter()
         inputs, targets, rebuild = split_batch(batch, self.config.input_key, self.config.target_key)
         if self.distributed:  # every party learns from the client's header whether the next batch looks alike
-            self.schedule.before_batch(inputs.next_same if isinstance(inputs, PlaceholderBatch) else self.loader.take_next_same())
+            self.schedule.before_batch(batch.next_same if isinstance(batch, PlaceholderBatch) else self.loader.take_next_same())
         else:
             self.schedule.before_batch()
-        shared_inputs = self._share_input(inputs, frac_bits=None)
+        if isinstance(inputs, dict):  # several inputs: the public ones stay plain tensors (every party has them)
+            shared_inputs = {k: v if k in self.config.public_inputs else self._share_input(v) for k, v in inputs.items()}
+            first = next(v for v in shared_inputs.values() if isinstance(v, ShareTensor))
+        else:
+            shared_inputs = first = self._share_input(inputs)
         self.targets = None
         if targets is not None and self.metrics:
             n_cls = num_classes(self.metrics)
             onehot = targets if isinstance(targets, PlaceholderBatch) else \
                 torch.nn.functional.one_hot(targets.to(torch.int64), n_cls).to(torch.float32)
-            self.targets = self._share_input(onehot, frac_bits=0, shape=(shared_inputs.shape[0], n_cls))
+            self.targets = self._share_input(onehot, frac_bits=0, shape=(first.shape[0], n_cls))
         return rebuild(shared_inputs, self.targets)
 
-    def _share_input(self, value: Any, frac_bits: Optional[int], shape: Optional[tuple] = None) -> ShareTensor:
-        if isinstance(value, PlaceholderBatch):  # another party's process: shapes only
+    def _share_input(self, value: Any, frac_bits: Optional[int] = None, shape: Optional[tuple] = None) -> ShareTensor:
+        """Secret-share a client input: integers (token ids, ...) as they are (``frac_bits=0``), floats in fixed point."""
+        if frac_bits is None and is_integer_input(value):
+            frac_bits = 0
+        if isinstance(value, (PlaceholderBatch, PlaceholderInput)):  # another party's process: shapes only
             return self.session.share(None, owner=self.client, frac_bits=frac_bits, shape=shape or value.input_shape)
         return self.session.share(value, owner=self.client, frac_bits=frac_bits)
 

@@ -20,7 +20,7 @@ from lightning.pytorch.utilities.signature_utils import is_param_in_hook_signatu
 from torchmetrics import Metric
 
 from . import party_runtime
-from .batches import PlaceholderBatch
+from .batches import PlaceholderBatch, several_inputs
 from .launcher import PartyLauncher
 from .mpc import Session
 from .mpc.distributed import check_start_method
@@ -37,6 +37,24 @@ Key = Union[int, str]
 
 class StrategyUsageError(SmpcError, RuntimeError):
     """The secure strategy was used for something other than ``predict``."""
+
+
+def _input_config(input_key, target_key, public_inputs) -> tuple:
+    """``(input_key, target_key)`` after checking the public inputs against them (several keys become a tuple)."""
+    keys = several_inputs(input_key)
+    public = tuple(public_inputs)
+    if public and keys is None:
+        raise ValueError(f"`public_inputs={public!r}` needs several inputs: pass `input_key` as a tuple of keys.")
+    if keys is not None:
+        unknown = [k for k in public if k not in keys]
+        if unknown:
+            raise ValueError(f"`public_inputs` names {unknown}, which are not among the inputs {keys}.")
+        if all(k in public for k in keys):
+            raise ValueError("Every input is public: at least one input must stay secret (or use a plain strategy).")
+        if target_key is not None and target_key in keys:
+            raise ValueError(f"`target_key={target_key!r}` is also an input key.")
+        return keys, target_key
+    return input_key, target_key
 
 
 class SecurePredictStrategy(ParallelStrategy):
@@ -58,7 +76,11 @@ class SecurePredictStrategy(ParallelStrategy):
         metrics: ``{name: metric}`` of secure metrics, e.g. ``{"accuracy": SecureAccuracy(num_classes=10)}``.
         input_key / target_key: where inputs and targets sit in a batch: an index for tuples/lists
             (default 0 and 1), a key for dicts (default "x"/"input"/"image" and "y"/"target"/"label").
-            A bare tensor batch has no targets.
+            A bare tensor batch has no targets. Several inputs: a tuple of keys (dict batches: passed to
+            ``forward`` by name, e.g. ``("input_ids", "attention_mask")``) or of positions (tuple batches: in
+            order). Integer inputs (token ids) are shared as integers, without fixed-point scaling.
+        public_inputs: the input keys that are public: given in clear to every compute party (e.g. an attention
+            mask, which reveals each sequence's length and padding), not shared. At least one input stays secret.
         preprocess: generate the dealer material for all full batches ahead of the online phase, from the
             plan recorded on the first batch (offline/online split). ``False`` generates it inline. With
             parties as processes, the dealer process streams the next batch's material while the parties
@@ -110,8 +132,9 @@ class SecurePredictStrategy(ParallelStrategy):
         compare_bits: int = 32,
         reveal: Literal["metrics", "labels", "logits"] = "metrics",
         metrics: Optional[dict[str, Metric]] = None,
-        input_key: Optional[Key] = None,
+        input_key: Optional[Union[Key, Sequence[Key]]] = None,
         target_key: Optional[Key] = None,
+        public_inputs: Sequence[Key] = (),
         preprocess: bool = True,
         preprocess_ahead: int = 16,
         seed: Optional[int] = None,
@@ -141,7 +164,8 @@ class SecurePredictStrategy(ParallelStrategy):
         self.compare_digit_bits = compare_digit_bits
         self.reveal = reveal
         self.metrics: dict[str, Metric] = dict(metrics or {})
-        self.input_key, self.target_key = input_key, target_key
+        self.input_key, self.target_key = _input_config(input_key, target_key, public_inputs)
+        self.public_inputs = tuple(public_inputs)
         self.preprocess = preprocess
         if preprocess_ahead < 1:
             raise ValueError(f"Expected `preprocess_ahead` to be a positive integer, but got {preprocess_ahead}.")

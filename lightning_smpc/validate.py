@@ -38,8 +38,7 @@ _HINTS: dict[type, str] = {
     nn.Mish: _RELU,
     nn.Softplus: _RELU,
     nn.Softsign: _RELU,
-    nn.Embedding: "needs secret indexing, not implemented",
-    nn.EmbeddingBag: "needs secret indexing, not implemented",
+    nn.EmbeddingBag: "not implemented (nn.Embedding is: a one-hot of secret ids); use nn.Embedding and a sum",
     nn.LSTM: "recurrent layers are not implemented",
     nn.GRU: "recurrent layers are not implemented",
     nn.RNN: "recurrent layers are not implemented",
@@ -85,6 +84,12 @@ def _conv2d(mod: nn.Module) -> Optional[str]:
     return None
 
 
+def _embedding(mod: nn.Module) -> Optional[str]:
+    if mod.max_norm is not None:
+        return "max_norm renormalises the table in place at lookup; not supported on shares (set max_norm=None)"
+    return None
+
+
 def _max_pool(mod: nn.Module) -> Optional[str]:
     if mod.return_indices:
         return "return_indices=True is not supported on shares (the indices are secret); use return_indices=False"
@@ -95,6 +100,7 @@ _CHECKS: dict[type, Callable[[nn.Module], Optional[str]]] = {
     nn.BatchNorm1d: _batchnorm,
     nn.BatchNorm2d: _batchnorm,
     nn.Conv2d: _conv2d,
+    nn.Embedding: _embedding,
     nn.MaxPool2d: _max_pool,
     nn.AdaptiveMaxPool2d: _max_pool,
 }

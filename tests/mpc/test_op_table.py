@@ -142,6 +142,8 @@ CASES: dict = {
     T.chunk: [lambda x, *_: x.chunk(2, -1), lambda x, *_: x.chunk(2, 1)], torch.chunk: [lambda x, *_: torch.chunk(x, 3, -1)],
     T.unbind: [lambda x, *_: x.unbind(), lambda x, *_: x.unbind(-1)], torch.unbind: [lambda x, *_: torch.unbind(x, 1)],
     T.__iter__: [lambda x, *_: tuple(x), lambda x, *_: tuple(x[0])],
+    F.embedding: [lambda x, *_: F.embedding(torch.tensor([[0, 2], [1, 0]]), x[0]),
+                  lambda x, *_: F.embedding(torch.tensor(1), x[1])],
 }
 def _copy(x):
     """A fresh value to modify in place (the shared/plain test inputs are reused by every case)."""

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from lightning_smpc.mpc import UnsupportedOpError
 from lightning_smpc.mpc import approx as A
+from lightning_smpc.mpc.ops.smooth import one_hot_secret
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
@@ -259,3 +260,17 @@ def test_masked_fill_with_a_public_mask(session) -> None:
     assert torch.allclose(got, x.masked_fill(mask, -2.5).double(), atol=1e-4)
     with pytest.raises(UnsupportedOpError, match="public"):
         session.share(x).masked_fill(session.share(torch.ones(3, 4)) > 0, 0.0)
+
+
+def test_embedding_of_secret_token_ids(session) -> None:
+    """Secret ids (shared as integers) select rows through a one-hot of one comparison call; public ids gather."""
+    table = torch.randn(7, 5)
+    ids = torch.tensor([[0, 6, 3], [3, 1, 5]])
+    got = F.embedding(session.share(ids, frac_bits=0), session.share(table)).reveal()
+    assert torch.allclose(got, F.embedding(ids, table).double(), atol=1e-4)
+    onehot = one_hot_secret(session.share(ids, frac_bits=0), 7).reveal()
+    assert torch.equal(onehot, F.one_hot(ids, 7).double())
+    got = F.embedding(ids, session.share(table)).reveal()
+    assert torch.allclose(got, F.embedding(ids, table).double(), atol=1e-4)
+    with pytest.raises(UnsupportedOpError, match="integers"):
+        F.embedding(session.share(ids.float()), session.share(table))

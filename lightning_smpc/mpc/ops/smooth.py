@@ -313,3 +313,33 @@ def _h_bmm(x, y):
     if len(x.shape) != 3 or len(y.shape) != 3:
         raise ShapeMismatchError(f"bmm expects 3-D operands, but got {tuple(x.shape)} and {tuple(y.shape)}.")
     return _h_matmul(x, y)
+
+
+# ---------------------------------------------------------------------------------------------- embeddings
+@implements(F.embedding, family="layers",
+            note="Public ids: local row gathers. Secret ids (shared as integers): a one-hot from one comparison call "
+            "against 1..V-1, then a product with the table: 5 rounds + 1, about 8 V + 3 V bytes per id.")
+def _h_embedding(input, weight, padding_idx=None, max_norm=None, norm_type=2.0, scale_grad_by_freq=False, sparse=False):
+    if max_norm is not None:
+        raise UnsupportedOpError("embedding(max_norm=...) renormalises the table in place; not supported on shares.")
+    if not isinstance(input, ShareTensor):  # public ids into a shared (or public) table: each party gathers its rows
+        ids = torch.as_tensor(input)
+        if ids.is_floating_point():
+            raise TypeError(f"Expected integer token ids for embedding, but got {ids.dtype}.")
+        return _wrap(weight, weight._shares[:, ids.to(weight._shares.device)], weight._frac, None)
+    if input._frac != 0:
+        raise UnsupportedOpError(
+            "embedding of secret ids needs them shared as integers (frac_bits=0): share integer tensors as they are "
+            "(the strategy does so for integer inputs), not as fixed-point values."
+        )
+    return _h_matmul(one_hot_secret(input, weight.shape[0]), weight)
+
+
+def one_hot_secret(ids: ShareTensor, n: int) -> ShareTensor:
+    """Shares (scale 0) of the one-hot ``[*ids.shape, n]`` of secret integer ids in ``[0, n)``: the indicators of the
+    intervals of one comparison call against ``1 .. n-1`` (ids outside ``[0, n)`` count as 0 or ``n - 1``)."""
+    sess = ids._session
+    if n == 1:
+        return _wrap(ids, _plus_eps(sess, torch.zeros_like(ids._shares).unsqueeze(-1), 1, 0), 0, None)
+    onehot = A._indicators(sess, ids._shares, list(range(1, n)), 0)
+    return ShareTensor(onehot, sess, 0)
