@@ -3,7 +3,7 @@
 # machine, one run after another, nothing else running. Prints/appends JSON lines to $OUT.
 #
 #   SPU_PY=~/venv-spu/bin/python CRYPTEN_PY=~/venv-crypten/bin/python PEERS=../shared/peers \
-#       bash benchmarks/sitting.sh [mlp|lenet|all]
+#       bash benchmarks/sitting.sh [mlp|lenet|vit|all]
 # (the peer venvs: bash ../shared/peers/setup.sh spu|crypten DIR). Missing peer venvs are skipped.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -41,6 +41,18 @@ if [ "$WHAT" = lenet ] || [ "$WHAT" = all ]; then
     fi
     if [ -x "${CRYPTEN_PY:-}" ]; then
         peer "$CRYPTEN_PY" "$PEERS/crypten_lenet.py" --n 1000 --batch 100 --provider TTP --repeats 2 --mnist-dir "$DATA/MNIST/raw"
+    fi
+fi
+if [ "$WHAT" = vit ] || [ "$WHAT" = all ]; then  # the peers' tiny ViT, first 1000 test images, batch 100
+    run $PY benchmarks/bench_mnist.py --data-dir "$DATA" --model vit --mode throughput --repeats 2 --runtime distributed
+    run $PY benchmarks/bench_mnist.py --data-dir "$DATA" --model vit --mode throughput --repeats 1 --runtime distributed --dealer-overlap yes
+    run $PY benchmarks/bench_mnist.py --data-dir "$DATA" --model vit --mode throughput --repeats 1
+    if [ -x "${SPU_PY:-}" ]; then
+        peer "$SPU_PY" "$PEERS/spu_vit.py" --n 1000 --batch 100 --repeats 2 --mnist-dir "$DATA/MNIST/raw"
+        peer "$SPU_PY" "$PEERS/spu_vit.py" --n 1000 --batch 100 --repeats 2 --gelu tanh --mnist-dir "$DATA/MNIST/raw"
+    fi
+    if [ -x "${CRYPTEN_PY:-}" ]; then
+        peer "$CRYPTEN_PY" "$PEERS/crypten_vit.py" --n 1000 --batch 100 --repeats 2 --mnist-dir "$DATA/MNIST/raw"
     fi
 fi
 echo "stderr of the runs: $WORK/stderr.log" >&2

@@ -45,8 +45,6 @@ _HINTS: dict[type, str] = {
     nn.LSTMCell: "recurrent layers are not implemented",
     nn.GRUCell: "recurrent layers are not implemented",
     nn.RNNCell: "recurrent layers are not implemented",
-    nn.MultiheadAttention: ("not implemented (its forward is one fused torch function); write the attention with "
-                            "F.scaled_dot_product_attention or q @ k.transpose(-2, -1) and softmax, which run on shares"),
     nn.Conv1d: "only 2-D convolutions run on shares; reshape to Conv2d with a 1-pixel dim",
     nn.Conv3d: "only 2-D convolutions run on shares",
     nn.ConvTranspose1d: "transposed convolutions are not implemented",

@@ -222,14 +222,44 @@ def test_sigmoid_tanh_gates_match_plaintext() -> None:
     assert (logits.double() - plain.double()).abs().max() < 2e-3
 
 
+class Encoder(LightningModule):
+    """torch's own encoder: nn.TransformerEncoder (nn.MultiheadAttention inside), a padding mask, the first token
+    pooled (in eval, plaintext torch may take its nested-tensor fast path, which outputs 0 at padded positions; on
+    shares the padded positions hold what the slow path computes: pool real tokens only)."""
+
+    def __init__(self, norm_first: bool) -> None:
+        super().__init__()
+        layer = nn.TransformerEncoderLayer(16, 2, 32, activation="gelu", batch_first=True, norm_first=norm_first)
+        self.encoder, self.head = nn.TransformerEncoder(layer, 2), nn.Linear(16, 3)
+
+    def forward(self, x, padding):
+        return self.head(self.encoder(x, src_key_padding_mask=padding)[:, 0])
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_torch_transformer_encoder_with_a_padding_mask(norm_first) -> None:
+    torch.manual_seed(0)
+    model = Encoder(norm_first).eval()
+    x = torch.randn(6, 5, 16)
+    padding = torch.zeros(6, 5, dtype=torch.bool)
+    padding[::2, 3:] = True
+    loader = DataLoader(TensorDataset(x, padding), batch_size=3)
+    strategy = SecurePredictStrategy(reveal="logits", input_key=(0, 1), public_inputs=(1,), seed=0)
+    logits = torch.cat([torch.as_tensor(o) for o in _predict(strategy, model, loader)]).double()
+    with torch.no_grad():
+        plain = torch.cat([model(a, b) for a, b in loader]).double()
+    assert (logits - plain).abs().max() < 2e-3
+
+
 def test_still_unsupported_transformer_layers_are_listed_before_sharing() -> None:
     class Unsupported(LightningModule):
         def __init__(self) -> None:
             super().__init__()
-            self.mha = nn.MultiheadAttention(8, 2)
+            self.norm = nn.GroupNorm(2, 8)
             self.bag = nn.EmbeddingBag(10, 8)
             self.emb = nn.Embedding(10, 8, max_norm=1.0)
-            self.ok = nn.Sequential(nn.LayerNorm(8), nn.GELU(), nn.Embedding(10, 8), nn.Sigmoid(), nn.Tanh(), nn.SiLU())
+            self.ok = nn.Sequential(nn.LayerNorm(8), nn.GELU(), nn.Embedding(10, 8), nn.Sigmoid(), nn.Tanh(), nn.SiLU(),
+                                    nn.MultiheadAttention(8, 2))
 
         def forward(self, x):
             return x
@@ -238,6 +268,6 @@ def test_still_unsupported_transformer_layers_are_listed_before_sharing() -> Non
     with pytest.raises(UnsupportedModuleError) as info:
         _predict(strategy, Unsupported(), DataLoader(TensorDataset(torch.randn(2, 8)), batch_size=2))
     msg = str(info.value)
-    assert "`mha` (MultiheadAttention)" in msg and "scaled_dot_product_attention" in msg
+    assert "`norm` (GroupNorm)" in msg
     assert "`bag` (EmbeddingBag)" in msg and "`emb` (Embedding)" in msg and "max_norm" in msg
     assert "`ok" not in msg

@@ -144,6 +144,12 @@ CASES: dict = {
     T.__iter__: [lambda x, *_: tuple(x), lambda x, *_: tuple(x[0])],
     F.embedding: [lambda x, *_: F.embedding(torch.tensor([[0, 2], [1, 0]]), x[0]),
                   lambda x, *_: F.embedding(torch.tensor(1), x[1])],
+    F.multi_head_attention_forward: [
+        lambda x, y, *_: F.multi_head_attention_forward(x, x, x, 4, 2, torch.cat([y.reshape(6, 4)] * 2), None, None, None,
+                                                        False, 0.0, x.reshape(6, 4)[:4], None, training=False)[0],
+        lambda x, y, *_: F.multi_head_attention_forward(x[0], y[1], y[1], 4, 1, torch.cat([x.reshape(6, 4)] * 2),
+                                                        x.reshape(-1)[:12], None, None, False, 0.0, y.reshape(6, 4)[2:],
+                                                        y[0, 0], training=False, key_padding_mask=torch.tensor([False, False, True]))],
 }
 def _copy(x):
     """A fresh value to modify in place (the shared/plain test inputs are reused by every case)."""
@@ -162,7 +168,8 @@ def _inplace(x, y, op):
 
 
 # Metadata that has no comparable value (addresses, hashes, autograd/device flags): must run and not be shares.
-NO_VALUE = {T.data_ptr, T.__hash__, T.cuda, getattr(F, "_max_pool2d", None)}
+NO_VALUE = {T.data_ptr, T.__hash__, T.cuda, getattr(F, "_max_pool2d", None),
+            getattr(torch, "_nested_tensor_from_mask_left_aligned", None)}  # a fast-path query: answers False
 META_GETTERS = {f for f in OP_TABLE if getattr(f, "__name__", "") == "__get__" and f != T.T.__get__}
 
 # Out-of-range dims: torch's error type, never a wrap-around onto another (or the party) axis.

@@ -274,3 +274,23 @@ def test_embedding_of_secret_token_ids(session) -> None:
     assert torch.allclose(got, F.embedding(ids, table).double(), atol=1e-4)
     with pytest.raises(UnsupportedOpError, match="integers"):
         F.embedding(session.share(ids.float()), session.share(table))
+
+
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_multihead_attention_module(session, batch_first) -> None:
+    torch.manual_seed(0)
+    mha = torch.nn.MultiheadAttention(8, 2, batch_first=batch_first).eval()
+    x = torch.randn(3, 5, 8)
+    n, length = (3, 5) if batch_first else (5, 3)
+    padding = torch.zeros(n, length, dtype=torch.bool)
+    padding[0, 2:] = True
+    params = {k: session.share(v.detach()) for k, v in mha.named_parameters()}
+    xs = session.share(x)
+    out, weights = torch.func.functional_call(mha, params, (xs, xs, xs), {"key_padding_mask": padding})
+    want, want_weights = mha(x, x, x, key_padding_mask=padding)
+    assert torch.allclose(out.reveal(), want.double(), atol=3e-4)
+    assert torch.allclose(weights.reveal(), want_weights.double(), atol=3e-4)
+    causal = torch.ones(length, length, dtype=torch.bool).triu(1)
+    out, none = torch.func.functional_call(mha, params, (xs, xs, xs), {"attn_mask": causal, "need_weights": False})
+    assert none is None
+    assert torch.allclose(out.reveal(), mha(x, x, x, attn_mask=causal, need_weights=False)[0].double(), atol=3e-4)

@@ -343,3 +343,82 @@ def one_hot_secret(ids: ShareTensor, n: int) -> ShareTensor:
         return _wrap(ids, _plus_eps(sess, torch.zeros_like(ids._shares).unsqueeze(-1), 1, 0), 0, None)
     onehot = A._indicators(sess, ids._shares, list(range(1, n)), 0)
     return ShareTensor(onehot, sess, 0)
+
+
+# ---------------------------------------------------------------------------------------------- nn.MultiheadAttention
+@implements(F.multi_head_attention_forward, family="smooth",
+            note="nn.MultiheadAttention in eval: projections, softmax(q k^T / sqrt(d) + masks) v, output projection; "
+            "public masks; bias_k/bias_v, add_zero_attn and static k/v are refused.")
+def _h_multi_head_attention(query, key, value, embed_dim_to_check, num_heads, in_proj_weight, in_proj_bias, bias_k,
+                            bias_v, add_zero_attn, dropout_p, out_proj_weight, out_proj_bias, training=True,
+                            key_padding_mask=None, need_weights=True, attn_mask=None, use_separate_proj_weight=False,
+                            q_proj_weight=None, k_proj_weight=None, v_proj_weight=None, static_k=None, static_v=None,
+                            average_attn_weights=True, is_causal=False):
+    if bias_k is not None or bias_v is not None or add_zero_attn or static_k is not None or static_v is not None:
+        raise UnsupportedOpError("MultiheadAttention with bias_k/bias_v, add_zero_attn or static k/v is not supported.")
+    if training and dropout_p:
+        raise UnsupportedOpError("MultiheadAttention dropout is training-only; call model.eval().")
+    unbatched = len(query.shape) == 2
+    if unbatched:  # (L, E) -> (L, 1, E)
+        query, key, value = (t.unsqueeze(1) for t in (query, key, value))
+        key_padding_mask = None if key_padding_mask is None else torch.as_tensor(key_padding_mask).unsqueeze(0)
+    n_q, batch, width = query.shape
+    n_k = key.shape[0]
+    head = width // num_heads
+    if use_separate_proj_weight:
+        weights = (q_proj_weight, k_proj_weight, v_proj_weight)
+    else:
+        weights = in_proj_weight.chunk(3) if isinstance(in_proj_weight, ShareTensor) else torch.as_tensor(in_proj_weight).chunk(3)
+    biases = (None,) * 3 if in_proj_bias is None else (
+        in_proj_bias.chunk(3) if isinstance(in_proj_bias, ShareTensor) else torch.as_tensor(in_proj_bias).chunk(3))
+    q, k, v = (F.linear(t, w, b) for t, w, b in zip((query, key, value), weights, biases))
+    # (L, N, E) -> (N, H, L, d)
+    q, k, v = (t.reshape(t.shape[0], batch, num_heads, head).permute(1, 2, 0, 3) for t in (q, k, v))
+    scores = _h_mul(_h_matmul(q, _transpose(k, -2, -1)), head ** -0.5)
+    blocked = _mha_blocked(attn_mask, key_padding_mask, batch, num_heads, n_q, n_k, is_causal)
+    if blocked is not None:
+        keep, bias = blocked
+        if keep is not None:
+            scores = _fill_where_not(scores, keep.to(scores._shares.device), _finite_fill(scores, -math.inf))
+        if bias is not None:
+            scores = _add(scores, torch.clamp(bias.to(torch.float64), min=_finite_fill(scores, -math.inf)))
+    attn = softmax(scores, -1)  # (N, H, L, S)
+    out = _h_matmul(attn, v).permute(2, 0, 1, 3).reshape(n_q, batch, width)
+    out = F.linear(out, out_proj_weight, out_proj_bias)
+    weights_out = None
+    if need_weights:
+        weights_out = attn.mean(1) if average_attn_weights else attn
+        if unbatched:
+            weights_out = weights_out.squeeze(0)
+    return (out.squeeze(1) if unbatched else out), weights_out
+
+
+def _mha_blocked(attn_mask, key_padding_mask, batch, heads, n_q, n_k, is_causal):
+    """nn.MultiheadAttention's masks (bool: True = blocked; float: added) as ``(keep, bias)`` of shape
+    ``(N, H, L, S)``, public."""
+    keep, bias = None, None
+    masks = []
+    if attn_mask is not None:
+        m = torch.as_tensor(attn_mask)
+        m = m.reshape(batch, heads, n_q, n_k) if m.dim() == 3 else m
+        masks.append(m)
+    elif is_causal:
+        masks.append(torch.ones(n_q, n_k, dtype=torch.bool).triu(1))
+    if key_padding_mask is not None:
+        masks.append(torch.as_tensor(key_padding_mask).reshape(batch, 1, 1, n_k))
+    for m in masks:
+        if isinstance(m, ShareTensor):
+            raise UnsupportedOpError("A secret-shared attention mask is not supported; masks must be public.")
+        if m.dtype == torch.bool:
+            keep = ~m if keep is None else keep & ~m
+        else:
+            bias = m.double() if bias is None else bias + m.double()
+    shape = (batch, heads, n_q, n_k)
+    return (None if keep is None else keep.expand(shape), None if bias is None else bias.expand(shape)) if masks else None
+
+
+if hasattr(torch, "_nested_tensor_from_mask_left_aligned"):
+    @implements(torch._nested_tensor_from_mask_left_aligned, family="layers",
+                note="Answers False: nn.TransformerEncoder's nested-tensor fast path is never taken on shares (local).")
+    def _h_no_nested_fast_path(*args, **kwargs):
+        return False
