@@ -10,9 +10,9 @@ Why these protocols (see ``notes/transformers.md``; read, not copied):
   shared by every piece (each piece is fitted centred on its interval and expanded in powers of ``x``; simulated
   with the truncations' errors, this costs at most 2e-5 beyond the fit); the tails are constant or linear
   (GELU/SiLU: 0 and ``x``; sigmoid: 0 and 1; erf/tanh: -1 and 1; exp: 0). The pieces' values are selected by ONE
-  Beaver product with the pieces' indicator bits. A piece evaluated far from its interval may wrap around the
-  ring (its powers overflow): it is multiplied by an indicator that is exactly 0, so the result is exact in the
-  ring whatever that garbage is. Constant rounds: ``cmp + 2 ceil(log2 D) + 2`` (13 at the defaults, ``D = 6``),
+  Beaver product of the comparison bits with the steps between consecutive pieces' values. A piece evaluated far from its interval may wrap around the
+  ring (its powers overflow): the selection telescopes (``V_0 + sum_i [x >= t_i] (V_i - V_(i-1))``), so that garbage
+  cancels exactly in the ring. Constant rounds: ``cmp + 2 ceil(log2 D) + 2`` (13 at the defaults, ``D = 6``),
   independent of the input's magnitude, unlike CrypTen's Taylor/Newton iterations (whose ``erf`` diverges beyond
   ``|x| ~ 2`` and needs its defaults changed for this model).
 * **Powers with reused masks.** ``x`` is opened (masked) once and every later product with ``x`` reuses that
@@ -273,13 +273,14 @@ def _single_poly(sess, u: torch.Tensor, spec: PiecewisePoly, f: int) -> torch.Te
 def piecewise(sess, x: torch.Tensor, spec: PiecewisePoly) -> torch.Tensor:
     """Shares (frac ``f = precision_bits``) of ``spec(x)`` for shares ``x`` at frac ``f``.
 
-    Protocol: 1. the indicators of the ``len(breaks) + 1`` intervals (one comparison call); 2. the powers of ``x``
+    Protocol: 1. ``[x >= t_i]`` for the ``M`` thresholds (one comparison call); 2. the powers of ``x``
     (``ceil(log2 D)`` levels, masks reused); 3. every piece's polynomial locally (coefficients expanded in powers of
     ``x``, at ``spec.coef_bits(f)`` extra bits), truncated once; the tails (integer slopes) locally; 4. one Beaver
-    product with the indicators, summed over the pieces. Cost: :func:`piecewise_cost`.
+    product of the ``M`` bits with the steps between consecutive intervals' values (telescoping). Cost:
+    :func:`piecewise_cost`.
     """
     f = sess.precision_bits
-    ind = _indicators(sess, x, list(spec.thresholds), f)  # [P, *S, pieces and tails]
+    above = P.compare_thresholds(sess, x, _encode(list(spec.thresholds), f, x.device))  # [P, *S, M]: [x >= t_i]
     bits = spec.coef_bits(f, shared=True)
     inner = _polynomial(sess, _powers(sess, x, spec.degree, f), spec.expanded(shared=True), f, bits)
     values = [P.truncate(sess, inner, bits)]
@@ -287,7 +288,11 @@ def piecewise(sess, x: torch.Tensor, spec: PiecewisePoly) -> torch.Tensor:
         values.insert(0, _plus_public(sess, x * int(spec.left[1]), _encode(spec.left[0], f, x.device)).unsqueeze(-1))
     if spec.right is not None:
         values.append(_plus_public(sess, x * int(spec.right[1]), _encode(spec.right[0], f, x.device)).unsqueeze(-1))
-    return _mul(sess, ind, torch.cat(values, -1)).sum(-1)
+    values = torch.cat(values, -1)  # [P, *S, M + 1]: the value of every interval
+    # telescoping: V_0 + sum_i [x >= t_i] (V_i - V_(i-1)) is V_k in interval k (M products, not M + 1); the other
+    # intervals' values, garbage or not, cancel exactly in the ring
+    steps = values[..., 1:] - values[..., :-1]
+    return values[..., 0] + _mul(sess, above, steps).sum(-1)
 
 
 RELU_MINUS = ("gelu", "gelu_tanh", "silu")  # specs of h in relu(x) - h(|x|)
@@ -425,7 +430,7 @@ def piecewise_cost(n_parties: int, numel: int, spec: PiecewisePoly, compare_bits
     t.compare(numel, len(spec.thresholds))
     t.powers(numel, spec.degree)
     t.trunc(numel * pieces)
-    t.mul(numel * (pieces + len(spec.tails)))
+    t.mul(numel * len(spec.thresholds))
     return t.result()
 
 

@@ -356,8 +356,8 @@ def _spec_bytes(shape, dtype: torch.dtype) -> int:
 
 def _segments(nbytes: int) -> list[tuple[int, int]]:
     """(offset, length) of the AEAD segments of one tensor's bytes (at least one, possibly empty)."""
-    if nbytes == 0:
-        return [(0, 0)]
+    if nbytes <= SEGMENT_BYTES:  # the common case, without building a range (this runs for every tensor of a round)
+        return [(0, nbytes)]
     return [(o, min(SEGMENT_BYTES, nbytes - o)) for o in range(0, nbytes, SEGMENT_BYTES)]
 
 

@@ -154,9 +154,10 @@ def test_piecewise_cost_is_pinned_by_hand() -> None:
     """GELU on 8 elements, 2 parties, 4-bit digits, in bytes per element: ReLU 87 bits; thresholds 2 and 4.5: one
     opening (64 bits) and 2 x (22 + 1) bits; powers: x*x opens x twice (16 B) + truncation (8), x^3 opens x^2 (8),
     x^4 free, truncation of both (16), x^5 opens x^4 (8), x^6 free, truncation of both (16); the 2 pieces'
-    truncation (16); the selection of 3 values, both operands fresh (48). Rounds: 5 + (5 + 6 + 1 + 1)."""
+    truncation (16); the selection of 3 values as 2 steps times 2 comparison bits, both operands fresh (32).
+    Rounds: 5 + (5 + 6 + 1 + 1)."""
     cost = A.SMOOTH_COSTS["gelu"](2, 8, compare_bits=32, digit_bits=4)
-    per_element_bits = 87 + 64 + 2 * 23 + 8 * (16 + 8 + 8 + 16 + 8 + 16 + 16 + 48)
+    per_element_bits = 87 + 64 + 2 * 23 + 8 * (16 + 8 + 8 + 16 + 8 + 16 + 16 + 32)
     assert cost == {"rounds": 18, "bytes_sent": 8 * per_element_bits // 8}
 
 
