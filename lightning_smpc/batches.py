@@ -132,18 +132,14 @@ def batch_header(batch: Any, input_key: Optional[Key], target_key: Optional[Key]
                           "public": str(t.dtype) if k in public else None})
         secret = next(sp for sp in specs if sp["public"] is None)
         header = {"kind": kind, "input": None, "target": tk, "x_shape": secret["shape"], "inputs": specs}
-        if kind == "dict":
-            header["keys"] = [str(k) for k in batch]
-        else:
+        if kind != "dict":  # a dict's other keys are the client's data (names included): they are not announced
             header["len"] = len(batch)
         return header
     kind, ik, tk = _keys(batch, input_key, target_key)
     x = batch if kind == "tensor" else batch[ik]
     t = torch.as_tensor(x)
     header = {"kind": kind, "input": ik, "target": tk, "x_shape": list(t.shape), "x_int": not t.is_floating_point()}
-    if kind == "dict":
-        header["keys"] = [str(k) for k in batch]
-    elif kind != "tensor":
+    if kind not in ("dict", "tensor"):  # a dict's other keys are the client's data (names included): not announced
         header["len"] = len(batch)
     return header
 
@@ -186,7 +182,7 @@ class PlaceholderBatch:
                       for sp in h["inputs"]}
 
             def rebuild_several(xs, y):
-                items: Any = {k: None for k in h["keys"]} if h["kind"] == "dict" else [None] * h["len"]
+                items: Any = {} if h["kind"] == "dict" else [None] * h["len"]
                 for k, v in xs.items():
                     items[k] = v
                 if h["target"] is not None:
@@ -195,11 +191,8 @@ class PlaceholderBatch:
 
             return inputs, (self if self.has_target else None), rebuild_several
 
-        def rebuild(x, y):
-            if h["kind"] == "dict":
-                items: Any = {k: None for k in h["keys"]}
-            else:
-                items = [None] * h["len"]
+        def rebuild(x, y):  # another party's batch: the inputs and targets only (a dict's other keys stay with the client)
+            items: Any = {} if h["kind"] == "dict" else [None] * h["len"]
             items[h["input"]] = x
             if h["target"] is not None:
                 items[h["target"]] = y

@@ -21,7 +21,7 @@ from .forward import run_forward, shared_weights
 from .mpc import Session, ShareTensor
 from .preprocessing import PreprocessSchedule, StreamSchedule
 
-__all__ = ["SecureRun", "num_classes"]
+__all__ = ["SecureRun", "num_classes", "check_targets"]
 
 
 class SecureRun:
@@ -103,6 +103,8 @@ class SecureRun:
         """The batch with its inputs (and one-hot targets, when there are metrics) replaced by shares."""
         self._batch_t0 = time.perf_counter()
         inputs, targets, rebuild = split_batch(batch, self.config.input_key, self.config.target_key)
+        if targets is not None and self.metrics and not isinstance(targets, PlaceholderBatch):
+            check_targets(targets, self.metrics)  # before anything of this batch is shared
         if self.distributed:  # every party learns from the client's header whether the next batch looks alike
             self.schedule.before_batch(batch.next_same if isinstance(batch, PlaceholderBatch) else self.loader.take_next_same())
         else:
@@ -175,6 +177,28 @@ class SecureRun:
     def close(self) -> None:
         self.shared_params = {}
         self.targets = None
+
+
+def check_targets(targets: Any, metrics: dict[str, Metric]) -> None:
+    """The client's class labels, checked in its own process before anything of the batch is shared: integers in
+    ``[0, num_classes)``, one per example (a one-hot of a label out of range, or of a float label cast down, would
+    count silently wrong)."""
+    n_cls = num_classes(metrics)
+    named = ", ".join(f"{type(m).__name__} {name!r}" for name, m in metrics.items() if getattr(m, "num_classes", None))
+    t = torch.as_tensor(targets)
+    if t.is_complex() or t.dtype == torch.bool:
+        raise TypeError(f"{named} expects integer class labels, but got dtype {t.dtype}.")
+    if t.is_floating_point():
+        bad = ~torch.isfinite(t) | (t != torch.round(t))
+        if bool(bad.any()):
+            raise TypeError(f"{named} expects integer class labels, but got {int(bad.sum())} non-integer {t.dtype} "
+                            "label(s); convert them with `.long()` in the dataset (nothing was shared).")
+    if t.dim() != 1:
+        raise ValueError(f"{named} expects one class label per example (a 1-D tensor), but got shape {tuple(t.shape)}.")
+    out = (t < 0) | (t >= n_cls)
+    if bool(out.any()):
+        raise ValueError(f"{named} has num_classes={n_cls}, but {int(out.sum())} label(s) lie outside [0, {n_cls}) "
+                         f"(min {t.min().item():g}, max {t.max().item():g}); nothing of this batch was shared.")
 
 
 def num_classes(metrics: dict[str, Metric]) -> int:

@@ -98,6 +98,8 @@ def test_a_wrong_key_is_refused_by_name(setup) -> None:
     for name in ("roster.json", "alice.pem", "bob.pem"):
         (keys / name).write_bytes((tmp / "keys" / name).read_bytes())
     (keys / "crypto_provider.pem").write_bytes((rogue / "crypto_provider.pem").read_bytes())  # not in the roster
+    for pem in keys.glob("*.pem"):
+        os.chmod(pem, 0o600)  # private keys must stay private (a readable one is refused before the handshake)
     runs = _launch(tmp, keys, {0: ["--ckpt", str(tmp / "owner.ckpt")], 1: ["--data-dir", DATA_DIR]}, timeout=20)
     for r in runs:
         assert r.returncode != 0

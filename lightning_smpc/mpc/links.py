@@ -122,15 +122,37 @@ class Identity:
         return cls(_check_name(name), key)
 
     def save(self, path: str | os.PathLike, password: bytes | None = None) -> None:
-        """Write the private key (PEM, file mode 0600)."""
+        """Write the private key (PEM, file mode 0600, also when the file existed with another mode: ``os.open``'s
+        mode applies only to a file it creates)."""
         path = Path(path)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.fchmod(fd, 0o600)  # before any key byte is written
+        except AttributeError:  # pragma: no cover - no fchmod (Windows)
+            os.chmod(path, 0o600)
         with os.fdopen(fd, "wb") as f:
             f.write(self.to_pem(password))
 
     @classmethod
     def load(cls, name: str, path: str | os.PathLike, password: bytes | None = None) -> "Identity":
-        return cls.from_pem(name, Path(path).read_bytes(), password)
+        """The identity in a PEM file; refused (naming the file and the role) when others may read it or it cannot be
+        read or parsed."""
+        path = Path(path)
+        try:
+            mode = path.stat().st_mode
+            if os.name == "posix" and mode & 0o077:
+                raise PermissionError(
+                    f"The private key file {str(path)!r} of {name!r} is readable by other users (mode "
+                    f"{oct(mode & 0o777)}); make it private: chmod 600 {path}")
+            pem = path.read_bytes()
+        except PermissionError:
+            raise
+        except OSError as e:
+            raise FileNotFoundError(f"Cannot read the private key file {str(path)!r} of {name!r}: {e.strerror or e}.") from None
+        try:
+            return cls.from_pem(name, pem, password)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"The private key file {str(path)!r} of {name!r} is not a usable Ed25519 PEM key ({e}).") from None
 
     def sign(self, message: bytes) -> bytes:
         return self.private_key.sign(message)
@@ -165,7 +187,11 @@ class Roster:
         names, keys = tuple(self.names), tuple(bytes(k) for k in self.keys)
         for n in names:
             _check_name(n)
-        if len(set(names)) != len(names) or len(names) != len(keys) or len(names) < 2:
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"The roster names {', '.join(map(repr, duplicates))} more than once: every role must appear "
+                             f"once (got {names!r}).")
+        if len(names) != len(keys) or len(names) < 2:
             raise ValueError(f"Expected at least two distinct names with one key each, got {names!r} and {len(keys)} keys.")
         for n, k in zip(names, keys):
             if len(k) != 32:
@@ -203,7 +229,14 @@ class Roster:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Roster":
-        return cls.from_text(Path(path).read_text())
+        try:
+            text = Path(path).read_text()
+        except OSError as e:
+            raise FileNotFoundError(f"Cannot read the roster file {str(path)!r}: {e.strerror or e}.") from None
+        try:
+            return cls.from_text(text)
+        except ValueError as e:
+            raise ValueError(f"The roster file {str(path)!r}: {e}") from None
 
     def digest(self) -> bytes:
         """SHA-256 of the canonical roster (names and keys in rank order)."""

@@ -1,0 +1,134 @@
+"""Findings of the security review and of a new user's first runs (issue 16), one test each; each failed on the
+main branch before its fix. Covered here: 4 (batch header keys are data), 6 (a private key file keeps a
+pre-existing file's mode), 10 (SecureAccuracy labels out of range or not integers), 12 (messages that do not name
+the file, the role or the duplicate)."""
+from __future__ import annotations
+
+import json
+import os
+import stat
+
+import pytest
+import torch
+from lightning.pytorch import LightningModule, Trainer
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+from lightning_smpc import SecureAccuracy, SecurePredictStrategy
+from lightning_smpc.batches import ClientLoader, PlaceholderLoader, batch_header
+from lightning_smpc.mpc.links import Identity, Roster, generate_identity, load_identity
+
+pytestmark = [pytest.mark.filterwarnings("ignore:SeededTestPRG:UserWarning"), pytest.mark.usefixtures("torch_single_thread")]
+
+SECRET_KEY = "note_for_patient_P-00417_HIV+"
+
+
+class _Linear(LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.fc(x)
+
+
+class _Records(Dataset):
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, i: int) -> dict:
+        return {"x": torch.randn(4), "y": torch.tensor(i % 3), SECRET_KEY: torch.tensor(1.0)}
+
+
+def _predict(strategy, model, loader):
+    return Trainer(strategy=strategy, logger=False, enable_progress_bar=False, enable_model_summary=False).predict(model, loader)
+
+
+# ---------------------------------------------------------------------------------------------- 4. header keys
+def test_batch_headers_carry_only_the_input_and_target_keys() -> None:
+    batch = next(iter(DataLoader(_Records(), batch_size=2)))
+    header = json.dumps(batch_header(batch, None, None))
+    assert SECRET_KEY not in header and "P-00417" not in header
+    several = json.dumps(batch_header(batch, ("x",), "y"))
+    assert SECRET_KEY not in several
+
+
+def test_the_other_parties_see_the_inputs_and_targets_only() -> None:
+    """What a non-client party's loader yields (from the headers the client's loader announces)."""
+    sent: list[bytes] = []
+    client = ClientLoader(DataLoader(_Records(), batch_size=2), sent.append, None, None)
+    batches = list(client)
+    replay = iter(sent)
+    placeholders = list(PlaceholderLoader(lambda: next(replay)))
+    assert len(placeholders) == len(batches) == 2
+    assert not any(SECRET_KEY.encode() in m or b"P-00417" in m for m in sent)
+    _, _, rebuild = placeholders[0].split()
+    assert set(rebuild("x-shares", "y-shares")) == {"x", "y"}
+
+
+def test_a_dict_batch_with_private_keys_runs_with_parties_as_processes() -> None:
+    torch.manual_seed(0)
+    model = _Linear().eval()
+    strategy = SecurePredictStrategy(reveal="labels", runtime="distributed")
+    labels = _predict(strategy, model, DataLoader(_Records(), batch_size=2))
+    assert len(torch.cat([torch.as_tensor(v) for v in labels])) == 4
+
+
+# ---------------------------------------------------------------------------------------------- 6. key file mode
+@pytest.mark.skipif(os.name != "posix", reason="file modes")
+def test_a_private_key_written_onto_an_existing_file_is_0600(tmp_path) -> None:
+    path = tmp_path / "alice.pem"
+    path.write_text("old")
+    os.chmod(path, 0o644)
+    generate_identity("alice", path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert load_identity("alice", path).name == "alice"
+
+
+@pytest.mark.skipif(os.name != "posix", reason="file modes")
+def test_a_readable_private_key_is_refused(tmp_path) -> None:
+    path = tmp_path / "bob.pem"
+    generate_identity("bob", path)
+    os.chmod(path, 0o640)
+    with pytest.raises(PermissionError, match=r"bob\.pem.*'bob'.*chmod 600"):
+        load_identity("bob", path)
+
+
+# ---------------------------------------------------------------------------------------------- 10. labels
+@pytest.mark.parametrize("labels,error,match", [
+    (torch.tensor([0, 1, 3, 2]), ValueError, r"SecureAccuracy 'accuracy' has num_classes=3, but 1 label"),
+    (torch.tensor([0, -1, 1, 2]), ValueError, "outside"),
+    (torch.tensor([0.0, 1.5, 1.0, 2.0]), TypeError, "non-integer"),
+])
+def test_labels_are_checked_before_the_batch_is_shared(labels, error, match) -> None:
+    torch.manual_seed(0)
+    strategy = SecurePredictStrategy(metrics={"accuracy": SecureAccuracy(num_classes=3)}, seed=0)
+    loader = DataLoader(TensorDataset(torch.randn(4, 4), labels), batch_size=4)
+    with pytest.raises(error, match=match):
+        _predict(strategy, _Linear().eval(), loader)
+
+
+def test_integral_float_labels_are_accepted() -> None:
+    torch.manual_seed(0)
+    strategy = SecurePredictStrategy(metrics={"accuracy": SecureAccuracy(num_classes=3)}, seed=0)
+    _predict(strategy, _Linear().eval(), DataLoader(TensorDataset(torch.randn(4, 4), torch.tensor([0.0, 1, 2, 1])), batch_size=4))
+    assert strategy.revealed_counts["accuracy"][1] == 4
+
+
+# ---------------------------------------------------------------------------------------------- 12. messages
+def test_a_duplicate_roster_name_is_named() -> None:
+    ids = [Identity.generate(n) for n in ("alice", "bob", "alice")]
+    with pytest.raises(ValueError, match="'alice' more than once"):
+        Roster.from_identities(ids)
+
+
+def test_an_unreadable_or_broken_key_file_names_the_file_and_the_role(tmp_path) -> None:
+    with pytest.raises(FileNotFoundError, match=r"missing\.pem.*'carol'"):
+        load_identity("carol", tmp_path / "missing.pem")
+    broken = tmp_path / "broken.pem"
+    broken.write_text("not a key")
+    os.chmod(broken, 0o600)
+    with pytest.raises(ValueError, match=r"broken\.pem.*'carol'"):
+        load_identity("carol", broken)
+    with pytest.raises(FileNotFoundError, match=r"roster\.json"):
+        Roster.load(tmp_path / "roster.json")
