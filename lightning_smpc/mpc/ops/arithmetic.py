@@ -109,19 +109,6 @@ implements(Tensor.__isub__, Tensor.sub_, family="arithmetic", note=_IN_PLACE.for
 implements(Tensor.__imul__, Tensor.mul_, family="arithmetic", note=_IN_PLACE.format("*"))(_in_place(_h_mul))
 
 
-@implements(Tensor.__truediv__, Tensor.div, torch.div, family="arithmetic",
-            note="Secret divisor: times its reciprocal. Public (no `rounding_mode`): 1 to 3 truncation rounds, error <= 2 + |q| 2^(f - s) LSB "
-            "(f = precision_bits, s = 61 - compare_bits; see `_divide_public`).")
-def _h_div(x, y, *, rounding_mode=None):
-    if rounding_mode is not None:
-        raise UnsupportedOpError(f"div(rounding_mode={rounding_mode!r}) on shares is not supported; divide, then reveal.")
-    if isinstance(y, ShareTensor):
-        from .smooth import divide_secret  # smooth builds on this module: imported at call time
-
-        return divide_secret(x, y)
-    return _divide_public(x, y)
-
-
 def _divide_public(x: ShareTensor, divisor) -> ShareTensor:
     """``x / d`` for a public ``d`` (a number or a tensor broadcasting against ``x``), at ``precision_bits``.
 

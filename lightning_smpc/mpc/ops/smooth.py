@@ -136,8 +136,20 @@ def _h_rdiv(x, y):
 
 
 def divide_secret(x, y: ShareTensor) -> ShareTensor:
-    """``x / y`` for a secret ``y``: ``x * reciprocal(y)`` (the arithmetic family's ``/`` calls this)."""
+    """``x / y`` for a secret ``y``: ``x * reciprocal(y)``."""
     return _h_mul(x, _h_reciprocal(y))
+
+
+# ``/`` lives here (not in .arithmetic, which the smooth functions build on): a secret divisor needs the reciprocal.
+@implements(Tensor.__truediv__, Tensor.div, torch.div, family="arithmetic",
+            note="Secret divisor: times its reciprocal. Public (no `rounding_mode`): 1 to 3 truncation rounds, error "
+            "<= 2 + |q| 2^(f - s) LSB (f = precision_bits, s = 61 - compare_bits; see `_divide_public`).")
+def _h_div(x, y, *, rounding_mode=None):
+    if rounding_mode is not None:
+        raise UnsupportedOpError(f"div(rounding_mode={rounding_mode!r}) on shares is not supported; divide, then reveal.")
+    if isinstance(y, ShareTensor):
+        return divide_secret(x, y)
+    return _divide_public(x, y)
 
 
 # ---------------------------------------------------------------------------------------------- softmax
