@@ -8,6 +8,7 @@ ends the run: the others are terminated (no orphans) and the error names the rol
 """
 from __future__ import annotations
 
+import importlib
 import os
 import time
 import traceback
@@ -19,8 +20,10 @@ from lightning.fabric.utilities.distributed import _set_num_threads_if_needed
 from lightning.pytorch.strategies.launchers.launcher import _Launcher
 from lightning.pytorch.strategies.launchers.multiprocessing import _GlobalStateSnapshot
 from lightning.pytorch.trainer.states import TrainerStatus
+from torch import nn
 
 from .mpc.distributed import PartyProcessError, _abort, _drain, _stop, _to_bytes, resolve_start_method
+from .validate import validate_module
 
 __all__ = ["PartyLauncher", "PartyProcessError", "resolve_start_method"]
 
@@ -31,6 +34,8 @@ DEALER_NICENESS = 10
 # Errors a process reports when a PEER failed (its sockets closed, or it stopped answering)
 _PEER_FAILURES = ("Connection reset by peer", "Connection closed by peer", "Timed out", "timed out",
                   "Application timeout caused pair closure")  # gloo: the other pending operations on a timed-out pair
+# Plain errors of a role that are the user's (a bad value, type or key), re-raised in the user's process as such
+_USER_BUILTINS = ("ValueError", "TypeError", "KeyError", "IndexError", "FileNotFoundError", "PermissionError")
 
 
 class PartyLauncher(_Launcher):
@@ -46,6 +51,9 @@ class PartyLauncher(_Launcher):
 
     def launch(self, function: Callable, *args: Any, trainer=None, **kwargs: Any) -> Any:
         strategy = self._strategy
+        model = next((a for a in args if isinstance(a, nn.Module)), None)
+        if model is not None:  # once, here, before any process starts (each role checks again at its setup)
+            validate_module(model)
         os.environ["MASTER_PORT"] = str(strategy.cluster_environment.main_port)
         world = strategy.num_processes
         method = resolve_start_method(strategy.start_method, world)
@@ -75,27 +83,53 @@ class PartyLauncher(_Launcher):
     def _collect(self, results, world: int, deadline_s: float) -> dict[int, dict]:
         reports: dict[int, dict] = {}
         errors: dict[int, str] = {}
+        self._kinds: dict[int, tuple] = {}
         last_news = time.monotonic()
         while len(reports) < world:
-            if _drain(results, reports, errors):
+            if _drain(results, reports, errors, self._kinds):
                 last_news = time.monotonic()
             silent = [r for r, p in enumerate(self.procs) if p.exitcode is not None and r not in reports and r not in errors]
             if errors or silent:
                 self._settle(results, reports, errors)
-                raise PartyProcessError(self._failure(reports, errors))
+                failure = PartyProcessError(self._failure(reports, errors))
+                user_error = self._user_error(errors)
+                if user_error is not None:
+                    raise user_error from failure
+                raise failure
             if time.monotonic() - last_news > deadline_s:
                 missing = sorted(set(range(world)) - set(reports))
                 raise PartyProcessError(f"No result from {[self._strategy.role_name(r) for r in missing]} within {deadline_s:.0f} s.")
             time.sleep(0.02)
         return reports
 
+    def _user_error(self, errors: dict) -> BaseException | None:
+        """The failing role's own error again, with its type (``except UnsupportedOpError`` works as with the
+        simulated runtime) and the role named, when it is one of this package's errors or a plain value/type/key
+        error; None for anything else (a crash, a peer's failure), which stays a :class:`PartyProcessError`."""
+        own = [r for r, e in errors.items() if not any(k in e for k in _PEER_FAILURES) and r in self._kinds]
+        if not own:
+            return None
+        r = own[0]
+        module, qualname, message = self._kinds[r]
+        if not (module.startswith("lightning_smpc") or (module == "builtins" and qualname in _USER_BUILTINS)):
+            return None
+        try:
+            cls = getattr(importlib.import_module(module), qualname)
+        except (ImportError, AttributeError):
+            return None
+        if not (isinstance(cls, type) and issubclass(cls, Exception)):
+            return None
+        error = cls.__new__(cls)
+        Exception.__init__(error, f"{self._strategy.role_name(r)} (rank {r}): {message}")
+        return error
+
     def _settle(self, results, reports: dict, errors: dict, wait_s: float = 3.0) -> None:
         """After a first failure, give the other processes a moment to exit or report theirs (to find the cause)."""
         t_end = time.monotonic() + wait_s
         while time.monotonic() < t_end and any(p.exitcode is None for p in self.procs):
-            _drain(results, {}, errors)  # only the errors matter now
+            _drain(results, {}, errors, self._kinds)  # only the errors matter now
             time.sleep(0.05)
-        _drain(results, {}, errors)
+        _drain(results, {}, errors, self._kinds)
 
     def _failure(self, reports: dict, errors: dict) -> str:
         """Name the role that caused the failure: one that died without a word first, else one whose error was
@@ -146,8 +180,9 @@ def _entry(rank: int, world: int, trainer, function, args, kwargs, results, stat
         strategy = trainer.strategy
         payload = _to_bytes(strategy._report(predictions))
         results.put((rank, payload, None))
-    except BaseException:  # noqa: BLE001 - every failure must reach the launcher, then this process exits
-        results.put((rank, None, traceback.format_exc(limit=20)))
+    except BaseException as e:  # noqa: BLE001 - every failure must reach the launcher, then this process exits
+        kind = (type(e).__module__, type(e).__qualname__, str(e))  # names and text only: nothing is unpickled
+        results.put((rank, None, (traceback.format_exc(limit=20),) + kind))
         _abort()
         os._exit(1)
     _abort()

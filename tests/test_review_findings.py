@@ -132,3 +132,38 @@ def test_an_unreadable_or_broken_key_file_names_the_file_and_the_role(tmp_path) 
         load_identity("carol", broken)
     with pytest.raises(FileNotFoundError, match=r"roster\.json"):
         Roster.load(tmp_path / "roster.json")
+
+
+# ---------------------------------------------------------------------------------------------- 9. error types
+class _WithLSTM(_Linear):
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn = nn.LSTM(2, 2)
+
+
+def test_module_checks_run_before_any_role_process_starts(monkeypatch) -> None:
+    """An unsupported layer is refused in the user's process, as with the simulated runtime: no role is started."""
+    import lightning_smpc.launcher as launcher
+
+    started = []
+    monkeypatch.setattr(launcher, "_entry", lambda *a, **k: started.append(a))
+    from lightning_smpc import UnsupportedModuleError
+
+    with pytest.raises(UnsupportedModuleError, match="`rnn` \\(LSTM\\)"):
+        _predict(SecurePredictStrategy(runtime="distributed"), _WithLSTM().eval(),
+                 DataLoader(TensorDataset(torch.randn(2, 4)), batch_size=2))
+    assert started == []
+
+
+def test_a_roles_user_error_keeps_its_type_and_names_the_role() -> None:
+    from lightning_smpc.mpc.distributed import PartyProcessError
+    from lightning_smpc.mpc.errors import EncodingRangeError
+
+    loader = DataLoader(TensorDataset(torch.randn(4, 4) * 1e6), batch_size=2)
+    with pytest.raises(EncodingRangeError, match=r"^bob \(rank 1\): Expected \|x\| <") as info:
+        _predict(SecurePredictStrategy(runtime="distributed"), _Linear().eval(), loader)
+    assert isinstance(info.value.__cause__, PartyProcessError)  # the run's failure report stays attached
+    labels = DataLoader(TensorDataset(torch.randn(4, 4), torch.tensor([0, 1, 5, 1])), batch_size=2)
+    with pytest.raises(ValueError, match=r"^bob \(rank 1\): SecureAccuracy 'accuracy'"):
+        _predict(SecurePredictStrategy(runtime="distributed", metrics={"accuracy": SecureAccuracy(num_classes=3)}),
+                 _Linear().eval(), labels)

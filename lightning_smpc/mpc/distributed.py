@@ -573,12 +573,15 @@ def _from_bytes(data: bytes) -> Any:
     return torch.load(io.BytesIO(data), weights_only=False)
 
 
-def _drain(results, reports: dict, errors: dict) -> bool:
+def _drain(results, reports: dict, errors: dict, kinds: dict | None = None) -> bool:
     """Move every ``(rank, payload, error)`` waiting in ``results`` into ``reports`` (decoded) or ``errors``;
-    True when anything arrived."""
+    True when anything arrived. With ``kinds`` (the strategy's launcher), an error comes as ``(traceback, module,
+    class name, message)``: the text goes to ``errors``, the rest to ``kinds``."""
     arrived = False
     while not results.empty():
         rank, payload, error = results.get()
+        if kinds is not None and isinstance(error, tuple):  # the strategy's launcher (run_parties keeps its tuples)
+            error, kinds[rank] = error[0], error[1:]
         if error is not None:
             errors[rank] = error
         else:
