@@ -205,27 +205,62 @@ def _encode(header: dict) -> bytes:
     return json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
 
 
+MAX_BATCH_ENTRIES = 256  # entries of a tuple/list batch a header may announce
+MAX_HEADER_INPUTS = 64
+MAX_HEADER_NUMEL = 1 << 31  # elements of one announced tensor (the dealer's per-tensor limit, wire.MAX_NUMEL)
+
+
+def _loads(data: bytes) -> Any:
+    """JSON from another party, refused as a ValueError when malformed or nested too deep (no RecursionError)."""
+    try:
+        return json.loads(data.decode())
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
+        raise ValueError(f"malformed batch header ({type(e).__name__})") from None
+
+
 def _decode(data: bytes) -> dict:
-    header = json.loads(data.decode())
+    """A batch header from the client's process, checked: its kind, keys, counts and shapes stay within bounds."""
+    header = _loads(data)
     if not isinstance(header, dict):
         raise ValueError("malformed batch header")
     if header.get("end"):
         return header
-    shape = header.get("x_shape")
-    if header.get("kind") not in ("tensor", "tuple", "list", "dict") or not _is_shape(shape) or not isinstance(
-        header.get("next_same", False), bool
-    ):
-        raise ValueError(f"malformed batch header {header!r}")
-    for sp in header.get("inputs") or ():
+    kind, length = header.get("kind"), header.get("len")
+    ok = kind in ("tensor", "tuple", "list", "dict") and _is_shape(header.get("x_shape")) and isinstance(
+        header.get("next_same", False), bool) and isinstance(header.get("x_int", False), bool)
+    if kind in ("tuple", "list"):
+        ok = ok and _is_int(length, 1, MAX_BATCH_ENTRIES) and all(
+            v is None or _is_int(v, 0, length - 1) for v in (header.get("input"), header.get("target")))
+    elif kind == "dict":
+        ok = ok and length is None and all(v is None or _is_key(v) for v in (header.get("input"), header.get("target")))
+    inputs = header.get("inputs")
+    if inputs is not None:
+        ok = ok and isinstance(inputs, list) and 0 < len(inputs) <= MAX_HEADER_INPUTS
+    if not ok:
+        raise ValueError(f"malformed batch header {str(header)[:300]}")
+    for sp in inputs or ():
         if not isinstance(sp, dict) or not _is_shape(sp.get("shape")) or not isinstance(sp.get("int"), bool) or (
             sp.get("public") is not None and sp.get("public") not in _PUBLIC_DTYPES
-        ):
-            raise ValueError(f"malformed input in batch header {sp!r}")
+        ) or not (_is_key(sp.get("key")) or (kind in ("tuple", "list") and _is_int(sp.get("key"), 0, length - 1))):
+            raise ValueError(f"malformed input in batch header {str(sp)[:300]}")
     return header
 
 
+def _is_int(v, lo: int, hi: int) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
+
+
+def _is_key(v) -> bool:
+    return isinstance(v, str) and 0 < len(v) <= 128 or _is_int(v, -MAX_BATCH_ENTRIES, MAX_BATCH_ENTRIES)
+
+
 def _is_shape(shape) -> bool:
-    return isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)
+    if not (isinstance(shape, list) and len(shape) <= 16 and all(_is_int(d, 0, MAX_HEADER_NUMEL) for d in shape)):
+        return False
+    numel = 1
+    for d in shape:
+        numel *= d
+    return numel <= MAX_HEADER_NUMEL
 
 
 def public_specs(header: dict) -> list[tuple[Any, tuple, torch.dtype]]:
@@ -299,8 +334,8 @@ class PlaceholderLoader:
     def __init__(self, receive: Callable[[], bytes],
                  receive_public: Optional[Callable[[tuple, torch.dtype], torch.Tensor]] = None) -> None:
         self.receive, self.receive_public = receive, receive_public
-        first = json.loads(receive().decode())
-        if not isinstance(first, dict) or not isinstance(first.get("len"), int):
+        first = _loads(receive())
+        if not isinstance(first, dict) or not _is_int(first.get("len"), -1, 1 << 40):
             raise ValueError(f"Expected the client's dataloader length first, but got {first!r}.")
         self.length = first["len"]
         self.ended = False

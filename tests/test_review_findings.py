@@ -167,3 +167,19 @@ def test_a_roles_user_error_keeps_its_type_and_names_the_role() -> None:
     with pytest.raises(ValueError, match=r"^bob \(rank 1\): SecureAccuracy 'accuracy'"):
         _predict(SecurePredictStrategy(runtime="distributed", metrics={"accuracy": SecureAccuracy(num_classes=3)}),
                  _Linear().eval(), labels)
+
+
+# ---------------------------------------------------------------------------------------------- 5. header bounds
+@pytest.mark.parametrize("raw", [
+    json.dumps({"kind": "list", "len": 10**12, "input": 0, "target": None, "x_shape": [2]}),
+    json.dumps({"kind": "tuple", "len": 2, "input": 0, "target": 7, "x_shape": [2]}),
+    json.dumps({"kind": "tensor", "input": None, "target": None, "x_shape": [2**20, 2**20]}),
+    json.dumps({"kind": "tensor", "input": None, "target": None, "x_shape": [1] * 40}),
+    "[" * 2000 + "]" * 2000,
+    json.dumps({"kind": "dict", "input": "x", "target": "y", "x_shape": [2], "len": 3}),
+])
+def test_malformed_or_huge_batch_headers_are_refused(raw) -> None:
+    from lightning_smpc.batches import _decode
+
+    with pytest.raises(ValueError, match="malformed batch header"):
+        _decode(raw.encode())
