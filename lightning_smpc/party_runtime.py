@@ -50,6 +50,19 @@ def join(cluster_environment, rank: int, parties: tuple[str, ...], crypto_provid
     return World(rank, tuple(parties), links)
 
 
+def fresh_keys(names: tuple[str, ...]) -> tuple[str, dict[str, bytes]]:
+    """Keys for a run that ``predict`` spawns on this machine: a fresh identity per role and their roster (text, and
+    each role's private key as PEM), made in the user's process and handed to the roles it starts."""
+    identities = [Identity.generate(n) for n in names]
+    return Roster.from_identities(identities).to_text(), {i.name: i.to_pem() for i in identities}
+
+
+def spawn_identity(keys: tuple[str, dict[str, bytes]], name: str):
+    """(Roster, this role's Identity) from :func:`fresh_keys`."""
+    roster_text, pems = keys
+    return Roster.from_text(roster_text), Identity.from_pem(name, pems[name])
+
+
 def load_keys(roster_path: Optional[str], identity_path: Optional[str], name: str):
     """(Roster, Identity) from their files, or (None, None): fresh keys exchanged at start (one machine)."""
     if roster_path is None:

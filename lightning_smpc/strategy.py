@@ -100,8 +100,10 @@ class SecurePredictStrategy(ParallelStrategy):
         timeout: seconds a party waits for a peer before the run fails (distributed runtime).
         roster / identity: paths of the roster (every role's name and Ed25519 public key, shared by all) and of
             this process's private key, for runs across machines (see ``lightning_smpc.mpc.links``); a process
-            whose key does not match the roster is refused by every other. Without them (one machine), fresh
-            keys are exchanged at start: links are still encrypted, but identities are not pinned.
+            whose key does not match the roster is refused by every other. Without them, ``predict`` spawning the
+            roles on this machine makes fresh keys and their roster in your process and hands each role its own
+            key, so the run is pinned all the same; a run launched outside ``predict`` (torchrun, SLURM, one launch
+            per role) without a roster is refused (anyone reaching ``MASTER_PORT`` could otherwise take a role).
         start_method: how ``predict`` starts the role processes on this machine (distributed runtime, not
             launched by torchrun/SLURM). ``None``: ``"fork"`` on Linux when each role would get one core anyway
             and CUDA is not initialized (milliseconds instead of ~2 s per process), else ``"spawn"``. Forked
@@ -249,6 +251,8 @@ class SecurePredictStrategy(ParallelStrategy):
         # decided once, in the user's process: the spawned children see LOCAL_RANK and would think otherwise
         self._spawn_here = self.distributed and not external
         self._launcher = PartyLauncher(self) if self._spawn_here else None
+        if self._spawn_here and self.roster is None:  # pin the run: fresh keys made here, handed to the roles
+            self._spawn_keys = party_runtime.fresh_keys(self.parties + (self.crypto_provider,))
 
     @property
     def _processes_per_node(self) -> int:
@@ -274,7 +278,20 @@ class SecurePredictStrategy(ParallelStrategy):
                     f"`Trainer(num_nodes={self.num_processes}, devices=1)` with NODE_RANK=0..{self.num_processes - 1} "
                     "on the machines (rank i plays parties[i]; the last rank is the crypto provider)."
                 )
-            roster, identity = party_runtime.load_keys(self.roster, self.identity, self.role_name(self.global_rank))
+            name = self.role_name(self.global_rank)
+            spawn_keys, self._spawn_keys = getattr(self, "_spawn_keys", None), None  # keep no other role's key
+            if spawn_keys is not None:
+                roster, identity = party_runtime.spawn_identity(spawn_keys, name)
+            elif self.roster is None:
+                raise PartyConfigError(
+                    "A run launched outside `predict` (torchrun, SLURM, one launch per role) needs a roster: without "
+                    "one, any process that reaches MASTER_PORT could take a role (the store accepts anyone). Make "
+                    "the keys once with `python examples/secure_predict_roles.py make-keys --out keys` (or "
+                    "`lightning_smpc.mpc.links.generate_identity` per role), copy keys/roster.json to every machine "
+                    "and keys/<role>.pem to its own, and pass SecurePredictStrategy(roster=..., identity=...)."
+                )
+            else:
+                roster, identity = party_runtime.load_keys(self.roster, self.identity, name)
             self._world = party_runtime.join(self.cluster_environment, self.global_rank, self.parties, self.crypto_provider,
                                              self.timeout, roster=roster, identity=identity)
         super().setup_environment()

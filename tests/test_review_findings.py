@@ -183,3 +183,44 @@ def test_malformed_or_huge_batch_headers_are_refused(raw) -> None:
 
     with pytest.raises(ValueError, match="malformed batch header"):
         _decode(raw.encode())
+
+
+# ---------------------------------------------------------------------------------------------- 1. pinned roles
+def _links_are_pinned(session) -> bool:
+    return session.comm.links.pinned
+
+
+def test_run_parties_without_a_roster_is_pinned_all_the_same() -> None:
+    from lightning_smpc.mpc.distributed import run_parties
+
+    assert [r["result"] for r in run_parties(_links_are_pinned)[:2]] == [True, True]
+
+
+def test_predict_hands_every_spawned_role_the_roster_it_made(monkeypatch) -> None:
+    """The roles use the keys made in the user's process: a roster that does not match them fails the run."""
+    import lightning_smpc.party_runtime as pr
+    from lightning_smpc.mpc.links import LinkAuthError
+
+    made = pr.fresh_keys
+
+    def mismatched(names):
+        roster, pems = made(names)
+        _, other = made(names)
+        return roster, {**pems, names[-1]: other[names[-1]]}  # the crypto provider's key is not the roster's
+
+    monkeypatch.setattr(pr, "fresh_keys", mismatched)
+    with pytest.raises(LinkAuthError, match="Refused 'crypto_provider'"):  # the role's own error, its type kept
+        _predict(SecurePredictStrategy(runtime="distributed", timeout=20), _Linear().eval(),
+                 DataLoader(TensorDataset(torch.randn(2, 4)), batch_size=2))
+
+
+def test_a_run_launched_outside_predict_without_a_roster_is_refused(monkeypatch) -> None:
+    from lightning_smpc.mpc.errors import PartyConfigError
+
+    for key, value in {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29531", "NODE_RANK": "0", "WORLD_SIZE": "3",
+                       "LOCAL_RANK": "0"}.items():
+        monkeypatch.setenv(key, value)
+    trainer = Trainer(strategy=SecurePredictStrategy(runtime="distributed"), num_nodes=3, devices=1, logger=False,
+                      enable_progress_bar=False)
+    with pytest.raises(PartyConfigError, match="needs a roster.*make-keys"):
+        trainer.predict(_Linear().eval(), DataLoader(TensorDataset(torch.randn(2, 4)), batch_size=2))

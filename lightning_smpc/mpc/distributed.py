@@ -694,7 +694,8 @@ def run_parties(
     ``fn`` must be importable (a module-level function). All traffic between the processes goes over
     authenticated, encrypted links (:mod:`.links`); with ``roster`` and ``identities`` (name ->
     :class:`~.links.Identity`) the processes prove those identities (``identities`` alone: the roster is
-    made from them), otherwise fresh ones are used.
+    made from them); without either, fresh identities and their roster are made here, so the run is pinned
+    all the same (a process that only reaches the port cannot take a role).
     ``timeout`` (seconds) bounds every single operation. ``start_method``: see :func:`resolve_start_method`
     (``None``: ``fork`` where each process would get one core anyway, else ``spawn``).
 
@@ -708,6 +709,8 @@ def run_parties(
     parties = tuple(parties)
     names = parties + (crypto_provider,)
     world = len(names)
+    if roster is None and not identities:  # pinned all the same: fresh keys made here, each process gets its own
+        identities = {n: Identity.generate(n) for n in names}
     if roster is None and identities:
         if set(identities) != set(names):
             raise ValueError(f"Expected identities for every process {names} (or a roster), got {sorted(identities)}.")

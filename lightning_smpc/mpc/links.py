@@ -294,6 +294,7 @@ def handshake(
         raise LinkError(f"Expected {world} processes ({names}) in the process group, found {dist.get_world_size(group)}.")
     if dist.get_rank(group) != rank:
         raise LinkError(f"This process has rank {dist.get_rank(group)} in the group but was given rank {rank} ({names[rank]!r}).")
+    pinned = roster is not None  # the identities were known before the handshake (not just exchanged in it)
     if roster is not None and roster.names != names:
         raise LinkAuthError(f"The roster lists {roster.names}, but the processes of this run are {names} (same order expected).")
     local_problem = None
@@ -353,7 +354,9 @@ def handshake(
         send_keys[k] = _hkdf(secret, session_id, rank, k)
         recv_keys[k] = _hkdf(secret, session_id, k, rank)
     channels = _pair_channels(world, group, timeout or datetime.timedelta(seconds=60))
-    return Links(rank, names, roster, session_id, send_keys, recv_keys, group, channels)
+    links = Links(rank, names, roster, session_id, send_keys, recv_keys, group, channels)
+    links.pinned = pinned
+    return links
 
 
 # How each channel moves a message. Measured on a 2-core machine (gloo, torch 2.14, three processes), one
@@ -428,6 +431,8 @@ class Links:
     Peers are addressed by index in :attr:`names` or by name. Every call must be matched by the peer's
     corresponding call with the same ``tag``, dtype and shape, in the same order (as with gloo itself).
     """
+
+    pinned: bool = False  # set by handshake(): True when every identity was checked against a roster given to it
 
     def __init__(self, rank, names, roster, session_id, send_keys, recv_keys, group=None, channels=None) -> None:
         self.rank, self.names, self.roster, self.session_id, self.group = rank, tuple(names), roster, session_id, group
