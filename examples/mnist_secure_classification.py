@@ -8,9 +8,10 @@ Quick run (about a minute on 2 CPU cores)::
     python examples/mnist_secure_classification.py --data-dir ../shared/data --epochs 1 \\
         --train-subset 10000 --test-subset 1000 --check-agreement
 
-Full run (10 epochs, the whole 10k test set; cache the trained model)::
+Full run (10 epochs, the whole 10k test set; the trained model is kept in ``out/mnist_mlp.ckpt``, loaded by the next
+run and usable as the roles recipe's ``--ckpt``)::
 
-    python examples/mnist_secure_classification.py --data-dir ../shared/data --ckpt out/mnist_mlp.ckpt
+    python examples/mnist_secure_classification.py --data-dir ../shared/data
 
 ``--data-dir`` must contain ``MNIST/raw/`` with the four IDX files (downloaded there if missing and online).
 """
@@ -42,7 +43,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--check-agreement", action="store_true",
                    help="second secure pass revealing labels, compared with the plaintext argmax")
     p.add_argument("--seed", type=int, default=0, help="seed for training and data order (default: 0)")
-    p.add_argument("--ckpt", default=None, help="checkpoint cache: loaded if present, else written after training")
+    p.add_argument("--ckpt", default="out/mnist_mlp.ckpt",
+                   help="checkpoint cache: loaded if present, else written after training (default: out/mnist_mlp.ckpt; "
+                   "the roles recipe's --ckpt); pass '' to keep nothing")
     p.add_argument("--retrain", action="store_true", help="train even if --ckpt exists (and overwrite it)")
     p.add_argument("--accelerator", default="cpu", help="Lightning accelerator (default: cpu)")
     return p.parse_args(argv)

@@ -103,6 +103,17 @@ class SmpcCLI(LightningCLI):
             }
         )
 
+    def after_fit(self) -> None:
+        """Say where the trained model was saved: the checkpoint to pass to ``predict --ckpt_path`` (or to the roles
+        recipe's ``--ckpt``)."""
+        callback = getattr(self.trainer, "checkpoint_callback", None)
+        path = getattr(callback, "best_model_path", "") or getattr(callback, "last_model_path", "")
+        if path:
+            print(f"trained model saved to {path}\n  secure predict: lightning-smpc predict --config <model/data config> "
+                  f"--config configs/secure_predict.yaml --ckpt_path {path}")
+        else:
+            print("no checkpoint was saved (checkpointing is off): pass --trainer.enable_checkpointing true")
+
     def after_predict(self) -> None:
         """Print :func:`format_secure_report` when the trainer ran a secure strategy (duck-typed)."""
         strategy = self.trainer.strategy

@@ -33,12 +33,13 @@ def _args(tmp_path: Path, *extra: str) -> list[str]:
 
 
 @needs_data
-def test_fit_from_config(tmp_path: Path) -> None:
+def test_fit_from_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     args = ["fit", *_args(tmp_path), "--trainer.max_epochs", "1", "--trainer.max_steps", "5", "--model.lr", "0.05"]
     assert main(args) is None  # returns normally, no sys.exit
     run_dir = tmp_path / "lightning_logs" / "version_0"
     assert (run_dir / "config.yaml").is_file()
     (ckpt,) = (run_dir / "checkpoints").glob("*.ckpt")
+    assert f"trained model saved to {ckpt}" in capsys.readouterr().out  # issue 16.11: fit says where it saved
     model = MNISTClassifier.load_from_checkpoint(ckpt)
     assert model.hparams.lr == 0.05 and model.hparams.hidden == 500
     # with logger=False, config.yaml lands in default_root_dir both times: the second save must not abort
