@@ -48,7 +48,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     run.add_argument("--data-dir", default=None, help="the client's MNIST directory (only the client reads it)")
     run.add_argument("--test-subset", type=int, default=None)
     run.add_argument("--batch-size", type=int, default=1000)
-    run.add_argument("--timeout", type=float, default=60.0)
+    run.add_argument("--timeout", type=float, default=60.0, help="seconds any wait may take once every role started")
+    run.add_argument("--start-timeout", type=float, default=600.0,
+                     help="seconds a role waits for the others to start (roles started by hand, minutes apart)")
     run.add_argument("--report", default=None, help="write this role's results as JSON here")
     return p.parse_args(argv)
 
@@ -78,7 +80,7 @@ def predict(args: argparse.Namespace) -> dict:
         loader = DataLoader([])
     strategy = SecurePredictStrategy(parties=parties, crypto_provider=args.crypto_provider, runtime="distributed",
                                      reveal="labels", metrics={"accuracy": SecureAccuracy(num_classes=10)},
-                                     timeout=args.timeout, **keys)
+                                     timeout=args.timeout, start_timeout=args.start_timeout, **keys)
     trainer = Trainer(strategy=strategy, num_nodes=len(parties) + 1, devices=1, accelerator="cpu", logger=False,
                       enable_progress_bar=role == parties[-1], enable_model_summary=False)
     out = trainer.predict(model, loader)

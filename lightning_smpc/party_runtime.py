@@ -42,10 +42,14 @@ class World:
 
 
 def join(cluster_environment, rank: int, parties: tuple[str, ...], crypto_provider: str, timeout: float,
-         roster=None, identity=None) -> World:
-    """Start (or join) the process group of one run and authenticate every role; every rank calls this once."""
+         roster=None, identity=None, start_timeout: Optional[float] = None) -> World:
+    """Start (or join) the process group of one run and authenticate every role; every rank calls this once.
+
+    ``start_timeout`` bounds how long a role waits for the others to start and authenticate (roles started by hand
+    minutes apart); ``timeout`` bounds every operation after that (the links' own groups)."""
     names = tuple(parties) + (crypto_provider,)
-    _init_dist_connection(cluster_environment, "gloo", rank, len(names), timeout=timedelta(seconds=timeout))
+    start = max(timeout, start_timeout or timeout)
+    _init_dist_connection(cluster_environment, "gloo", rank, len(names), timeout=timedelta(seconds=start))
     links = mpc_dist.establish_links(rank, len(names), names, roster=roster, identity=identity, timeout=timeout)
     return World(rank, tuple(parties), links)
 

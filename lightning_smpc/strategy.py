@@ -97,7 +97,10 @@ class SecurePredictStrategy(ParallelStrategy):
         model_owner_party / client_party: with ``runtime="distributed"``, the compute parties whose processes
             hold the model (default the first party) and the client's data (default the last party); only
             those processes read them, the others learn shapes only.
-        timeout: seconds a party waits for a peer before the run fails (distributed runtime).
+        timeout: seconds a party waits for a peer before the run fails (distributed runtime), once every role
+            has started.
+        start_timeout: seconds a role waits for the others to start and authenticate (default 600: roles started
+            by hand, minutes apart); every later wait is bounded by ``timeout``.
         roster / identity: paths of the roster (every role's name and Ed25519 public key, shared by all) and of
             this process's private key, for runs across machines (see ``lightning_smpc.mpc.links``); a process
             whose key does not match the roster is refused by every other. Without them, ``predict`` spawning the
@@ -146,6 +149,7 @@ class SecurePredictStrategy(ParallelStrategy):
         model_owner_party: Optional[str] = None,
         client_party: Optional[str] = None,
         timeout: float = 60.0,
+        start_timeout: float = 600.0,
         roster: Optional[str] = None,
         identity: Optional[str] = None,
         compare_digit_bits: int = DIGIT_BITS,
@@ -183,6 +187,9 @@ class SecurePredictStrategy(ParallelStrategy):
         if timeout <= 0:
             raise ValueError(f"Expected a positive `timeout` in seconds, but got {timeout}.")
         self.timeout = float(timeout)
+        if start_timeout <= 0:
+            raise ValueError(f"Expected a positive `start_timeout` in seconds, but got {start_timeout}.")
+        self.start_timeout = float(start_timeout)
         if (roster is None) != (identity is None):
             raise PartyConfigError("Pass both `roster` (every role's public key) and `identity` (this process's "
                                    "private key), or neither (one machine: fresh keys per run).")
@@ -293,7 +300,8 @@ class SecurePredictStrategy(ParallelStrategy):
             else:
                 roster, identity = party_runtime.load_keys(self.roster, self.identity, name)
             self._world = party_runtime.join(self.cluster_environment, self.global_rank, self.parties, self.crypto_provider,
-                                             self.timeout, roster=roster, identity=identity)
+                                             self.timeout, roster=roster, identity=identity,
+                                             start_timeout=self.start_timeout)
         super().setup_environment()
 
     # ------------------------------------------------------------------ device handling and (local) collectives

@@ -11,6 +11,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -33,11 +34,13 @@ def _port() -> int:
         return s.getsockname()[1]
 
 
-def _launch(tmp: Path, keys: Path, extra: dict[int, list[str]], timeout: float = 30) -> list[subprocess.CompletedProcess]:
+def _launch(tmp: Path, keys: Path, extra: dict[int, list[str]], timeout: float = 30,
+            delays: dict[int, float] | None = None) -> list[subprocess.CompletedProcess]:
     env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_port()), WORLD_SIZE="3", LOCAL_RANK="0",
                OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     procs = []
     for rank in range(3):
+        time.sleep((delays or {}).get(rank, 0.0))
         cmd = [sys.executable, str(SCRIPT), "predict", "--keys", str(keys), "--test-subset", str(N_TEST),
                "--batch-size", "32", "--timeout", str(timeout), "--report", str(tmp / f"report{rank}.json")] + extra.get(rank, [])
         procs.append(subprocess.Popen(cmd, env=dict(env, NODE_RANK=str(rank)), cwd=tmp, stdout=subprocess.PIPE,
@@ -45,7 +48,7 @@ def _launch(tmp: Path, keys: Path, extra: dict[int, list[str]], timeout: float =
     results = []
     for p in procs:
         try:
-            out, err = p.communicate(timeout=timeout + 90)
+            out, err = p.communicate(timeout=timeout + 90 + sum((delays or {}).values()))
         except subprocess.TimeoutExpired:
             for q in procs:
                 q.kill()
@@ -81,6 +84,16 @@ def test_one_launch_per_role_with_data_locality(setup) -> None:
     assert "labels" not in owner and "accuracy" not in client  # each learns only what was revealed to it
     assert owner["total"] == N_TEST and owner["correct"] == int((labels == y).sum())
     assert owner["comm"]["alice"]["bytes_sent"] > 0 and client["comm"]["bob"]["bytes_sent"] > 0
+
+
+def test_roles_started_far_apart_within_the_start_window(setup) -> None:
+    """Issue 16.8: `timeout` bounds the waits once every role started, `--start-timeout` (default 600 s) how far
+    apart they may start: here 12 s apart with a 5 s timeout (this failed with one timeout for both)."""
+    tmp, _ = setup
+    runs = _launch(tmp, tmp / "keys", {0: ["--ckpt", str(tmp / "owner.ckpt")], 1: ["--data-dir", DATA_DIR]},
+                   timeout=5, delays={1: 6.0, 2: 6.0})
+    for r in runs:
+        assert r.returncode == 0, r.stderr[-3000:]
 
 
 def DataLoader64(dm):
