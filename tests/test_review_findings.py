@@ -224,3 +224,40 @@ def test_a_run_launched_outside_predict_without_a_roster_is_refused(monkeypatch)
                       enable_progress_bar=False)
     with pytest.raises(PartyConfigError, match="needs a roster.*make-keys"):
         trainer.predict(_Linear().eval(), DataLoader(TensorDataset(torch.randn(2, 4)), batch_size=2))
+
+
+# ---------------------------------------------------------------------------------------------- 3. public values
+def _scale_by_party(session):
+    """The reviewer's script: alice scales by 2.0, bob by 2.5 (a module attribute only the owner loaded, ...)."""
+    x = session.share(torch.tensor([1.0, 2.0, 3.0]) if session.local_party == "alice" else None, owner="alice",
+                      shape=(3,))
+    y = x * (2.0 if session.local_party == "alice" else 2.5)
+    return y.reveal()
+
+
+def _permute_by_party(session):
+    x = session.share(torch.tensor([1.0, 2.0, 3.0]) if session.local_party == "alice" else None, owner="alice",
+                      shape=(3,))
+    perm = [0, 1, 2] if session.local_party == "alice" else [2, 1, 0]
+    return x[perm].reveal()
+
+
+def _same_public_values(session):
+    x = session.share(torch.tensor([1.0, 2.0, 3.0]) if session.local_party == "alice" else None, owner="alice",
+                      shape=(3,))
+    return (x[[2, 1, 0]] * 2.0).reveal()
+
+
+@pytest.mark.parametrize("fn,named", [(_scale_by_party, "public operand"), (_permute_by_party, "index")])
+def test_parties_that_disagree_on_a_public_value_fail_before_revealing(fn, named) -> None:
+    from lightning_smpc.mpc.distributed import PartyProcessError, run_parties
+
+    with pytest.raises(PartyProcessError, match=f"failed authentication.*disagree on a public value.*{named}"):
+        run_parties(fn, timeout=20)
+
+
+def test_parties_that_agree_on_public_values_run() -> None:
+    from lightning_smpc.mpc.distributed import run_parties
+
+    out = run_parties(_same_public_values)
+    assert torch.allclose(out[0]["result"], torch.tensor([6.0, 4.0, 2.0], dtype=torch.float64))

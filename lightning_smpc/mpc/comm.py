@@ -100,6 +100,11 @@ class Communicator:
         self.views: dict[str, list[tuple[str, torch.Tensor]]] = {p: [] for p in self.parties}
         self.records: list[OpenRecord] = []
 
+    # ------------------------------------------------------------------ public values
+    def note_public(self, what: str, value=None) -> None:
+        """A public value an op used (a constant, an index, a mask): every party must use the same. One process
+        holds every party here, so nothing can disagree; the process runtime binds them into its messages."""
+
     # ------------------------------------------------------------------ transport
     def open(self, items: list[tuple[torch.Tensor, str, int]], tag: str) -> list[torch.Tensor]:
         """Open masked values to all parties in ONE round.

@@ -43,6 +43,7 @@ died) and what it was doing, after stopping every process it started.
 from __future__ import annotations
 
 import datetime
+import hashlib
 import inspect
 import io
 import os
@@ -63,7 +64,7 @@ from .comm import Communicator
 from .dealer import DealerStoreError, TrustedDealer, _DealerTimes, _PlanEntry
 from .material import DIGIT_BITS, Material
 from .errors import SmpcError
-from .links import Identity, LinkError, Links, Roster, handshake
+from .links import Identity, LinkError, LinkIntegrityError, Links, Roster, handshake
 from .prg import make_prg
 
 __all__ = [
@@ -113,6 +114,41 @@ class DistributedCommunicator(Communicator):
         self.rank = self.parties.index(links.name)
         self._peers = [links.index(p) for p in self.parties]  # party index -> link index
         self._tag = ""
+        self._public = hashlib.sha256(b"lightning_smpc/public/v1")
+        self._public_log: list[str] = []  # the public values used since the last message, for the error
+
+    # Public values (constants, indices, masks: anything an op uses in clear) are hashed into every later message's
+    # authenticated data: parties that disagree on one (a scale factor, a permutation, a module attribute that only
+    # the model owner's process loaded) fail authentication at the next opening, before anything computed from it
+    # is revealed, instead of silently combining shares of different computations.
+    def note_public(self, what: str, value=None) -> None:
+        self._public.update(what.encode())
+        if value is not None:
+            t = torch.as_tensor(value).detach().cpu().contiguous()
+            self._public.update(f"{t.dtype}{tuple(t.shape)}".encode())
+            self._public.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+            if len(self._public_log) < 8:
+                preview = t.reshape(-1)[:4].tolist()
+                self._public_log.append(f"{what} {tuple(t.shape)} {preview}{'...' if t.numel() > 4 else ''}")
+        elif len(self._public_log) < 8:
+            self._public_log.append(what)
+
+    def _bound(self, tag: str) -> str:
+        return f"{tag}|public:{self._public.hexdigest()[:16]}"
+
+    def _authenticated(self, move):
+        """Run one message exchange; a failed authentication names the public values used just before it."""
+        try:
+            return move()
+        except LinkIntegrityError as e:
+            if self._public_log:
+                raise LinkIntegrityError(
+                    f"{e} If the parties disagree on a public value used since the previous message, it is one of "
+                    f"these (this process's values): {'; '.join(self._public_log)}."
+                ) from None
+            raise
+        finally:
+            self._public_log = []
 
     # the protocol tag goes into every message's authenticated data
     def open(self, items, tag):
@@ -131,7 +167,8 @@ class DistributedCommunicator(Communicator):
         payload = [_opening_wire(shares[0], kind, bits) for shares, kind, bits in items]
         # bound into the message: each value's kind, width and shape (a packed bit string hides its length)
         what = ",".join(f"{kind}{bits}{list(shares.shape[1:])}" for shares, kind, bits in items)
-        rows = self.links.all_gather_many(payload, f"open/{what}:{self._tag}", ranks=self._peers)
+        rows = self._authenticated(
+            lambda: self.links.all_gather_many(payload, self._bound(f"open/{what}:{self._tag}"), ranks=self._peers))
         return [torch.stack([_opening_share(row[i], kind, bits, tuple(shares.shape[1:])) for row in rows])
                 for i, (shares, kind, bits) in enumerate(items)]
 
@@ -141,14 +178,16 @@ class DistributedCommunicator(Communicator):
             raise ValueError(f"The multi-process runtime reveals to compute parties only, not to {outside}.")
         mine, out = shares[0].contiguous(), None
         for r in receivers:
-            parts = self.links.gather_to(self._peers[self.parties.index(r)], mine, f"reveal:{self._tag}", ranks=self._peers)
+            parts = self._authenticated(lambda r=r: self.links.gather_to(
+                self._peers[self.parties.index(r)], mine, self._bound(f"reveal:{self._tag}"), ranks=self._peers))
             if parts is not None:
                 out = torch.stack(parts)
         return out
 
     def _broadcast(self, value: torch.Tensor, sender: str) -> torch.Tensor:
         src = self._peers[self.parties.index(sender)]
-        return self.links.broadcast(value.contiguous(), src, f"input:{self._tag}", ranks=self._peers)
+        return self._authenticated(
+            lambda: self.links.broadcast(value.contiguous(), src, self._bound(f"input:{self._tag}"), ranks=self._peers))
 
 
 # ---------------------------------------------------------------------------------------------- dealer transport

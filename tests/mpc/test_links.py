@@ -188,7 +188,11 @@ def test_one_round_of_openings_is_one_message():
     small = torch.randint(0, 2**40, (1, 4), generator=g)
     got = comm.open([(value, "arith", 64), (bits, "xor", 1), (small, "arith", 4)], tag="relu")
     # one message, whose authenticated tag names each value's kind, width and shape (11 packed bits fill 2 bytes,
-    # as 16 would: the shape tells them apart)
-    assert links.messages == ["open/arith64[3, 5],xor1[11],arith4[4]:relu"] and comm.rounds == 1
+    # as 16 would: the shape tells them apart) and the digest of the public values used so far (none here)
+    (message,) = links.messages
+    assert message.startswith("open/arith64[3, 5],xor1[11],arith4[4]:relu|public:") and comm.rounds == 1
+    comm.note_public("public operand", torch.tensor([2.0]))
+    comm.open([(value, "arith", 64)], tag="relu")
+    assert links.messages[1].split("|public:")[1] != message.split("|public:")[1]  # a public value moves the digest
     assert torch.equal(got[0], 2 * value[0]) and torch.equal(got[1], torch.zeros(11, dtype=torch.uint8))
     assert torch.equal(got[2], (2 * small[0]) & 15)

@@ -37,7 +37,9 @@ def _public(sess, v, frac: int) -> Tensor:
     # A value with more fractional bits than precision_bits (a pending product) still takes public
     # operands in the normal range: encode at precision_bits, then shift (exact).
     f = min(frac, sess.precision_bits)
-    return sess.encoder.encode(torch.as_tensor(v), f).to(sess.device) * (1 << (frac - f))
+    encoded = sess.encoder.encode(torch.as_tensor(v), f)
+    sess.comm.note_public("public operand", encoded)  # every party must use the same (see note_public)
+    return encoded.to(sess.device) * (1 << (frac - f))
 
 
 def _is_int_public(v) -> bool:
@@ -53,6 +55,7 @@ def _shape_of(x: ShareTensor) -> tuple:
 
 
 def _step(x: ShareTensor, step: tuple) -> ShareTensor:
+    x._session.comm.note_public(f"{step[0]} {step[1]!r}")  # a permutation, an index, a shape: public, the same for all
     shares = transforms.apply(x._shares, (step,), party_axis=True)
     mask = x.mask.then(step) if x.mask is not None else None
     return _wrap(x, shares, x._frac, mask)

@@ -135,6 +135,7 @@ def _divide_public(x: ShareTensor, divisor) -> ShareTensor:
     if d.is_complex():
         raise TypeError(f"Expected a real public divisor, but got dtype {d.dtype}.")
     d = d.to(torch.float64)
+    sess.comm.note_public("public divisor", d)
     if not bool(torch.isfinite(d).all()):
         raise ValueError("Expected a finite, real public divisor.")
     if bool((d == 0).any()):

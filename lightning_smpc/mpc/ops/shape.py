@@ -108,6 +108,11 @@ def _getitem(x, idx):
         raise UnsupportedOpError("Indexing with a secret-shared index is not supported.")
     # Advanced indexing: index each party's row on its own. (Indexing the stacked shares with the party axis
     # in front would let torch move separated index dims in front of the party axis and mix the parties.)
+    for part in (idx if isinstance(idx, tuple) else (idx,)):
+        if isinstance(part, (Tensor, list)):
+            x._session.comm.note_public("index", torch.as_tensor(part))
+        else:
+            x._session.comm.note_public(f"index {part!r}")
     rows = [row[idx] for row in x._shares]
     return _wrap(x, torch.stack(rows), x._frac)
 

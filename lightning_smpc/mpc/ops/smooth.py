@@ -218,16 +218,19 @@ def _plus_eps(sess, shares: Tensor, value: float, frac: int) -> Tensor:
     return out
 
 
-def _public_mask(mask, shape, device) -> Tensor:
+def _public_mask(mask, shape, device, sess=None) -> Tensor:
     if isinstance(mask, ShareTensor):
         raise UnsupportedOpError("A secret-shared mask is not supported; masks must be public.")
     m = torch.as_tensor(mask).to(device)
+    if sess is not None:
+        sess.comm.note_public("mask", m)
     return m.expand(torch.broadcast_shapes(tuple(m.shape), shape))
 
 
 def _fill_where_not(x: ShareTensor, keep: Tensor, value: float) -> ShareTensor:
     """``x`` where the public boolean ``keep``, else the public ``value`` (local: keep is public)."""
     x = _at_precision(x)
+    x._session.comm.note_public("mask", keep)
     keep = keep.to(torch.int64)
     shares = x._shares * keep
     out = _wrap(x, shares, x._frac, None)
@@ -273,7 +276,7 @@ def _h_sdpa(query, key, value, attn_mask=None, dropout_p: float = 0.0, is_causal
         m = _public_mask(attn_mask, shape, scores._shares.device)
         if m.dtype == torch.bool:
             scores = _fill_where_not(scores, m, _finite_fill(scores, -math.inf))
-        else:
+        else:  # a float mask is added as a public operand (bound there)
             scores = _add(scores, torch.clamp(m.to(torch.float64), min=_finite_fill(scores, -math.inf)))
     return _h_matmul(softmax(scores, -1), value)
 
@@ -338,6 +341,7 @@ def _h_embedding(input, weight, padding_idx=None, max_norm=None, norm_type=2.0, 
         ids = torch.as_tensor(input)
         if ids.is_floating_point():
             raise TypeError(f"Expected integer token ids for embedding, but got {ids.dtype}.")
+        weight._session.comm.note_public("embedding ids", ids)
         return _wrap(weight, weight._shares[:, ids.to(weight._shares.device)], weight._frac, None)
     if input._frac != 0:
         raise UnsupportedOpError(
