@@ -334,7 +334,8 @@ def _scale(sess, g: torch.Tensor, ind: torch.Tensor, factors: list[float], f: in
 
 
 def normalized_power(sess, x: torch.Tensor, p, lo: int, hi: int, signed: bool = False,
-                     fine: tuple[torch.Tensor, int, int] | None = None) -> torch.Tensor:
+                     fine: tuple[torch.Tensor, int, int] | None = None,
+                     wide: tuple[int, torch.Tensor] | None = None) -> torch.Tensor:
     """Shares (frac ``f``) of ``x^p`` (``p`` in -1, -0.5, 0.5) or of ``ln x`` (``p="log"``), ``x`` at frac ``f``.
 
     ``lo``/``hi``: the exponents ``j`` of the intervals ``2^j <= |x| < 2^(j+1)`` told apart (``x`` below ``2^(lo+1)``
@@ -349,10 +350,19 @@ def normalized_power(sess, x: torch.Tensor, p, lo: int, hi: int, signed: bool = 
     fractional bits (a layer norm's sum of squares): ``m`` is taken from it, so a small ``x`` keeps the precision
     that truncating it to ``f`` bits would lose (``x`` still picks the interval); ``c`` then holds
     ``2^(G - j) / divisor`` at ``G`` bits (rounded: relative error below ``divisor 2^-(G - hi)``).
+
+    ``wide = (w, coarse)``: ``x`` may be wrong beyond the comparison range (a layer norm's variance of values up to
+    2^15 reaches 2^30); ``coarse`` holds ``x / 2^w`` computed so that it stays right (frac ``f``): the intervals go on up
+    to ``2^(hi + w)``, told apart on ``coarse``, and the comparisons of ``x`` itself are overridden by
+    ``[x >= 2^(hi+1)]`` (one Beaver product of bits).
     """
     f = sess.precision_bits
-    thresholds, intervals = _intervals(lo, hi, signed)
-    ind = _indicators(sess, x, thresholds, f)
+    if wide:
+        ind, intervals = _wide_indicators(sess, x, lo, hi, wide, f)
+        hi = hi + wide[0]
+    else:
+        thresholds, intervals = _intervals(lo, hi, signed)
+        ind = _indicators(sess, x, thresholds, f)
     if fine is None:
         scale_bits, source, divisor = max(hi, 0), x, 1
     else:
@@ -365,6 +375,25 @@ def normalized_power(sess, x: torch.Tensor, p, lo: int, hi: int, signed: bool = 
     if p == "log":
         return g + (ind * _encode([j * math.log(2) for _, j in intervals], f, x.device)).sum(-1)
     return _scale(sess, g, ind, [s * 2.0 ** (p * j) for s, j in intervals], f)
+
+
+def _wide_indicators(sess, x: torch.Tensor, lo: int, hi: int, wide_coarse: tuple, f: int):
+    """Indicators of ``2^j <= x < 2^(j+1)`` for ``j = lo .. hi + wide`` (``x >= 0``), for ``x`` beyond the comparison
+    range: ``x`` and ``coarse = x / 2^wide`` are compared with ``2^k`` (``k = lo+1 .. hi``) in one call; a bit of ``x``
+    itself is right only while ``x < 2^(hi+1)``, so it is ORed with ``big = [coarse >= 2^(hi+1-wide)]``."""
+    wide, coarse = wide_coarse
+    pos = [2.0**k for k in range(lo + 1, hi + 1)]
+    bits = P.compare_thresholds(sess, torch.stack([x, coarse], -1), _encode(pos, f, x.device))  # [P, *S, 2, M]
+    low, high = bits[..., 0, :], bits[..., 1, :]  # [x >= 2^k], [x >= 2^(k + wide)]
+    top = hi + 1 - wide  # the coarse bit for 2^(hi + 1)
+    big = high[..., top - (lo + 1): top - lo]
+    low = low + big - _mul(sess, low, big.expand(low.shape).contiguous())  # OR
+    thermo = torch.cat([low, high[..., top - (lo + 1):]], -1)  # [x >= 2^k] for k = lo+1 .. hi + wide
+    below = -thermo[..., :1]
+    if sess.holds_first:
+        below[0] += 1
+    ind = torch.cat([below, thermo[..., :-1] - thermo[..., 1:], thermo[..., -1:]], -1)
+    return ind, [(1, j) for j in range(lo, hi + wide + 1)]
 
 
 def exp(sess, x: torch.Tensor, lo: int, hi: int) -> torch.Tensor:

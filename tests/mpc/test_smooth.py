@@ -295,3 +295,12 @@ def test_multihead_attention_module(session, batch_first) -> None:
     out, none = torch.func.functional_call(mha, params, (xs, xs, xs), {"attn_mask": causal, "need_weights": False})
     assert none is None
     assert torch.allclose(out.reveal(), mha(x, x, x, attn_mask=causal, need_weights=False)[0].double(), atol=3e-4)
+
+
+def test_layer_norm_of_large_activations(session) -> None:
+    """The reviewer's case: rows of +-400 (variance 160000 = 2^17.3, past the comparisons' range 2^16) gave -36 for
+    +-1; the variance's intervals above 2^15 are now told apart on var / 2^15."""
+    x = torch.tensor([[400.0, -400.0, 400.0, -400.0], [1000.0, -500.0, 0.0, 333.0], [16000.0, 2.0, -7.0, 0.5]])
+    got = F.layer_norm(session.share(x), (4,)).reveal()
+    assert torch.allclose(got, F.layer_norm(x.double(), (4,)), atol=0.15)  # r = rsqrt(var) has ~8 significant bits
+    assert float((got[:2] - F.layer_norm(x[:2].double(), (4,))).abs().max()) < 1e-2

@@ -45,12 +45,12 @@ def _range_exponents(sess) -> tuple[int, int]:
 
 
 def _power(x: ShareTensor, p, lo: int | None = None, hi: int | None = None, signed: bool = False,
-           fine=None) -> ShareTensor:
+           fine=None, wide: int = 0) -> ShareTensor:
     x = _at_precision(x)
     sess = x._session
     dlo, dhi = _range_exponents(sess)
     lo, hi = max(dlo, dlo if lo is None else lo), min(dhi, dhi if hi is None else hi)
-    return _wrap(x, A.normalized_power(sess, x._shares, p, lo, hi, signed, fine), sess.precision_bits, None)
+    return _wrap(x, A.normalized_power(sess, x._shares, p, lo, hi, signed, fine, wide), sess.precision_bits, None)
 
 
 def _note(name: str, what: str) -> str:
@@ -160,6 +160,7 @@ def softmax(x: ShareTensor, dim: int, log: bool = False) -> ShareTensor:
     Rounds at the defaults: 5 ceil(log2 n) (max) + 13 (exp) + 16 (reciprocal) + 1 (product)."""
     nd = len(_shape_of(x))
     d = _norm(dim, nd)
+    x._session.comm.note_public(f"softmax over {d} log={log}")
     logits = _wrap(x, x._shares, x._frac, x.mask, skipped=None)
     y = _move_last(logits, d)
     top = _window_max(y, y._shares, "tree").unsqueeze(-1)  # ceil(log2 n) ReLU levels: n - 1 comparisons per row
@@ -205,7 +206,12 @@ def _h_layer_norm(x, normalized_shape, weight=None, bias=None, eps: float = 1e-5
     fine = P.truncate(sess, _lift(squares, 2 * f), 2 * f - fine_frac)
     fine = _plus_eps(sess, fine, eps * math.prod(normalized_shape), fine_frac)
     lo = math.floor(math.log2(eps)) if eps > 0 else -f  # var + eps >= eps: no interval below it is needed
-    y = _h_mul(centred, _power(var, -0.5, lo=lo, fine=(fine, fine_frac, math.prod(normalized_shape))))
+    # the variance of values up to 2^15 reaches 2^30, past the comparisons' (and the public division's) range: its
+    # intervals above 2^15 are told apart on var / 2^15, from the sum of squares read at 15 more fractional bits (exact)
+    w = _range_exponents(sess)[1]
+    coarse = _divide_public(_wrap(squares, squares._shares, squares._frac + w, None), math.prod(normalized_shape))
+    y = _h_mul(centred, _power(var, -0.5, lo=lo, fine=(fine, fine_frac, math.prod(normalized_shape)),
+                               wide=(w, _at_precision(coarse)._shares)))
     if weight is not None:
         y = _h_mul(y, weight)
     return y if bias is None else _add(y, bias)
