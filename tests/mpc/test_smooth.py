@@ -275,6 +275,8 @@ def test_embedding_of_secret_token_ids(session) -> None:
     assert torch.allclose(got, F.embedding(ids, table).double(), atol=1e-4)
     with pytest.raises(UnsupportedOpError, match="integers"):
         F.embedding(session.share(ids.float()), session.share(table))
+    with pytest.raises(IndexError):  # as torch: public ids out of range (a -1 must not wrap to the last row)
+        F.embedding(torch.tensor([0, -1]), session.share(table))
 
 
 @pytest.mark.parametrize("batch_first", [False, True])

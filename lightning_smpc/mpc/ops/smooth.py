@@ -60,7 +60,7 @@ def _note(name: str, what: str) -> str:
     how = (f"relu(x) - h(|x|), h in {len(spec.coeffs)} pieces" if name in A.RELU_MINUS
            else f"{len(spec.coeffs) + len(spec.tails)} pieces")
     return (f"{what}: {how} of degree {spec.degree}, one comparison call; {cost['rounds']} rounds, "
-            f"{cost['bytes_sent']} B/element; error {spec.max_error:.0e} + ~2e-5.")
+            f"{cost['bytes_sent']} B/element; error {spec.max_error:.0e} + fixed point (<= 8e-5).")
 
 
 # ---------------------------------------------------------------------------------------------- activations
@@ -118,7 +118,7 @@ def _h_sqrt(x):
 
 
 @implements(torch.reciprocal, Tensor.reciprocal, family="smooth",
-            note=_POWER_NOTE.format(rounds=16, domain="both signs, |x| >= 2^-15"))
+            note=_POWER_NOTE.format(rounds=16, domain="both signs, |x| >= 2^-15; 1/x to 2^-f"))
 def _h_reciprocal(x):
     return _power(x, -1.0, lo=-(x._session.compare_bits - x._session.precision_bits - 1), signed=True)
 
@@ -347,6 +347,9 @@ def _h_embedding(input, weight, padding_idx=None, max_norm=None, norm_type=2.0, 
         ids = torch.as_tensor(input)
         if ids.is_floating_point():
             raise TypeError(f"Expected integer token ids for embedding, but got {ids.dtype}.")
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= weight.shape[0]):
+            raise IndexError(f"index out of range in self: embedding ids must lie in [0, {weight.shape[0]}), got "
+                             f"[{int(ids.min())}, {int(ids.max())}].")
         weight._session.comm.note_public("embedding ids", ids)
         return _wrap(weight, weight._shares[:, ids.to(weight._shares.device)], weight._frac, None)
     if input._frac != 0:
