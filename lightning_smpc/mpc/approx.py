@@ -217,11 +217,15 @@ def _indicators(sess, x: torch.Tensor, thresholds: list[float], f: int) -> torch
     """Arithmetic shares (scale 0) of the interval indicators ``[P, *S, M + 1]`` of ``x`` (frac ``f``) for the sorted
     ``thresholds`` ``t_1 < ... < t_M``: interval 0 is ``x < t_1``, interval ``i`` is ``t_i <= x < t_(i+1)``, the
     last ``x >= t_M``. One comparison call for all thresholds."""
-    bits = P.compare_thresholds(sess, x, _encode(thresholds, f, x.device))  # [x >= t_i]
-    below = -bits[..., :1]
+    return _intervals_of(sess, P.compare_thresholds(sess, x, _encode(thresholds, f, x.device)))  # [x >= t_i]
+
+
+def _intervals_of(sess, above: torch.Tensor) -> torch.Tensor:
+    """Interval indicators ``[P, *S, M + 1]`` from the bits ``[x >= t_i]`` of increasing thresholds (local)."""
+    below = -above[..., :1]
     if sess.holds_first:
         below[0] += 1
-    return torch.cat([below, bits[..., :-1] - bits[..., 1:], bits[..., -1:]], -1)
+    return torch.cat([below, above[..., :-1] - above[..., 1:], above[..., -1:]], -1)
 
 
 def _power_plan(degree: int) -> list[list[tuple[int, int]]]:
@@ -389,11 +393,7 @@ def _wide_indicators(sess, x: torch.Tensor, lo: int, hi: int, wide_coarse: tuple
     big = high[..., top - (lo + 1): top - lo]
     low = low + big - _mul(sess, low, big.expand(low.shape).contiguous())  # OR
     thermo = torch.cat([low, high[..., top - (lo + 1):]], -1)  # [x >= 2^k] for k = lo+1 .. hi + wide
-    below = -thermo[..., :1]
-    if sess.holds_first:
-        below[0] += 1
-    ind = torch.cat([below, thermo[..., :-1] - thermo[..., 1:], thermo[..., -1:]], -1)
-    return ind, [(1, j) for j in range(lo, hi + wide + 1)]
+    return _intervals_of(sess, thermo), [(1, j) for j in range(lo, hi + wide + 1)]
 
 
 def exp(sess, x: torch.Tensor, lo: int, hi: int) -> torch.Tensor:

@@ -101,7 +101,7 @@ class Communicator:
         self.records: list[OpenRecord] = []
 
     # ------------------------------------------------------------------ public values
-    def note_public(self, what: str, value=None) -> None:
+    def note_public(self, what: str, value=None, detail=None) -> None:
         """A public value an op used (a constant, an index, a mask): every party must use the same. One process
         holds every party here, so nothing can disagree; the process runtime binds them into its messages."""
 

@@ -121,7 +121,9 @@ class DistributedCommunicator(Communicator):
     # authenticated data: parties that disagree on one (a scale factor, a permutation, a module attribute that only
     # the model owner's process loaded) fail authentication at the next opening, before anything computed from it
     # is revealed, instead of silently combining shares of different computations.
-    def note_public(self, what: str, value=None) -> None:
+    def note_public(self, what: str, value=None, detail=None) -> None:
+        if detail is not None:  # formatted here only: the simulated runtime's no-op pays nothing for it
+            what = f"{what} {detail!r}"
         self._public.update(what.encode())
         if value is not None:
             t = torch.as_tensor(value).detach().cpu().contiguous()

@@ -39,7 +39,7 @@ class Transport(Protocol):
     def stats(self, offline: bool = False) -> dict[str, dict[str, int]]:
         """Per party: rounds, messages, bytes sent and received (online, or the dealer's offline traffic)."""
 
-    def note_public(self, what: str, value: Any = None) -> None:
+    def note_public(self, what: str, value: Any = None, detail: Any = None) -> None:
         """A public value an op used (a constant, an index, a mask): parties as processes bind it into their next
         messages, so parties that disagree on it fail authentication instead of computing garbage."""
 

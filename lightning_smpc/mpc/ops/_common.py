@@ -55,7 +55,7 @@ def _shape_of(x: ShareTensor) -> tuple:
 
 
 def _step(x: ShareTensor, step: tuple) -> ShareTensor:
-    x._session.comm.note_public(f"{step[0]} {step[1]!r}")  # a permutation, an index, a shape: public, the same for all
+    x._session.comm.note_public("shape step", detail=step)  # a permutation, an index, a shape: public, the same for all
     shares = transforms.apply(x._shares, (step,), party_axis=True)
     mask = x.mask.then(step) if x.mask is not None else None
     return _wrap(x, shares, x._frac, mask)

@@ -72,7 +72,7 @@ def _argmax_parts(x: ShareTensor, dim, keepdim: bool, want_max: bool):
         x, dim = _reshape_to(x, (1, x.numel())), -1
     nd = len(_shape_of(x))
     d = _norm(dim, nd)
-    x._session.comm.note_public(f"argmax over {d}")
+    x._session.comm.note_public("argmax over", detail=d)
     cached = x._cache.get(("argmax", d, True)) or (None if want_max else x._cache.get(("argmax", d, False)))
     if cached is None:  # one secure argmax per value and dim (e.g. a metric and reveal="labels" share it)
         y = _move_last(x, d)

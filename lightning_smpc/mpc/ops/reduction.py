@@ -14,7 +14,7 @@ from .arithmetic import _divide_public
 def _h_sum(x, dim=None, keepdim=False, dtype=None):
     _no_dtype(dtype, "sum")
     dims = _dims(x, dim)
-    x._session.comm.note_public(f"sum over {dims} keepdim={keepdim}")  # a dim is a public choice too
+    x._session.comm.note_public("sum over", detail=(dims, keepdim))  # a dim is a public choice too
     if not dims:  # a 0-d value: nothing to reduce (``shares.sum(())`` would sum over the party axis)
         return _wrap(x, x._shares.clone(), x._frac, None)
     return _wrap(x, x._shares.sum(tuple(d + 1 for d in dims), keepdim=keepdim), x._frac, None)

@@ -112,7 +112,7 @@ def _getitem(x, idx):
         if isinstance(part, (Tensor, list)):
             x._session.comm.note_public("index", torch.as_tensor(part))
         else:
-            x._session.comm.note_public(f"index {part!r}")
+            x._session.comm.note_public("index", detail=part)
     rows = [row[idx] for row in x._shares]
     return _wrap(x, torch.stack(rows), x._frac)
 

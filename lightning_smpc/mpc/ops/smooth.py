@@ -160,7 +160,7 @@ def softmax(x: ShareTensor, dim: int, log: bool = False) -> ShareTensor:
     Rounds at the defaults: 5 ceil(log2 n) (max) + 13 (exp) + 16 (reciprocal) + 1 (product)."""
     nd = len(_shape_of(x))
     d = _norm(dim, nd)
-    x._session.comm.note_public(f"softmax over {d} log={log}")
+    x._session.comm.note_public("softmax over", detail=(d, log))
     logits = _wrap(x, x._shares, x._frac, x.mask, skipped=None)
     y = _move_last(logits, d)
     top = _window_max(y, y._shares, "tree").unsqueeze(-1)  # ceil(log2 n) ReLU levels: n - 1 comparisons per row
@@ -204,7 +204,7 @@ def _h_layer_norm(x, normalized_shape, weight=None, bias=None, eps: float = 1e-5
     # the rsqrt's normalised input from the sum of squares kept at f + 8 bits: a small variance keeps its precision
     fine_frac = f + 8
     fine = P.truncate(sess, _lift(squares, 2 * f), 2 * f - fine_frac)
-    fine = _plus_eps(sess, fine, eps * math.prod(normalized_shape), fine_frac)
+    fine = A._plus_public(sess, fine, A._encode(eps * math.prod(normalized_shape), fine_frac, fine.device))
     lo = math.floor(math.log2(eps)) if eps > 0 else -f  # var + eps >= eps: no interval below it is needed
     # the variance of values up to 2^15 reaches 2^30, past the comparisons' (and the public division's) range: its
     # intervals above 2^15 are told apart on var / 2^15, from the sum of squares read at 15 more fractional bits (exact)
@@ -217,19 +217,12 @@ def _h_layer_norm(x, normalized_shape, weight=None, bias=None, eps: float = 1e-5
     return y if bias is None else _add(y, bias)
 
 
-def _plus_eps(sess, shares: Tensor, value: float, frac: int) -> Tensor:
-    out = shares.clone()
-    if sess.holds_first:
-        out[0] += round(value * 2.0**frac)
-    return out
-
-
-def _public_mask(mask, shape, device, sess=None) -> Tensor:
+def _public_mask(mask, shape, device) -> Tensor:
+    """A public mask broadcast to ``shape`` (it is bound into the openings where it is used: ``_fill_where_not``, or
+    as a public operand)."""
     if isinstance(mask, ShareTensor):
         raise UnsupportedOpError("A secret-shared mask is not supported; masks must be public.")
     m = torch.as_tensor(mask).to(device)
-    if sess is not None:
-        sess.comm.note_public("mask", m)
     return m.expand(torch.broadcast_shapes(tuple(m.shape), shape))
 
 
@@ -365,7 +358,7 @@ def one_hot_secret(ids: ShareTensor, n: int) -> ShareTensor:
     intervals of one comparison call against ``1 .. n-1`` (ids outside ``[0, n)`` count as 0 or ``n - 1``)."""
     sess = ids._session
     if n == 1:
-        return _wrap(ids, _plus_eps(sess, torch.zeros_like(ids._shares).unsqueeze(-1), 1, 0), 0, None)
+        return _wrap(ids, A._plus_public(sess, torch.zeros_like(ids._shares).unsqueeze(-1), torch.tensor(1)), 0, None)
     onehot = A._indicators(sess, ids._shares, list(range(1, n)), 0)
     return ShareTensor(onehot, sess, 0)
 
