@@ -8,7 +8,7 @@ Quick run (about a minute on 2 CPU cores)::
     python examples/mnist_secure_classification.py --data-dir ../shared/data --epochs 1 \\
         --train-subset 10000 --test-subset 1000 --check-agreement
 
-Full run (10 epochs, the whole 10k test set; the trained model is kept in ``out/mnist_mlp.ckpt``, loaded by the next
+Full run (10 epochs, the whole 10k test set; the trained model is kept in ``out/mnist_mlp_10ep_all_seed0.ckpt``, loaded by the next
 run and usable as the roles recipe's ``--ckpt``)::
 
     python examples/mnist_secure_classification.py --data-dir ../shared/data
@@ -43,12 +43,21 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--check-agreement", action="store_true",
                    help="second secure pass revealing labels, compared with the plaintext argmax")
     p.add_argument("--seed", type=int, default=0, help="seed for training and data order (default: 0)")
-    p.add_argument("--ckpt", default="out/mnist_mlp.ckpt",
-                   help="checkpoint cache: loaded if present, else written after training (default: out/mnist_mlp.ckpt; "
-                   "the roles recipe's --ckpt); pass '' to keep nothing")
+    p.add_argument("--ckpt", default=None,
+                   help="checkpoint cache: loaded if present, else written after training (default: one file per "
+                   "training setting, out/mnist_mlp_<epochs>ep_<train subset or all>_seed<seed>.ckpt, so a quick run "
+                   "never stands in for a full one; the roles recipe's --ckpt); pass '' to keep nothing")
     p.add_argument("--retrain", action="store_true", help="train even if --ckpt exists (and overwrite it)")
     p.add_argument("--accelerator", default="cpu", help="Lightning accelerator (default: cpu)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.ckpt is None:
+        args.ckpt = default_ckpt(args)
+    return args
+
+
+def default_ckpt(args: argparse.Namespace) -> str:
+    """The checkpoint of this training setting (epochs, training subset, seed): a cache only for the same setting."""
+    return f"out/mnist_mlp_{args.epochs}ep_{args.train_subset or 'all'}_seed{args.seed}.ckpt"
 
 
 def train_or_load(args: argparse.Namespace, dm: MNISTDataModule) -> MNISTClassifier:

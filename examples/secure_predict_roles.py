@@ -9,7 +9,7 @@ every machine, each private key only to its own)::
 
     python examples/secure_predict_roles.py make-keys --out keys            # keys/roster.json, keys/<role>.pem
     export MASTER_ADDR=10.0.0.1 MASTER_PORT=29500 WORLD_SIZE=3 LOCAL_RANK=0
-    NODE_RANK=0 python examples/secure_predict_roles.py predict --keys keys --ckpt model.ckpt    # alice: model owner
+    NODE_RANK=0 python examples/secure_predict_roles.py predict --keys keys --ckpt out/mnist_mlp_10ep_all_seed0.ckpt  # alice: the model owner (README command 1 wrote it)
     NODE_RANK=1 python examples/secure_predict_roles.py predict --keys keys --data-dir ../shared/data  # bob: client
     NODE_RANK=2 python examples/secure_predict_roles.py predict --keys keys                     # crypto provider
 
