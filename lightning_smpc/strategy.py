@@ -19,7 +19,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.signature_utils import is_param_in_hook_signature
 from torchmetrics import Metric
 
-from . import party_runtime
+from . import locality, party_runtime
 from .batches import PlaceholderBatch, several_inputs
 from .launcher import PartyLauncher
 from .mpc import Session
@@ -302,7 +302,22 @@ class SecurePredictStrategy(ParallelStrategy):
             self._world = party_runtime.join(self.cluster_environment, self.global_rank, self.parties, self.crypto_provider,
                                              self.timeout, roster=roster, identity=identity,
                                              start_timeout=self.start_timeout)
+            trainer = getattr(self.lightning_module, "_trainer", None)
+            if trainer is not None:  # before Lightning's prepare_data / setup / dataloader steps in this process
+                locality.keep_data_with_client(trainer, is_client=name == self.client_party)
         super().setup_environment()
+
+    # ------------------------------------------------------------------ only the model owner's process reads weights
+    def load_checkpoint(self, checkpoint_path: Any, weights_only: Optional[bool] = None) -> dict[str, Any]:
+        """``ckpt_path``: read in the model owner's process only (Lightning restores it in every process); the
+        others get a placeholder and learn the weights' shapes only."""
+        if self.distributed and self.role != self.model_owner_party:
+            return locality.placeholder_checkpoint()
+        return super().load_checkpoint(checkpoint_path, weights_only=weights_only)
+
+    def load_model_state_dict(self, checkpoint: dict[str, Any], strict: bool = True) -> None:
+        if not locality.is_placeholder(checkpoint):
+            super().load_model_state_dict(checkpoint, strict=strict)
 
     # ------------------------------------------------------------------ device handling and (local) collectives
     @property

@@ -1,0 +1,68 @@
+"""Data locality with parties as processes: only the model owner's process reads the weights, only the client's
+reads the data.
+
+Lightning runs the same steps in every process of a run: it restores ``ckpt_path`` in each (``Strategy.load_checkpoint``),
+calls the datamodule's ``prepare_data`` (on local rank 0) and ``setup``, and requests the predict dataloader. With
+one process per role that would let every compute party and the crypto provider open the owner's checkpoint and
+the client's files. Here the other processes get a placeholder checkpoint (nothing is read; the model owner's
+process shares the weights, the others learn their shapes only) and a placeholder dataloader (they learn each
+batch's shapes from the client's header, see :class:`~lightning_smpc.batches.PlaceholderLoader`).
+"""
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import lightning
+
+__all__ = ["placeholder_checkpoint", "is_placeholder", "keep_data_with_client", "NotHere"]
+
+_PLACEHOLDER = "lightning_smpc: the model owner's process holds this checkpoint"
+
+
+def placeholder_checkpoint() -> dict:
+    """What a process other than the model owner's "loads" for ``ckpt_path``: no weights, nothing read."""
+    return {"pytorch-lightning_version": lightning.__version__, "state_dict": {}, _PLACEHOLDER: True}
+
+
+def is_placeholder(checkpoint: Any) -> bool:
+    return isinstance(checkpoint, dict) and checkpoint.get(_PLACEHOLDER) is True
+
+
+class NotHere:
+    """The dataloader of a process that does not hold the client's data: iterates nothing (the strategy replaces
+    it with the batches announced by the client's process)."""
+
+    def __iter__(self) -> Iterator:
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
+
+    def __repr__(self) -> str:
+        return "NotHere()  # the client's data is read in the client's process only"
+
+
+def _skip(*args: Any, **kwargs: Any) -> None:
+    return None
+
+
+def keep_data_with_client(trainer: Any, is_client: bool) -> None:
+    """Called once every process knows its role, before Lightning's ``prepare_data``/``setup``/dataloader steps.
+
+    The client's process runs the datamodule's ``prepare_data`` itself (Lightning would run it on local rank 0
+    only, which is another role's process when ``predict`` spawns the roles); every other process skips
+    ``prepare_data``, ``setup`` and the predict dataloader (a datamodule's, the model's or a loader passed in)."""
+    datamodule = getattr(trainer, "datamodule", None)
+    if is_client:
+        if datamodule is not None:
+            datamodule.prepare_data()
+            datamodule.prepare_data = _skip  # done: Lightning's own call (on local rank 0) must not repeat it
+        return
+    if datamodule is not None:
+        datamodule.prepare_data = _skip
+        datamodule.setup = _skip
+    # Lightning's predict loop asks its data source (a datamodule, the model's hook or the loader passed in) for
+    # the dataloader; a plain object as the source is returned as the dataloader itself.
+    source = trainer.predict_loop._data_source
+    if source.instance is not None and source.is_defined():
+        source.instance, source.name = NotHere(), "predict_dataloader"
