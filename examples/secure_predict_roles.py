@@ -13,8 +13,8 @@ every machine, each private key only to its own)::
     NODE_RANK=1 python examples/secure_predict_roles.py predict --keys keys --data-dir ../shared/data  # bob: client
     NODE_RANK=2 python examples/secure_predict_roles.py predict --keys keys                     # crypto provider
 
-The model owner prints the revealed accuracy; the client prints its revealed labels' count and agreement
-with nothing else (it never sees the model); the crypto provider prints what it sent.
+The model owner prints the revealed accuracy; the client prints its revealed labels (how many, the first ones, and
+how many match its own targets; it never sees the model); the crypto provider prints what it sent each party.
 """
 from __future__ import annotations
 
@@ -26,7 +26,6 @@ from typing import Optional
 
 import torch
 from lightning.pytorch import Trainer
-from torch.utils.data import DataLoader
 
 from lightning_smpc import SecureAccuracy, SecurePredictStrategy
 from lightning_smpc.mnist import MNISTClassifier, MNISTDataModule
@@ -69,29 +68,38 @@ def predict(args: argparse.Namespace) -> dict:
     rank = int(os.environ.get("RANK", os.environ.get("NODE_RANK", "0")))
     role = parties[rank] if rank < len(parties) else args.crypto_provider
     keys = dict(roster=str(Path(args.keys) / "roster.json"), identity=str(Path(args.keys) / f"{role}.pem")) if args.keys else {}
-    model = MNISTClassifier()
-    if role == parties[0]:  # the model owner: the only process that reads the weights
-        model.load_state_dict(torch.load(args.ckpt, map_location="cpu", weights_only=True)["state_dict"])
-    if role == parties[-1]:  # the client: the only process that reads the data
-        dm = MNISTDataModule(args.data_dir, test_batch_size=args.batch_size, test_subset=args.test_subset, download=False)
-        dm.setup("predict")
-        loader = dm.predict_dataloader()
-    else:  # the others learn batch shapes from the client; nothing here is ever iterated
-        loader = DataLoader([])
+    # Every role runs the same call. Lightning would restore `ckpt_path` and set up the datamodule in every
+    # process; the strategy lets only the model owner's process read the checkpoint and only the client's the
+    # data (the others learn shapes). Both are read once the roles are connected, so a role that cannot read
+    # its file is named to the others at once.
+    dm = MNISTDataModule(args.data_dir or "<the client's>", test_batch_size=args.batch_size,
+                         test_subset=args.test_subset, download=False)
     strategy = SecurePredictStrategy(parties=parties, crypto_provider=args.crypto_provider, runtime="distributed",
                                      reveal="labels", metrics={"accuracy": SecureAccuracy(num_classes=10)},
                                      timeout=args.timeout, start_timeout=args.start_timeout, **keys)
     trainer = Trainer(strategy=strategy, num_nodes=len(parties) + 1, devices=1, accelerator="cpu", logger=False,
-                      enable_progress_bar=role == parties[-1], enable_model_summary=False)
-    out = trainer.predict(model, loader)
-    report = {"role": role, "comm": strategy.comm_stats(), "ledger": [str(r) for r in strategy.reveal_ledger]}
+                      enable_progress_bar=role in parties, enable_model_summary=False)
+    out = trainer.predict(MNISTClassifier(), datamodule=dm, ckpt_path=args.ckpt if role == parties[0] else None)
+    return _report(args, role, strategy, dm, out)
+
+
+def _report(args: argparse.Namespace, role: str, strategy: SecurePredictStrategy, dm: MNISTDataModule, out) -> dict:
+    """What this role learned: the owner the accuracy, the client its labels (scored against its own targets),
+    the crypto provider only what it sent."""
+    report = {"role": role, "ledger": [str(r) for r in strategy.reveal_ledger]}
+    report["comm"] = strategy.comm_stats(offline=role == args.crypto_provider)
     if strategy.revealed_counts:
         report["accuracy"] = float(strategy.revealed_metrics["accuracy"])
         report["correct"], report["total"] = strategy.revealed_counts["accuracy"]
     labels = [b for b in (out or []) if b is not None]
     if labels:
         report["labels"] = torch.cat(labels).tolist()
-    print(json.dumps({k: v for k, v in report.items() if k != "labels"}))
+        targets = torch.tensor([int(y) for _, y in dm.test_set])  # the client's own data: it knows its targets
+        report["labels_correct"] = int((torch.tensor(report["labels"]) == targets).sum())
+    summary = {k: v for k, v in report.items() if k != "labels"}
+    if "labels" in report:
+        summary["labels"] = f"{len(report['labels'])} labels, first {report['labels'][:10]}"
+    print(json.dumps(summary))
     if args.report:
         Path(args.report).write_text(json.dumps(report))
     return report

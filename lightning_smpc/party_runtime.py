@@ -10,14 +10,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.distributed as dist
 from lightning.fabric.utilities.distributed import _init_dist_connection
 
 from .mpc import distributed as mpc_dist
-from .mpc.links import Identity, Links, Roster
+from .mpc.links import Identity, Links, Roster, roll_call
 from .mpc.material import DIGIT_BITS
 from .mpc.session import Session
 
@@ -42,14 +42,23 @@ class World:
 
 
 def join(cluster_environment, rank: int, parties: tuple[str, ...], crypto_provider: str, timeout: float,
-         roster=None, identity=None, start_timeout: Optional[float] = None) -> World:
+         keys: Callable[[], tuple], start_timeout: Optional[float] = None) -> World:
     """Start (or join) the process group of one run and authenticate every role; every rank calls this once.
 
-    ``start_timeout`` bounds how long a role waits for the others to start and authenticate (roles started by hand
-    minutes apart); ``timeout`` bounds every operation after that (the links' own groups)."""
+    ``keys()`` gives this role's ``(roster, identity)``; it runs once the process group is joined, so that a role
+    whose keys cannot be read (or that is refused a start) is named to the others at once (see
+    :func:`~lightning_smpc.mpc.links.roll_call`) instead of leaving them waiting for it. ``start_timeout`` bounds how
+    long a role waits for the others to start (roles started by hand minutes apart); ``timeout`` bounds every
+    operation after that (the links' own groups)."""
     names = tuple(parties) + (crypto_provider,)
     start = max(timeout, start_timeout or timeout)
     _init_dist_connection(cluster_environment, "gloo", rank, len(names), timeout=timedelta(seconds=start))
+    roster = identity = problem = None
+    try:
+        roster, identity = keys()
+    except Exception as e:  # noqa: BLE001 - told to the others, then raised here as it is
+        problem = e
+    roll_call(rank, names, problem)
     links = mpc_dist.establish_links(rank, len(names), names, roster=roster, identity=identity, timeout=timeout)
     return World(rank, tuple(parties), links)
 

@@ -287,9 +287,7 @@ class SecurePredictStrategy(ParallelStrategy):
                 )
             name = self.role_name(self.global_rank)
             spawn_keys, self._spawn_keys = getattr(self, "_spawn_keys", None), None  # keep no other role's key
-            if spawn_keys is not None:
-                roster, identity = party_runtime.spawn_identity(spawn_keys, name)
-            elif self.roster is None:
+            if spawn_keys is None and self.roster is None:  # every role is refused alike, before connecting
                 raise PartyConfigError(
                     "A run launched outside `predict` (torchrun, SLURM, one launch per role) needs a roster: without "
                     "one, any process that reaches MASTER_PORT could take a role (the store accepts anyone). Make "
@@ -297,15 +295,20 @@ class SecurePredictStrategy(ParallelStrategy):
                     "`lightning_smpc.mpc.links.generate_identity` per role), copy keys/roster.json to every machine "
                     "and keys/<role>.pem to its own, and pass SecurePredictStrategy(roster=..., identity=...)."
                 )
-            else:
-                roster, identity = party_runtime.load_keys(self.roster, self.identity, name)
-            self._world = party_runtime.join(self.cluster_environment, self.global_rank, self.parties, self.crypto_provider,
-                                             self.timeout, roster=roster, identity=identity,
+            self._world = party_runtime.join(self.cluster_environment, self.global_rank, self.parties,
+                                             self.crypto_provider, self.timeout, keys=lambda: self._keys(name, spawn_keys),
                                              start_timeout=self.start_timeout)
             trainer = getattr(self.lightning_module, "_trainer", None)
             if trainer is not None:  # before Lightning's prepare_data / setup / dataloader steps in this process
                 locality.keep_data_with_client(trainer, is_client=name == self.client_party)
         super().setup_environment()
+
+    def _keys(self, name: str, spawn_keys) -> tuple:
+        """This role's (roster, identity): handed over by ``predict`` spawning the roles, or read from the files
+        (once connected: a file that cannot be read is named to the other roles)."""
+        if spawn_keys is not None:
+            return party_runtime.spawn_identity(spawn_keys, name)
+        return party_runtime.load_keys(self.roster, self.identity, name)
 
     # ------------------------------------------------------------------ only the model owner's process reads weights
     def load_checkpoint(self, checkpoint_path: Any, weights_only: Optional[bool] = None) -> dict[str, Any]:
@@ -406,6 +409,12 @@ class SecurePredictStrategy(ParallelStrategy):
             self._own = party_report(self.secure_run, self.role)
         super().on_predict_end()
 
+    def on_exception(self, exception: BaseException) -> None:
+        """This role stops: tell the others why, so that they name the first cause (not only the last peer lost)."""
+        if self._world is not None:
+            self._world.links.say_goodbye(f"{type(exception).__name__}: {exception}")
+        super().on_exception(exception)
+
     def teardown(self) -> None:
         if self.secure_run is not None:
             self.secure_run.close()
@@ -454,7 +463,11 @@ class SecurePredictStrategy(ParallelStrategy):
         return self._reports.ledger if self._reports is not None else []
 
     def comm_stats(self, offline: bool = False) -> dict[str, dict[str, int]]:
-        """Per compute party: rounds, messages, bytes sent/received (online, or offline from the dealer)."""
+        """Per compute party: rounds, messages, bytes sent/received (online, or offline from the dealer). In the
+        crypto provider's own process (one launch per role): its offline traffic to each party."""
+        if self.is_dealer:  # the crypto provider's process: what it sent each party (offline), nothing online
+            stats = getattr(self, "_dealer_stats", {}) if offline else {}
+            return {p: stats[p] for p in self.parties if p in stats}
         if self.session is None:  # each party's own process counted its own traffic
             return self._reports.comm_stats(offline) if self._reports is not None else {}
         stats = self.session.comm.stats(offline=offline)

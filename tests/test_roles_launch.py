@@ -14,9 +14,11 @@ import sys
 import time
 from pathlib import Path
 
+import lightning
 import pytest
 import torch
 
+from lightning_smpc.mpc.links import PeerLostError
 from lightning_smpc.mnist import MNIST_FILES, MNISTClassifier, MNISTDataModule
 
 REPO = Path(__file__).resolve().parents[1]
@@ -63,7 +65,7 @@ def setup(tmp_path_factory):
     subprocess.run([sys.executable, str(SCRIPT), "make-keys", "--out", str(tmp / "keys")], check=True, capture_output=True)
     torch.manual_seed(0)
     model = MNISTClassifier()
-    torch.save({"state_dict": model.state_dict()}, tmp / "owner.ckpt")
+    torch.save({"state_dict": model.state_dict(), "pytorch-lightning_version": lightning.__version__}, tmp / "owner.ckpt")
     return tmp, model
 
 
@@ -82,6 +84,8 @@ def test_one_launch_per_role_with_data_locality(setup) -> None:
     labels = torch.tensor(client["labels"])
     assert (labels == plain).float().mean() >= 0.98  # near-ties of an untrained model aside
     assert "labels" not in owner and "accuracy" not in client  # each learns only what was revealed to it
+    assert client["labels_correct"] == owner["correct"]  # the client scores its labels against its own targets
+    assert dealer["comm"]["alice"]["bytes_received"] > 0 and dealer["comm"]["bob"]["bytes_received"] > 0  # what it sent
     assert owner["total"] == N_TEST and owner["correct"] == int((labels == y).sum())
     assert owner["comm"]["alice"]["bytes_sent"] > 0 and client["comm"]["bob"]["bytes_sent"] > 0
 
@@ -117,3 +121,44 @@ def test_a_wrong_key_is_refused_by_name(setup) -> None:
     for r in runs:
         assert r.returncode != 0
         assert "crypto_provider" in r.stderr[-4000:], r.stderr[-2000:]
+
+
+def _tail(r: subprocess.CompletedProcess) -> str:
+    return r.stderr[-4000:]
+
+
+def test_a_role_that_cannot_start_is_named_to_the_others_at_once(setup) -> None:
+    """Issue 16.7: a role whose key file is missing used to leave the others waiting ~2x the timeout, unnamed."""
+    tmp, _ = setup
+    keys = tmp / "no_dealer_key"
+    keys.mkdir(exist_ok=True)
+    for name in ("roster.json", "alice.pem", "bob.pem"):
+        (keys / name).write_bytes((tmp / "keys" / name).read_bytes())
+        os.chmod(keys / name, 0o600)
+    t0 = time.monotonic()
+    runs = _launch(tmp, keys, {0: ["--ckpt", str(tmp / "owner.ckpt")], 1: ["--data-dir", DATA_DIR]}, timeout=60)
+    assert time.monotonic() - t0 < 45  # not the timeout: the others are told at once
+    assert [r.returncode != 0 for r in runs] == [True, True, True]
+    assert "crypto_provider.pem" in _tail(runs[2])  # its own error
+    for r in runs[:2]:
+        assert "PeerLostError: crypto_provider (rank 2) could not start" in _tail(r), _tail(r)
+        assert "crypto_provider.pem" in _tail(r)
+
+
+def test_a_role_that_fails_mid_run_is_named_by_the_others_without_gloo_traces(setup) -> None:
+    """Issue 16.7: the model owner's checkpoint does not fit the model (it fails once connected); the client and the
+    crypto provider end with an error naming it, without gloo's C++ trace, well within the timeout."""
+    tmp, _ = setup
+    bad = {"state_dict": {"fc1.weight": torch.zeros(3, 3)}, "pytorch-lightning_version": lightning.__version__}
+    torch.save(bad, tmp / "bad.ckpt")
+    t0 = time.monotonic()
+    runs = _launch(tmp, tmp / "keys", {0: ["--ckpt", str(tmp / "bad.ckpt")], 1: ["--data-dir", DATA_DIR]}, timeout=60)
+    assert time.monotonic() - t0 < 45
+    assert "size mismatch" in _tail(runs[0]) or "Missing key" in _tail(runs[0]), _tail(runs[0])
+    for r in runs[1:]:
+        assert r.returncode != 0
+        error = r.stderr.strip().splitlines()[-1]
+        assert f"{PeerLostError.__module__}.PeerLostError: " in error, _tail(r)  # ("[rank1]: " before it)
+        # the crypto provider lost alice; bob may lose the crypto provider first (it stopped because of alice)
+        assert "alice (rank 0) closed its connection" in error or "First cause: alice stopped with RuntimeError" in error
+        assert "frame #" not in r.stderr and "GLHF" not in r.stderr, _tail(r)

@@ -63,8 +63,8 @@ from . import wire
 from .comm import Communicator
 from .dealer import DealerStoreError, TrustedDealer, _DealerTimes, _PlanEntry
 from .material import DIGIT_BITS, Material
-from .errors import SmpcError
-from .links import Identity, LinkError, LinkIntegrityError, Links, Roster, handshake
+from .errors import PartyProcessError, SmpcError
+from .links import Identity, LinkError, LinkIntegrityError, Links, Roster, handshake, roll_call
 from .prg import make_prg
 
 __all__ = [
@@ -74,10 +74,6 @@ __all__ = [
 
 DEFAULT_TIMEOUT = 60.0  # seconds per operation (gloo's own default under Lightning/torch is 1800 s)
 _FAILURE_GRACE = 3.0  # after one process failed, seconds the others get to report before they are stopped
-
-
-class PartyProcessError(SmpcError, RuntimeError):
-    """A party's (or the dealer's) process failed or died; every process of the run was stopped."""
 
 
 def _opening_wire(mine: torch.Tensor, kind: str, bits: int) -> torch.Tensor:
@@ -116,6 +112,7 @@ class DistributedCommunicator(Communicator):
         self._tag = ""
         self._public = hashlib.sha256(b"lightning_smpc/public/v1")
         self._public_log: list[str] = []  # the public values used since the last message, for the error
+        self.heartbeat = None  # called before every exchange (the first party's keep-alive to the dealer)
 
     # Public values (constants, indices, masks: anything an op uses in clear) are hashed into every later message's
     # authenticated data: parties that disagree on one (a scale factor, a permutation, a module attribute that only
@@ -140,6 +137,8 @@ class DistributedCommunicator(Communicator):
 
     def _authenticated(self, move):
         """Run one message exchange; a failed authentication names the public values used just before it."""
+        if self.heartbeat is not None:
+            self.heartbeat()
         try:
             return move()
         except LinkIntegrityError as e:
@@ -195,7 +194,7 @@ class DistributedCommunicator(Communicator):
 # ---------------------------------------------------------------------------------------------- dealer transport
 _CTRL_TAG, _REQ_TAG, _FORGET_TAG = "dealer/control", "dealer/request", "dealer/forget"
 # The first party's control message to the dealer process: int64 [code, a, b]
-_END, _RECORD, _STREAM, _STOP, _FORGET = 0, -1, -2, -3, -4  # code > 0: a request of `code` bytes follows (inline)
+_END, _RECORD, _STREAM, _STOP, _FORGET, _ALIVE = 0, -1, -2, -3, -4, -5  # code > 0: a request of `code` bytes follows
 _FORGET_AT = 4096  # the first party tells the dealer which masks it dropped at each stream request, or this many
 _MATERIAL = "stream"  # the dealer's material, inline or streamed: one-way messages, often posted ahead
 _STREAM_DEPTH = 2  # repeats of streamed material the dealer keeps posted before it waits for the parties
@@ -238,6 +237,8 @@ class RemoteDealer:
         self._precompute = None  # the session's data-independent folding (see Session.preprocess)
         self._told: list = []  # waits of the first party's posted messages to the dealer
         self._dropped: list[int] = []  # masks the first party no longer uses, not yet told to the dealer
+        self._last_told = time.monotonic()
+        self._alive_every = links.timeout_s / 3  # see heartbeat
 
     # -------------------------------------------------------------------------- requests
     def request(self, req) -> Material:
@@ -372,11 +373,20 @@ class RemoteDealer:
         self._told.clear()
         self.finished = True
 
+    def heartbeat(self) -> None:
+        """Called at every exchange between the parties: the dealer process waits for the first party's next
+        control message with the same timeout as every other wait, while the parties may compute a whole streamed
+        batch without a request, so the first party says it is alive when a third of the timeout passed. (A hung
+        first party stops saying it: the dealer's wait then ends within the timeout, as the other parties' do.)"""
+        if self.party == 0 and not self.finished and time.monotonic() - self._last_told > self._alive_every:
+            self._tell(_control(_ALIVE), _CTRL_TAG)
+
     def _tell(self, message: torch.Tensor, tag: str) -> None:
         """The first party's message to the dealer process, posted without waiting: the dealer may be busy
         streaming (and waiting for the parties to take it), the first party must not block on it meanwhile."""
         if self.party != 0:
             return
+        self._last_told = time.monotonic()
         self._told.append(self.links.post_many(self.dealer_rank, [message], tag, channel="control"))
         while len(self._told) > 64:  # long taken: the dealer reads them in order
             self._told.pop(0)()
@@ -421,6 +431,8 @@ class _DealerProcess:
             if code == _END:
                 self._settle(0)
                 return
+            if code == _ALIVE:
+                continue
             if code == _RECORD:
                 self.recording = []
             elif code == _STOP:
@@ -542,7 +554,10 @@ class _Runtime:
         return DistributedCommunicator(parties, self.links, record_views)
 
     def dealer(self, comm=None):
-        return RemoteDealer(self.links, self.parties, self.crypto_provider, self.compare_bits, self.digit_bits)
+        dealer = RemoteDealer(self.links, self.parties, self.crypto_provider, self.compare_bits, self.digit_bits)
+        if isinstance(comm, DistributedCommunicator):
+            comm.heartbeat = dealer.heartbeat  # the dealer's wait for the next request stays within the timeout
+        return dealer
 
 
 def _session_default(name: str):
@@ -653,7 +668,12 @@ def _worker(rank, world, port, names, parties, crypto_provider, seed, timeout, r
         dist.init_process_group("gloo", rank=rank, world_size=world, init_method=f"tcp://127.0.0.1:{port}",
                                 timeout=datetime.timedelta(seconds=timeout))
         _set_progress(progress, "the identity handshake")
-        identity = Identity.from_pem(name, identity_pem) if identity_pem is not None else None
+        identity = problem = None
+        try:
+            identity = Identity.from_pem(name, identity_pem) if identity_pem is not None else None
+        except Exception as e:  # noqa: BLE001 - told to the others (roll_call), then raised here
+            problem = e
+        roll_call(rank, names, problem)
         links = establish_links(rank, world, names, roster_text, identity, timeout=timeout)
         links.on_op = lambda what: _set_progress(progress, what)
         if name == crypto_provider:
@@ -669,7 +689,9 @@ def _worker(rank, world, port, names, parties, crypto_provider, seed, timeout, r
         _set_progress(progress, "done")
         results.put((rank, _to_bytes(result), None))
         dist.destroy_process_group()
-    except BaseException as e:  # noqa: BLE001 - report, tear the group down so the peers fail fast, exit
+    except BaseException as e:  # noqa: BLE001 - report, tell the peers why, tear the group down, exit
+        if "links" in locals():
+            links.say_goodbye(f"{type(e).__name__}: {e}")
         where = progress.value.decode("utf-8", "replace")
         results.put((rank, None, (type(e).__name__, str(e), where, traceback.format_exc(limit=12))))
         _abort()

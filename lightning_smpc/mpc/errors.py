@@ -40,3 +40,7 @@ class ProtocolViolation(SmpcError, RuntimeError):
 
 class RevealNotAllowedError(SmpcError, RuntimeError):
     """A value may not be revealed in its current form (e.g. a skipped softmax whose only valid use is argmax)."""
+
+
+class PartyProcessError(SmpcError, RuntimeError):
+    """A party's (or the dealer's) process failed, died or stopped answering; the run ended (every launch form)."""

@@ -39,6 +39,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import struct
 import time
 from dataclasses import dataclass
@@ -55,7 +56,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from .errors import SmpcError
+from .errors import PartyProcessError, SmpcError
 
 __all__ = [
     "Identity", "Roster", "Links", "LinkError", "LinkAuthError", "LinkIntegrityError", "handshake",
@@ -80,6 +81,39 @@ class LinkAuthError(LinkError):
 
 class LinkIntegrityError(LinkError):
     """A received message failed authentication: tampered, replayed, reordered, dropped or mislabelled."""
+
+
+class PeerLostError(PartyProcessError, LinkError):
+    """Another role's process closed its connection (it failed or stopped) or did not answer within the timeout:
+    raised in every surviving role, naming that role and what this process was exchanging with it."""
+
+
+def _first_line(error: BaseException) -> str:
+    """The first line of a gloo error (the rest is a C++ stack trace that names no role)."""
+    text = str(error).strip()
+    line = re.sub(r"^\[[^\]]*\]\s*", "", text.splitlines()[0]) if text else type(error).__name__  # [pair.cc:561]
+    return line.split(". ")[0][:200]
+
+
+def lost_peer(name: str, peer: str, rank: int, doing: str, error: BaseException,
+              notes: dict[str, str] | None = None) -> PeerLostError:
+    """The error of a surviving role: which peer it lost, what it was doing, and the first cause, from the notes of
+    the roles that stopped (their own errors before their peers' losses)."""
+    first = _first_line(error)
+    if "timed out" in first.lower() or "timeout" in first.lower():
+        what = "did not answer within the timeout (it hung, or is still busy elsewhere)"
+    else:
+        what = "closed its connection: it failed or stopped"
+    text = f"{peer} (rank {rank}) {what}, while {name} was {doing}."
+    own = {who: why for who, why in (notes or {}).items() if not why.startswith(_LOST)}
+    if own:
+        text += " First cause: " + "; ".join(f"{who} stopped with {why}" for who, why in own.items())
+    elif notes:
+        text += " " + "; ".join(f"{who} stopped with {why}" for who, why in notes.items())
+    return PeerLostError(f"{text} [gloo: {first}]")
+
+
+_LOST = "PeerLostError"
 
 
 def _check_name(name) -> str:
@@ -247,6 +281,33 @@ class Roster:
         return h.digest()
 
 
+# ---------------------------------------------------------------------------------------------- roll call
+_ROLL_BYTES = 512
+
+
+def roll_call(rank: int, names: Sequence[str], problem: BaseException | None = None, group=None) -> None:
+    """Every process says whether it could start (its keys read, its configuration valid) before the handshake.
+
+    A role that failed before connecting would otherwise leave the others waiting for it, unnamed; here it still
+    joins the group and tells them. Raises, on every rank when any failed: the failing rank's own ``problem``;
+    on the others a :class:`PeerLostError` naming each failed role and its error (unauthenticated text, shown
+    only: it decides nothing but that the run ends)."""
+    note = b"" if problem is None else f"{type(problem).__name__}: {problem}".encode("utf-8", "replace")[:_ROLL_BYTES]
+    buf = bytearray(_ROLL_BYTES + 2)
+    buf[:2] = struct.pack(">H", len(note))
+    buf[2 : 2 + len(note)] = note
+    notes = []
+    for k, part in enumerate(_all_gather_bytes(bytes(buf), len(names), group)):
+        n = min(struct.unpack(">H", part[:2])[0], _ROLL_BYTES)
+        if n:
+            text = "".join(c if c.isprintable() else "?" for c in part[2 : 2 + n].decode("utf-8", "replace"))
+            notes.append(f"{names[k]} (rank {k}) could not start: {text}")
+    if problem is not None:
+        raise problem
+    if notes:
+        raise PeerLostError("; ".join(notes) + f". Nothing was exchanged; {names[rank]} stops too.")
+
+
 # ---------------------------------------------------------------------------------------------- handshake
 _MAGIC = b"LSMPClk1"
 _RECORD = struct.Struct(">8sI32s32s32s32s")  # magic, index, sha256(name), identity pk, ephemeral pk, contribution
@@ -353,9 +414,12 @@ def handshake(
         secret = eph.exchange(X25519PublicKey.from_public_bytes(fields[k][1]))
         send_keys[k] = _hkdf(secret, session_id, rank, k)
         recv_keys[k] = _hkdf(secret, session_id, k, rank)
-    channels = _pair_channels(world, group, timeout or datetime.timedelta(seconds=60))
+    timeout = timeout or datetime.timedelta(seconds=60)
+    channels = _pair_channels(world, group, timeout)
     links = Links(rank, names, roster, session_id, send_keys, recv_keys, group, channels)
     links.pinned = pinned
+    links.timeout_s = timeout.total_seconds()
+    links.post_notices()
     return links
 
 
@@ -366,10 +430,13 @@ def handshake(
 #   headers): a broadcast from the sender in the pair's group, which does not hold the sender until the
 #   receiver is ready (the dealer streaming over point-to-point sends took 12.3 s instead of 7.4 s).
 # * "control": the first party's messages to the dealer, a broadcast too. The dealer waits on it while the
-#   parties compute a whole streamed batch: that wait may last longer than one operation (a hung party is still
-#   found within the timeout by the other parties, on "main").
-CHANNELS = {"main": "p2p", "stream": "broadcast", "control": "broadcast"}
-CONTROL_TIMEOUT_FACTOR = 10
+#   parties compute a whole streamed batch, which may last longer than the timeout: the first party then sends a
+#   keep-alive (see RemoteDealer.heartbeat), so that this wait too is bounded by the timeout.
+# * "notice": one last message per pair, a role's note on why it stops (see Links.say_goodbye): its receive is
+#   posted when the links are made, so that the note lands even while the receiver waits on another channel.
+CHANNELS = {"main": "p2p", "stream": "broadcast", "control": "broadcast", "notice": "p2p"}
+NOTE_BYTES = 1024
+_NOTE_TAG = "goodbye"
 
 
 def _pair_channels(world: int, group, timeout: datetime.timedelta) -> dict:
@@ -380,8 +447,7 @@ def _pair_channels(world: int, group, timeout: datetime.timedelta) -> dict:
     for channel in CHANNELS:
         for i in range(world):
             for j in range(i + 1, world):
-                wait = timeout * (CONTROL_TIMEOUT_FACTOR if channel == "control" else 1)
-                channels[(channel, i, j)] = dist.new_group([ranks[i], ranks[j]], timeout=wait, backend="gloo")
+                channels[(channel, i, j)] = dist.new_group([ranks[i], ranks[j]], timeout=timeout, backend="gloo")
     return {"ranks": ranks, "groups": channels}
 
 
@@ -434,6 +500,8 @@ class Links:
 
     pinned: bool = False  # set by handshake(): True when every identity was checked against a roster given to it
 
+    timeout_s = 60.0  # of every transfer (set by the handshake)
+
     def __init__(self, rank, names, roster, session_id, send_keys, recv_keys, group=None, channels=None) -> None:
         self.rank, self.names, self.roster, self.session_id, self.group = rank, tuple(names), roster, session_id, group
         self._channels = channels  # None: plain point-to-point send/recv on ``group`` (see _pair_channels)
@@ -444,6 +512,52 @@ class Links:
         self._recv_ctr = {k: 0 for k in recv_keys}
         self._stats = LinkStats()
         self.on_op: Callable[[str], None] | None = None  # progress hook: called with a description before each operation
+        self._notices: dict[int, tuple] = {}  # peer -> (buffer, work) of its goodbye note, posted ahead
+
+    # ---------------------------------------------------------------------------------- why a role stops
+    def post_notices(self) -> None:
+        """Post the receive of each peer's goodbye note (pair channels only)."""
+        if self._channels is None:
+            return
+        size = self._wire_size([((NOTE_BYTES,), torch.uint8)])
+        for peer in range(self.world_size):
+            if peer != self.rank:
+                buf = torch.zeros(size, dtype=torch.uint8)
+                self._notices[peer] = (buf, self._post(peer, self.rank, buf, "notice"))
+
+    def say_goodbye(self, why: str) -> None:
+        """Tell every peer why this process stops (best effort: a peer that is gone is skipped). A surviving role
+        then names the first cause, not only the peer whose connection closed last."""
+        if self._channels is None:
+            return
+        note = torch.zeros(NOTE_BYTES, dtype=torch.uint8)
+        data = why.encode("utf-8", "replace")[: NOTE_BYTES - 2]
+        note[:2] = torch.tensor(list(struct.pack(">H", len(data))), dtype=torch.uint8)
+        note[2 : 2 + len(data)] = torch.frombuffer(bytearray(data), dtype=torch.uint8) if data else note[2:2]
+        for peer in self._notices:
+            try:
+                self._post(self.rank, peer, self._seal(peer, [note], _NOTE_TAG), "notice").wait()
+            except RuntimeError:
+                pass
+
+    def goodbye_notes(self) -> dict[str, str]:
+        """The notes that peers sent before they stopped: role name -> why (authenticated; others ignored)."""
+        notes = {}
+        for peer, (buf, _) in self._notices.items():
+            if not bool(buf[:HEADER_BYTES].any()) and not bool(buf[HEADER_BYTES:].any()):
+                continue  # nothing arrived (gloo writes into the posted buffer; its work is not marked complete)
+            got = struct.unpack(">Q", buf[:HEADER_BYTES].numpy().tobytes())[0]
+            if got < self._recv_ctr[peer]:
+                continue  # an old counter: a replay
+            try:  # its counter may be ahead of ours (messages lost in the failure): accepted for this note only
+                aad = self._aad(peer, self.rank, got, _NOTE_TAG, torch.uint8, (NOTE_BYTES,), (0, 0, 0))
+                plain = self._recv_aead[peer].decrypt(self._nonce(got), bytes(buf[HEADER_BYTES:].numpy()), aad)
+            except InvalidTag:
+                continue
+            n = min(struct.unpack(">H", plain[:2])[0], NOTE_BYTES - 2)
+            text = plain[2 : 2 + n].decode("utf-8", "replace")
+            notes[self.names[peer]] = "".join(c if c.isprintable() else " " for c in text)
+        return notes
 
     @property
     def world_size(self) -> int:
@@ -589,10 +703,9 @@ class Links:
         t0 = time.perf_counter()
         moves = sorted([(p, self.rank, p, b) for p, b in sends] + [(p, p, self.rank, b) for p, b in recvs],
                        key=lambda m: (m[0], m[1]))
-        works = [self._post(src, dst, b, channel) for _, src, dst, b in moves]
-        for w in works:
-            if w is not None:
-                w.wait()
+        works = [(p, self._post(src, dst, b, channel)) for p, src, dst, b in moves]
+        for p, w in works:
+            self._await(w, p, tag)
         self._stats.transfer_seconds += time.perf_counter() - t0
         self._progress(f"local work after {tag!r} with {', '.join(peers)}")
 
@@ -627,9 +740,19 @@ class Links:
     def _wait(self, work, tag: str, peer: int) -> None:
         self._progress(f"sending/receiving {tag!r} with {self.names[peer]}")
         t0 = time.perf_counter()
-        if work is not None:
-            work.wait()
+        self._await(work, peer, tag)
         self._stats.transfer_seconds += time.perf_counter() - t0
+
+    def _await(self, work, peer: int, tag: str) -> None:
+        """Wait for one posted transfer; a peer that failed or hung ends the run with its name (not gloo's trace)."""
+        if work is None:
+            return
+        try:
+            work.wait()
+        except RuntimeError as e:  # torch's DistBackendError: the pair's socket closed, or its timeout passed
+            time.sleep(0.2)  # the notes of the roles that stopped first (they are sent before their sockets close)
+            raise lost_peer(self.name, self.names[peer], peer, f"exchanging {tag!r} with it", e,
+                            self.goodbye_notes()) from None
 
     def post_recv_many(self, src: int | str, specs: Sequence[tuple[tuple, torch.dtype]], channel: str = "main"):
         """Post the receive of one :meth:`send_many` / :meth:`post_many` message now (so the sender is not kept
