@@ -22,7 +22,8 @@ from lightning.pytorch.strategies.launchers.multiprocessing import _GlobalStateS
 from lightning.pytorch.trainer.states import TrainerStatus
 from torch import nn
 
-from .mpc.distributed import PartyProcessError, _abort, _drain, _stop, _to_bytes, resolve_start_method
+from .mpc.distributed import (SPAWN_HINT, PartyProcessError, _abort, _drain, _stop, _to_bytes, is_peer_failure,
+                               resolve_start_method)
 from .validate import validate_module
 
 __all__ = ["PartyLauncher", "PartyProcessError", "resolve_start_method"]
@@ -31,9 +32,6 @@ __all__ = ["PartyLauncher", "PartyProcessError", "resolve_start_method"]
 # work is offline (the next batch's material), and should take the cores only when the parties wait.
 DEALER_NICENESS = 10
 
-# Errors a process reports when a PEER failed (its sockets closed, or it stopped answering)
-_PEER_FAILURES = ("Connection reset by peer", "Connection closed by peer", "Timed out", "timed out",
-                  "Application timeout caused pair closure")  # gloo: the other pending operations on a timed-out pair
 # Plain errors of a role that are the user's (a bad value, type or key), re-raised in the user's process as such
 _USER_BUILTINS = ("ValueError", "TypeError", "KeyError", "IndexError", "FileNotFoundError", "PermissionError")
 
@@ -47,16 +45,19 @@ class PartyLauncher(_Launcher):
 
     @property
     def is_interactive_compatible(self) -> bool:
-        return False
+        """In a notebook the roles are forked (as Lightning's ``ddp_notebook``), where forking is possible."""
+        return resolve_start_method(self._strategy.start_method, self._strategy.num_processes) == "fork"
 
     def launch(self, function: Callable, *args: Any, trainer=None, **kwargs: Any) -> Any:
         strategy = self._strategy
+        if getattr(mp.current_process(), "_inheriting", False):  # a spawned role re-importing a script without guard
+            raise RuntimeError(f"A role's process is re-running the script that started it. {SPAWN_HINT}")
         model = next((a for a in args if isinstance(a, nn.Module)), None)
         if model is not None:  # once, here, before any process starts (each role checks again at its setup)
             validate_module(model)
         os.environ["MASTER_PORT"] = str(strategy.cluster_environment.main_port)
         world = strategy.num_processes
-        method = resolve_start_method(strategy.start_method, world)
+        method = self._method = resolve_start_method(strategy.start_method, world)
         ctx = mp.get_context(method)
         results = ctx.SimpleQueue()
         state = _GlobalStateSnapshot.capture()
@@ -106,7 +107,7 @@ class PartyLauncher(_Launcher):
         """The failing role's own error again, with its type (``except UnsupportedOpError`` works as with the
         simulated runtime) and the role named, when it is one of this package's errors or a plain value/type/key
         error; None for anything else (a crash, a peer's failure), which stays a :class:`PartyProcessError`."""
-        own = [r for r, e in errors.items() if not any(k in e for k in _PEER_FAILURES) and r in self._kinds]
+        own = [r for r, e in errors.items() if not is_peer_failure(e) and r in self._kinds]
         if not own:
             return None
         r = own[0]
@@ -136,17 +137,19 @@ class PartyLauncher(_Launcher):
         not a peer's broken connection or timeout (those follow from the first failure), else the first error."""
         name = self._strategy.role_name
         died = [r for r, p in enumerate(self.procs) if p.exitcode not in (None, 0) and r not in errors and r not in reports]
-        own = [r for r, e in errors.items() if not any(k in e for k in _PEER_FAILURES)]
+        own = [r for r, e in errors.items() if not is_peer_failure(e)]
         hung = [r for r, p in enumerate(self.procs) if p.exitcode is None and r not in errors and r not in reports]
         if died:
             r = died[0]
             head = f"{name(r)} (rank {r}) died (exit code {self.procs[r].exitcode}) during the run"
+            if getattr(self, "_method", None) == "spawn":
+                head += f" without a report. {SPAWN_HINT}"
         elif hung and not own:
             r = hung[0]
             head = (f"{name(r)} (rank {r}) stopped answering: the others timed out waiting for it "
                     f"(timeout {self._strategy.timeout:g} s), and it was still running")
         else:
-            own = [r for r, e in errors.items() if not any(k in e for k in _PEER_FAILURES)]
+            own = [r for r, e in errors.items() if not is_peer_failure(e)]
             r = (own or sorted(errors))[0]
             head = f"{name(r)} (rank {r}) failed:\n{errors[r]}"
         others = [f"  {name(k)} (rank {k}): {e.strip().splitlines()[-1]}" for k, e in sorted(errors.items()) if k != r]

@@ -715,7 +715,9 @@ def resolve_start_method(requested: str | None, num_processes: int) -> str:
     2 s each, 6-7 s for three processes on a 2-core machine, measured), but a forked child must not start
     OpenMP threads once the parent has used them (libgomp hangs: measured with torch's pip wheel), so forked
     roles run one intra-op thread each. ``None`` picks ``fork`` where that costs nothing: on Linux, CUDA not
-    initialized in this process, and at most one core per role anyway; otherwise ``spawn``.
+    initialized in this process, and at most one core per role anyway; also where a spawned process could not
+    re-import the caller's code (a notebook, stdin, ``python -c``; Lightning's ``ddp_notebook`` forks too);
+    otherwise ``spawn``.
     """
     check_start_method(requested)
     cuda_ready = torch.cuda.is_available() and torch.cuda.is_initialized()
@@ -724,10 +726,24 @@ def resolve_start_method(requested: str | None, num_processes: int) -> str:
                            "Use SecurePredictStrategy(start_method='spawn').")
     if requested is not None:
         return requested
+    if not cuda_ready and hasattr(os, "fork") and not main_is_a_file():
+        return "fork"  # a notebook, stdin or `python -c`: a spawned process could not re-import the caller's code
     one_core_each = (os.cpu_count() or 1) // max(num_processes, 1) <= 1
     if sys.platform.startswith("linux") and not cuda_ready and one_core_each:
         return "fork"
     return "spawn"
+
+
+def main_is_a_file() -> bool:
+    """Whether ``__main__`` is a script file that a spawned process can re-import (not a notebook, stdin, -c)."""
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    return bool(path) and os.path.isfile(path)
+
+
+SPAWN_HINT = ("With start_method='spawn' each role's process re-imports your script: code that is not under "
+              "`if __name__ == \"__main__\":` (training, the predict call) runs again in every role. Put it under that "
+              "guard, or pass SecurePredictStrategy(start_method='fork') (Linux, CUDA not initialized).")
 
 
 def _free_port() -> int:
@@ -819,8 +835,14 @@ def run_parties(
     return [got[r] for r in range(world)]
 
 
-_SECONDARY = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "Timed out", "timed out",
-              "Connection refused")
+# What a process reports when a PEER failed (the one list for run_parties and the strategy's launcher): its link
+# to that peer closed or timed out. Such errors follow from the first failure; the cause is another process's.
+PEER_FAILURES = ("PeerLostError", "Connection closed by peer", "Connection reset by peer", "Broken pipe", "Timed out",
+                 "timed out", "Connection refused", "Application timeout caused pair closure")
+
+
+def is_peer_failure(text: str) -> bool:
+    return any(marker in text for marker in PEER_FAILURES)
 
 
 def _failure_message(names, codes, errors, progress, got) -> str:
@@ -828,7 +850,7 @@ def _failure_message(names, codes, errors, progress, got) -> str:
         return progress[r].value.decode("utf-8", "replace") or "start-up"
 
     dead = [r for r, c in enumerate(codes) if r not in errors and r not in got and c not in (None, 0)]
-    primary = [r for r in errors if not any(s in errors[r][1] for s in _SECONDARY)]
+    primary = [r for r in errors if not is_peer_failure(f"{errors[r][0]}: {errors[r][1]}")]
     lines = []
     if dead:
         r = dead[0]
