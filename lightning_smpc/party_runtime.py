@@ -89,9 +89,11 @@ def party_session(world: World, crypto_provider: str, **session_kwargs) -> Sessi
 
 
 def serve_dealer(world: World, crypto_provider: str, compare_bits: int, seed: Optional[int] = None,
-                 compare_digit_bits: int = DIGIT_BITS) -> dict:
+                 compare_digit_bits: int = DIGIT_BITS, max_material_bytes: Optional[int] = None) -> dict:
     """Answer the parties' requests until the first party ends the run; returns the offline traffic per party."""
-    return mpc_dist.serve_dealer(world.links, world.parties, crypto_provider, compare_bits, seed, compare_digit_bits)
+    limit = {} if max_material_bytes is None else {"max_material_bytes": max_material_bytes}
+    return mpc_dist.serve_dealer(world.links, world.parties, crypto_provider, compare_bits, seed, compare_digit_bits,
+                                 **limit)
 
 
 def finish(world: World, session: Session) -> None:

@@ -26,6 +26,7 @@ from .mpc import Session
 from .mpc.distributed import check_start_method
 from .mpc.errors import PartyConfigError, SmpcError
 from .mpc.material import DIGIT_BITS
+from .mpc.wire import MAX_MATERIAL_BYTES
 from .reports import RunReports, link_stats, party_report
 from .secure_run import SecureRun
 from .validate import validate_module
@@ -117,6 +118,9 @@ class SecurePredictStrategy(ParallelStrategy):
             online phase: batch-10 online latency 26 ms instead of 33 ms on a 2-core machine, for ~10% less
             throughput when batches come back to back). ``None``: ``False`` when ``predict`` spawns the roles on
             this machine, else ``True``.
+        max_material_bytes: parties as processes: the crypto provider's process refuses a request whose material
+            exceeds this many bytes per party (default 4 GiB; LeNet-5 on a batch of 1000 asks for at most 0.47 GB),
+            a bound on its memory against a malformed or hostile request. It is the crypto provider's own setting.
 
     Example:
         >>> from lightning.pytorch import Trainer
@@ -155,6 +159,7 @@ class SecurePredictStrategy(ParallelStrategy):
         compare_digit_bits: int = DIGIT_BITS,
         start_method: Optional[Literal["fork", "spawn", "forkserver"]] = None,
         dealer_overlap: Optional[bool] = None,
+        max_material_bytes: int = MAX_MATERIAL_BYTES,
     ) -> None:
         super().__init__()
         if reveal not in ("metrics", "labels", "logits"):
@@ -197,6 +202,9 @@ class SecurePredictStrategy(ParallelStrategy):
         check_start_method(start_method)
         self.start_method = start_method
         self.dealer_overlap = dealer_overlap
+        if max_material_bytes <= 0:
+            raise ValueError(f"Expected a positive `max_material_bytes`, but got {max_material_bytes}.")
+        self.max_material_bytes = int(max_material_bytes)
         self._num_nodes = 1
         self._world = None  # this process's handle on the distributed runtime
         self.secure_run: Optional[SecureRun] = None  # this process's part of the run (a compute party's)
@@ -375,7 +383,7 @@ class SecurePredictStrategy(ParallelStrategy):
         if self.is_dealer:  # the crypto provider answers requests until the first party says the run is over
             t0 = time.perf_counter()
             self._dealer_stats = party_runtime.serve_dealer(self._world, self.crypto_provider, self.compare_bits, self.seed,
-                                                             self.compare_digit_bits)
+                                                             self.compare_digit_bits, self.max_material_bytes)
             self.timings = {"dealer_seconds": time.perf_counter() - t0}
             return
         self.secure_run = SecureRun(self, model, self._world, self.root_device, t_start=self._t_setup)

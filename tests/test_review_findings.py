@@ -185,6 +185,28 @@ def test_malformed_or_huge_batch_headers_are_refused(raw) -> None:
         _decode(raw.encode())
 
 
+def test_a_dealer_request_larger_than_its_limit_is_refused_before_generation() -> None:
+    """The reviewer's 53-byte request asked the dealer for ~96 GiB; now its size is computed from the request and
+    refused before anything is allocated (here an 8 GiB mask of a valid request, against the 4 GiB default)."""
+    from lightning_smpc.mpc import wire
+    from lightning_smpc.mpc.material import Request
+
+    huge = Request("input_mask", ((1 << 15, 1 << 15), "alice"))
+    assert len(wire.encode_request(huge, ("alice", "bob"))) < 100
+    with pytest.raises(wire.WireError, match="8.00 GiB per party.*max_material_bytes"):
+        wire.check_material_size(huge, ("alice", "bob"), 32)
+    wire.check_material_size(Request("input_mask", ((1000, 784), "alice")), ("alice", "bob"), 32)
+
+
+def test_the_crypto_providers_limit_ends_a_run_by_name() -> None:
+    from lightning_smpc.mpc.wire import WireError
+
+    strategy = SecurePredictStrategy(runtime="distributed", reveal="labels", preprocess=False,
+                                     max_material_bytes=64)  # bytes: the first weight mask (3x4 int64) is larger
+    with pytest.raises(WireError, match="crypto_provider.*Refused.*max_material_bytes"):
+        _predict(strategy, _Linear(), DataLoader(TensorDataset(torch.randn(4, 4)), batch_size=4))
+
+
 # ---------------------------------------------------------------------------------------------- 1. pinned roles
 def _links_are_pinned(session) -> bool:
     return session.comm.links.pinned

@@ -414,8 +414,10 @@ def _material_tag(digest: str, compare_bits: int, digit_bits: int) -> str:
 class _DealerProcess:
     """The crypto provider's side of :class:`RemoteDealer`: answers inline requests, records plans, streams."""
 
-    def __init__(self, links: Links, parties: tuple, dealer: TrustedDealer, compare_bits: int, digit_bits: int) -> None:
+    def __init__(self, links: Links, parties: tuple, dealer: TrustedDealer, compare_bits: int, digit_bits: int,
+                 max_material_bytes: int = wire.MAX_MATERIAL_BYTES) -> None:
         self.links, self.parties, self.dealer = links, parties, dealer
+        self.max_material_bytes = max_material_bytes
         self.compare_bits, self.digit_bits = compare_bits, digit_bits
         self.first = links.index(parties[0])
         self.peers = [links.index(p) for p in parties]
@@ -445,6 +447,7 @@ class _DealerProcess:
             elif 0 < code <= wire.MAX_REQUEST_BYTES:
                 data = self.links.recv(self.first, (code,), torch.uint8, _REQ_TAG, channel="control")
                 req = wire.decode_request(data, self.parties)
+                wire.check_material_size(req, self.parties, self.compare_bits, self.digit_bits, self.max_material_bytes)
                 t0 = time.perf_counter()
                 mat = self.dealer._generate(req)
                 self.dealer.times.inline_seconds += time.perf_counter() - t0
@@ -502,7 +505,7 @@ class _DealerProcess:
 
 def serve_dealer(
     links: Links, parties: Sequence[str], crypto_provider: str, compare_bits: int = 32, seed: int | None = None,
-    compare_digit_bits: int = DIGIT_BITS,
+    compare_digit_bits: int = DIGIT_BITS, max_material_bytes: int = wire.MAX_MATERIAL_BYTES,
 ) -> dict:
     """Run the crypto provider on this rank: answer requests until the first party sends the end marker.
 
@@ -512,6 +515,8 @@ def serve_dealer(
         compare_bits: the parties' ``Session(compare_bits=...)``.
         compare_digit_bits: the parties' ``Session(compare_digit_bits=...)``.
         seed: ``None`` for the cryptographically secure generator (an int only for tests).
+        max_material_bytes: the most material one request may ask for, per party (see
+            :data:`~.wire.MAX_MATERIAL_BYTES`); a larger request is refused before anything is generated.
 
     Returns the dealer's offline traffic accounting ``{party: {"rounds", "messages", "bytes_sent",
     "bytes_received"}}`` (as ``Session.stats()["offline"]`` in the simulated runtime): the bytes of the messages
@@ -525,7 +530,7 @@ def serve_dealer(
     accounting = Communicator(parties)
     dealer = TrustedDealer(crypto_provider, parties, make_prg(seed), accounting, compare_bits, "cpu",
                            compare_digit_bits)
-    _DealerProcess(links, parties, dealer, compare_bits, compare_digit_bits).serve()
+    _DealerProcess(links, parties, dealer, compare_bits, compare_digit_bits, max_material_bytes).serve()
     return {**accounting.stats(offline=True), "masks_held": dealer.masks_held}
 
 

@@ -38,12 +38,16 @@ from .prg import SEED_BYTES, CSPRNG
 
 __all__ = [
     "WireError", "encode_request", "decode_request", "validate_request", "request_digest", "Slot", "Layout",
-    "material_layout", "material_tensors", "material_from", "expand_seeded", "MAX_NUMEL", "MAX_REQUEST_BYTES",
+    "material_layout", "material_tensors", "material_from", "expand_seeded", "MAX_NUMEL", "MAX_REQUEST_BYTES", "MAX_MATERIAL_BYTES", "check_material_size",
 ]
 
 MAX_DIMS = 16
 MAX_NUMEL = 1 << 31  # elements of any one tensor a request may make the dealer generate
 MAX_REQUEST_BYTES = 1 << 24
+# The most bytes of material (one party's, seeded shares expanded: about what the dealer allocates per party) that
+# one request may ask for: a bound on the dealer's memory against a malformed or hostile request (a valid 53-byte
+# request could otherwise ask for ~96 GiB). LeNet-5 on a batch of 1000 asks for at most 0.47 GB (its first ReLU).
+MAX_MATERIAL_BYTES = 4 << 30
 MAX_TRANSFORM_STEPS = 64
 MAX_INT = (1 << 62) - 1
 KINDS = ("input_mask", "beaver", "trunc", "cmp")
@@ -394,6 +398,18 @@ def material_layout(req: Request, party: int, parties: Sequence[str], compare_bi
         validate_request(req, parties)
     fresh = tuple(r is None for r in req.refs)  # the only thing of the mask ids a layout depends on
     return _layout(req.kind, req.params, fresh, party, tuple(parties), compare_bits, digit_bits)
+
+
+def check_material_size(req: Request, parties: Sequence[str], compare_bits: int, digit_bits: int = DIGIT_BITS,
+                        limit: int = MAX_MATERIAL_BYTES) -> None:
+    """Refuse (before anything is generated) a request whose material exceeds ``limit`` bytes per party."""
+    layout = material_layout(req, 0, parties, compare_bits, digit_bits)
+    size = sum(math.prod(s.shape) * torch.empty((), dtype=s.dtype).element_size() for s in layout.slots)
+    if size > limit:
+        raise WireError(
+            f"Refused a {req.kind!r} request: its material is {size / 2**30:.2f} GiB per party, more than the dealer's "
+            f"limit of {limit / 2**30:.2f} GiB (max_material_bytes). Smaller batches need proportionally less; raise "
+            "the limit on the crypto provider only if it has that memory to spare.")
 
 
 @functools.lru_cache(maxsize=4096)  # every batch of a run asks for the same requests (a pure function)
