@@ -50,6 +50,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     run.add_argument("--timeout", type=float, default=60.0, help="seconds any wait may take once every role started")
     run.add_argument("--start-timeout", type=float, default=600.0,
                      help="seconds a role waits for the others to start (roles started by hand, minutes apart)")
+    run.add_argument("--precision-bits", type=int, default=16, help="fixed-point fractional bits (the same on every role)")
     run.add_argument("--report", default=None, help="write this role's results as JSON here")
     return p.parse_args(argv)
 
@@ -76,7 +77,8 @@ def predict(args: argparse.Namespace) -> dict:
                          test_subset=args.test_subset, download=False)
     strategy = SecurePredictStrategy(parties=parties, crypto_provider=args.crypto_provider, runtime="distributed",
                                      reveal="labels", metrics={"accuracy": SecureAccuracy(num_classes=10)},
-                                     timeout=args.timeout, start_timeout=args.start_timeout, **keys)
+                                     precision_bits=args.precision_bits, timeout=args.timeout,
+                                     start_timeout=args.start_timeout, **keys)
     trainer = Trainer(strategy=strategy, num_nodes=len(parties) + 1, devices=1, accelerator="cpu", logger=False,
                       enable_progress_bar=role in parties, enable_model_summary=False)
     out = trainer.predict(MNISTClassifier(), datamodule=dm, ckpt_path=args.ckpt if role == parties[0] else None)

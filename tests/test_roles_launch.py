@@ -42,6 +42,7 @@ def _launch(tmp: Path, keys: Path, extra: dict[int, list[str]], timeout: float =
                OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     procs = []
     for rank in range(3):
+        (tmp / f"report{rank}.json").unlink(missing_ok=True)  # a report is this launch's
         time.sleep((delays or {}).get(rank, 0.0))
         cmd = [sys.executable, str(SCRIPT), "predict", "--keys", str(keys), "--test-subset", str(N_TEST),
                "--batch-size", "32", "--timeout", str(timeout), "--report", str(tmp / f"report{rank}.json")] + extra.get(rank, [])
@@ -162,3 +163,15 @@ def test_a_role_that_fails_mid_run_is_named_by_the_others_without_gloo_traces(se
         # the crypto provider lost alice; bob may lose the crypto provider first (it stopped because of alice)
         assert "alice (rank 0) closed its connection" in error or "First cause: alice stopped with RuntimeError" in error
         assert "frame #" not in r.stderr and "GLHF" not in r.stderr, _tail(r)
+
+
+def test_roles_configured_differently_fail_naming_the_configuration(setup) -> None:
+    """Issue 16.3, one launch per role: each role has its own settings; bob with 12 fractional bits (alice 16)
+    used to run and reveal labels computed from mismatched encodings."""
+    tmp, _ = setup
+    runs = _launch(tmp, tmp / "keys", {0: ["--ckpt", str(tmp / "owner.ckpt")],
+                                       1: ["--data-dir", DATA_DIR, "--precision-bits", "12"]}, timeout=30)
+    assert [r.returncode != 0 for r in runs] == [True, True, True]
+    for r in runs[:2]:
+        assert "configuration" in _tail(r) and "precision_bits" in _tail(r), _tail(r)
+    assert not (tmp / "report1.json").exists()  # the client got no labels

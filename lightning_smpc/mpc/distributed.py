@@ -619,7 +619,13 @@ def party_session(links: Links, parties: Sequence[str], crypto_provider: str, gr
     compare_bits = session_kwargs.get("compare_bits", _session_default("compare_bits"))
     digit_bits = session_kwargs.get("compare_digit_bits", _session_default("compare_digit_bits"))
     runtime = _Runtime(links, parties, crypto_provider, compare_bits, group, digit_bits)
-    return Session(parties, crypto_provider, seed=None, runtime=runtime, **session_kwargs)
+    session = Session(parties, crypto_provider, seed=None, runtime=runtime, **session_kwargs)
+    # Bound into every later message between the parties: parties configured differently (each role launched with
+    # its own settings) fail at their first exchange, naming the configuration, instead of computing garbage.
+    session.comm.note_public("configuration", detail={
+        "parties": parties, "crypto_provider": crypto_provider, "precision_bits": session.precision_bits,
+        "compare_bits": compare_bits, "compare_digit_bits": digit_bits})
+    return session
 
 
 # ---------------------------------------------------------------------------------------------- run_parties
