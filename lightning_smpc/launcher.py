@@ -8,7 +8,6 @@ ends the run: the others are terminated (no orphans) and the error names the rol
 """
 from __future__ import annotations
 
-import importlib
 import os
 import time
 import traceback
@@ -23,7 +22,7 @@ from lightning.pytorch.trainer.states import TrainerStatus
 from torch import nn
 
 from .mpc.distributed import (SPAWN_HINT, PartyProcessError, _abort, _drain, _stop, _to_bytes, is_peer_failure,
-                               resolve_start_method)
+                               resolve_start_method, user_error)
 from .validate import validate_module
 
 __all__ = ["PartyLauncher", "PartyProcessError", "resolve_start_method"]
@@ -31,10 +30,6 @@ __all__ = ["PartyLauncher", "PartyProcessError", "resolve_start_method"]
 # The crypto provider's process runs at this lower CPU priority when it shares the machine with the parties: its
 # work is offline (the next batch's material), and should take the cores only when the parties wait.
 DEALER_NICENESS = 10
-
-# Plain errors of a role that are the user's (a bad value, type or key), re-raised in the user's process as such
-_USER_BUILTINS = ("ValueError", "TypeError", "KeyError", "IndexError", "FileNotFoundError", "PermissionError")
-
 
 class PartyLauncher(_Launcher):
     """Starts ``strategy.num_processes`` processes, one per role, on this machine (``strategy.start_method``)."""
@@ -112,17 +107,7 @@ class PartyLauncher(_Launcher):
             return None
         r = own[0]
         module, qualname, message = self._kinds[r]
-        if not (module.startswith("lightning_smpc") or (module == "builtins" and qualname in _USER_BUILTINS)):
-            return None
-        try:
-            cls = getattr(importlib.import_module(module), qualname)
-        except (ImportError, AttributeError):
-            return None
-        if not (isinstance(cls, type) and issubclass(cls, Exception)):
-            return None
-        error = cls.__new__(cls)
-        Exception.__init__(error, f"{self._strategy.role_name(r)} (rank {r}): {message}")
-        return error
+        return user_error(module, qualname, message, f"{self._strategy.role_name(r)} (rank {r})")
 
     def _settle(self, results, reports: dict, errors: dict, wait_s: float = 3.0) -> None:
         """After a first failure, give the other processes a moment to exit or report theirs (to find the cause)."""

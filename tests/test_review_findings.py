@@ -272,9 +272,10 @@ def _same_public_values(session):
 
 @pytest.mark.parametrize("fn,named", [(_scale_by_party, "public operand"), (_permute_by_party, "index")])
 def test_parties_that_disagree_on_a_public_value_fail_before_revealing(fn, named) -> None:
-    from lightning_smpc.mpc.distributed import PartyProcessError, run_parties
+    from lightning_smpc.mpc.distributed import run_parties
+    from lightning_smpc.mpc.links import LinkIntegrityError
 
-    with pytest.raises(PartyProcessError, match=f"failed authentication.*disagree on a public value.*{named}"):
+    with pytest.raises(LinkIntegrityError, match=f"failed authentication.*disagree on a public value.*{named}"):
         run_parties(fn, timeout=20)
 
 

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import importlib
 import inspect
 import io
 import os
@@ -704,7 +705,8 @@ def _worker(rank, world, port, names, parties, crypto_provider, seed, timeout, r
         if "links" in locals():
             links.say_goodbye(f"{type(e).__name__}: {e}")
         where = progress.value.decode("utf-8", "replace")
-        results.put((rank, None, (type(e).__name__, str(e), where, traceback.format_exc(limit=12))))
+        results.put((rank, None, (type(e).__name__, str(e), where, traceback.format_exc(limit=12), type(e).__module__,
+                                  type(e).__qualname__)))
         _abort()
         sys.stdout.flush()
         sys.stderr.flush()
@@ -794,7 +796,8 @@ def run_parties(
     accounting is appended last.
 
     Raises :class:`PartyProcessError` naming the party that failed (or died) and what it was doing; no
-    process of the run is left running.
+    process of the run is left running. A party's own error of this package or a plain value/type/key error is
+    raised with its own type instead (the party named in its message; the failure report is its ``__cause__``).
     """
     parties = tuple(parties)
     names = parties + (crypto_provider,)
@@ -839,7 +842,13 @@ def run_parties(
             codes = [p.exitcode for p in procs]
             _stop(procs)
             _drain(results, {}, errors)  # errors that arrived while stopping
-            raise PartyProcessError(_failure_message(names, codes, errors, progress, got))
+            failure = PartyProcessError(_failure_message(names, codes, errors, progress, got))
+            own = [r for r in errors if not is_peer_failure(f"{errors[r][0]}: {errors[r][1]}")]
+            error = user_error(errors[own[0]][4], errors[own[0]][5], errors[own[0]][1],
+                               f"{names[own[0]]} (rank {own[0]})") if own else None
+            if error is not None:
+                raise error from failure
+            raise failure
     finally:
         _stop(procs)
         results.close()
@@ -856,6 +865,28 @@ def is_peer_failure(text: str) -> bool:
     return any(marker in text for marker in PEER_FAILURES)
 
 
+# Plain errors of a role that are the user's (a bad value, type or key), re-raised in the caller's process as such
+USER_BUILTINS = ("ValueError", "TypeError", "KeyError", "IndexError", "FileNotFoundError", "PermissionError")
+
+
+def user_error(module: str, qualname: str, message: str, role: str) -> BaseException | None:
+    """A role's own error again in the caller's process, with its type (``except UnsupportedOpError`` works as with
+    the simulated runtime) and the role named, when it is one of this package's errors or a plain value/type/key
+    error; None for anything else (a crash, a peer's failure), which stays a :class:`PartyProcessError`. Only
+    the class's module and name cross the process boundary (no object is deserialized)."""
+    if not (module.startswith("lightning_smpc") or (module == "builtins" and qualname in USER_BUILTINS)):
+        return None
+    try:
+        cls = getattr(importlib.import_module(module), qualname)
+    except (ImportError, AttributeError):
+        return None
+    if not (isinstance(cls, type) and issubclass(cls, Exception)) or issubclass(cls, PartyProcessError):
+        return None  # a peer's loss follows from another failure: the run's report says which
+    error = cls.__new__(cls)
+    Exception.__init__(error, f"{role}: {message}")
+    return error
+
+
 def _failure_message(names, codes, errors, progress, got) -> str:
     def where(r):
         return progress[r].value.decode("utf-8", "replace") or "start-up"
@@ -870,7 +901,7 @@ def _failure_message(names, codes, errors, progress, got) -> str:
         lines.append(f"Party process {names[r]!r} (rank {r}) {how} without reporting, during {where(r)}.")
     elif primary or errors:
         r = (primary or list(errors))[0]
-        kind, msg, at, tb = errors[r]
+        kind, msg, at, tb = errors[r][:4]
         lines.append(f"Party process {names[r]!r} (rank {r}) failed during {at}: {kind}: {msg}\n{tb}")
     else:
         r = None
@@ -879,7 +910,7 @@ def _failure_message(names, codes, errors, progress, got) -> str:
     others = [k for k in range(len(names)) if k != r and k not in got]
     for k in others:
         if k in errors:
-            kind, msg, at, _ = errors[k]
+            kind, msg, at, _ = errors[k][:4]
             lines.append(f"  then {names[k]!r} (rank {k}) failed during {at}: {kind}: {msg.splitlines()[0] if msg else ''}")
         else:
             lines.append(f"  {names[k]!r} (rank {k}) was stopped during {where(k)}.")

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from lightning_smpc.mpc import Session, distributed, links, wire
 from lightning_smpc.mpc.distributed import PartyProcessError, run_parties
-from lightning_smpc.mpc.links import Identity, Roster
+from lightning_smpc.mpc.links import Identity, LinkAuthError, Roster
 
 
 def _data():
@@ -72,9 +72,9 @@ def test_processes_without_their_roster_keys_are_refused_by_name():
     roster = Roster.from_identities(ids.values())
     ids["bob"] = Identity.generate("bob")  # a key the roster does not list
     del ids["crypto_provider"]  # no key at all
-    with pytest.raises(PartyProcessError) as info:
+    with pytest.raises(LinkAuthError) as info:  # a role's own error keeps its type; the run's report is its cause
         run_parties(job, parties=names[:2], timeout=30, roster=roster, identities=ids)
-    msg = str(info.value)
+    msg = str(info.value.__cause__)
     for n in names:  # every process refused both, by name, before any protocol message
         assert re.search(rf"'{n}' \(rank \d\) failed during the identity handshake: LinkAuthError: "
                          r"Refused 'bob', 'crypto_provider': 'bob' \(rank 1\): its signature does not verify", msg), msg
@@ -144,3 +144,17 @@ def test_no_object_serialization_between_processes():
         src = inspect.getsource(module)
         for word in ("_object_list", "pickle"):
             assert word not in src, f"{module.__name__} mentions {word!r}"
+
+
+def job_out_of_range(sess):
+    big = torch.full((2,), 1e9) if sess.local_party == "alice" else None  # far outside the 16-bit fixed-point range
+    return sess.share(big, owner="alice", shape=(2,)).reveal()
+
+
+def test_a_partys_own_error_keeps_its_type_with_the_party_named():
+    """Issue 16.9 for run_parties: `except EncodingRangeError` works as in one process."""
+    from lightning_smpc.mpc.errors import EncodingRangeError
+
+    with pytest.raises(EncodingRangeError, match=r"^alice \(rank 0\): ") as info:
+        run_parties(job_out_of_range, parties=("alice", "bob"), timeout=20)
+    assert isinstance(info.value.__cause__, PartyProcessError)
