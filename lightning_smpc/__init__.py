@@ -4,11 +4,12 @@
 """
 from .metrics import SecureAccuracy, secure_accuracy
 from .mpc import Session, ShareTensor
+from .preflight import PreflightError, PreflightReport, preflight
 from .strategy import SecurePredictStrategy, StrategyUsageError
 from .validate import UnsupportedModuleError
 
 __all__ = [
-    "SecureAccuracy", "SecurePredictStrategy", "Session", "ShareTensor", "StrategyUsageError",
-    "UnsupportedModuleError", "secure_accuracy",
+    "PreflightError", "PreflightReport", "SecureAccuracy", "SecurePredictStrategy", "Session", "ShareTensor",
+    "StrategyUsageError", "UnsupportedModuleError", "preflight", "secure_accuracy",
 ]
 __version__ = "0.1.0"

@@ -8,6 +8,7 @@ ends the run: the others are terminated (no orphans) and the error names the rol
 """
 from __future__ import annotations
 
+import copy
 import os
 import time
 import traceback
@@ -50,6 +51,9 @@ class PartyLauncher(_Launcher):
         model = next((a for a in args if isinstance(a, nn.Module)), None)
         if model is not None:  # once, here, before any process starts (each role checks again at its setup)
             validate_module(model)
+            if strategy.preflight is not None:  # your process holds the model and the data: before any role starts
+                checked, first = _preflight_inputs(model, args, want_batch=strategy.preflight is True)
+                strategy.run_preflight(checked, first)
         os.environ["MASTER_PORT"] = str(strategy.cluster_environment.main_port)
         world = strategy.num_processes
         method = self._method = resolve_start_method(strategy.start_method, world)
@@ -150,6 +154,27 @@ class PartyLauncher(_Launcher):
         for p in self.procs:
             if p.is_alive() and p.pid is not None:
                 os.kill(p.pid, signum)
+
+
+def _preflight_inputs(model: nn.Module, args: tuple, want_batch: bool) -> tuple:
+    """``(model with the weights the run will use, first predict batch)`` from ``Trainer.predict``'s arguments
+    ``(model, dataloaders, datamodule, return_predictions, ckpt_path, ...)``, in your process (it holds both)."""
+    from lightning.pytorch import LightningDataModule
+
+    loader, datamodule = (list(args) + [None] * 5)[1:3]
+    ckpt_path = args[4] if len(args) > 4 else None
+    if isinstance(loader, LightningDataModule):
+        loader, datamodule = None, loader
+    if ckpt_path:  # the roles restore it later; the check must see those weights (on a copy: yours stay as they are)
+        model = copy.deepcopy(model)
+        model.load_state_dict(torch.load(ckpt_path, map_location="cpu", weights_only=False)["state_dict"])
+    if not want_batch:
+        return model, None
+    if datamodule is not None:
+        datamodule.prepare_data()
+        datamodule.setup("predict")
+        loader = datamodule.predict_dataloader()
+    return model, (next(iter(loader), None) if loader is not None else None)
 
 
 def _entry(rank: int, world: int, trainer, function, args, kwargs, results, state, method: str) -> None:

@@ -66,3 +66,12 @@ def keep_data_with_client(trainer: Any, is_client: bool) -> None:
     source = trainer.predict_loop._data_source
     if source.instance is not None and source.is_defined():
         source.instance, source.name = NotHere(), "predict_dataloader"
+
+
+def first_batch(trainer: Any) -> Any:
+    """The predict loader's first batch, read in this process (the pre-flight of ``preflight=True``)."""
+    source = trainer.predict_loop._data_source
+    loader = source.dataloader() if source.instance is not None else None
+    if loader is None:
+        return None
+    return next(iter(loader), None)

@@ -27,6 +27,7 @@ from .mpc.distributed import check_start_method
 from .mpc.errors import PartyConfigError, SmpcError
 from .mpc.material import DIGIT_BITS
 from .mpc.wire import MAX_MATERIAL_BYTES
+from .preflight import preflight as run_preflight
 from .reports import RunReports, link_stats, party_report
 from .secure_run import SecureRun
 from .validate import validate_module
@@ -118,6 +119,12 @@ class SecurePredictStrategy(ParallelStrategy):
             online phase: batch-10 online latency 26 ms instead of 33 ms on a 2-core machine, for ~10% less
             throughput when batches come back to back). ``None``: ``False`` when ``predict`` spawns the roles on
             this machine, else ``True``.
+        preflight: check, before anything is shared, that every value stays in the range the secure computation is
+            exact in (see :func:`lightning_smpc.preflight`): calibration data the model owner may see (a batch or a
+            dataloader), or ``True`` for the predict loader's first batch (only where the owner may see the
+            client's data: the simulated runtime, or ``predict`` spawning the roles in your process). It runs in
+            your process (one launch per role: the model owner's) and raises :class:`PreflightError` naming the
+            layer, the magnitude and settings that work; the report is :attr:`preflight_report`.
         max_material_bytes: parties as processes: the crypto provider's process refuses a request whose material
             exceeds this many bytes per party (default 4 GiB; LeNet-5 on a batch of 1000 asks for at most 0.47 GB),
             a bound on its memory against a malformed or hostile request. It is the crypto provider's own setting.
@@ -160,6 +167,7 @@ class SecurePredictStrategy(ParallelStrategy):
         start_method: Optional[Literal["fork", "spawn", "forkserver"]] = None,
         dealer_overlap: Optional[bool] = None,
         max_material_bytes: int = MAX_MATERIAL_BYTES,
+        preflight: Any = None,
     ) -> None:
         super().__init__()
         if reveal not in ("metrics", "labels", "logits"):
@@ -205,6 +213,9 @@ class SecurePredictStrategy(ParallelStrategy):
         if max_material_bytes <= 0:
             raise ValueError(f"Expected a positive `max_material_bytes`, but got {max_material_bytes}.")
         self.max_material_bytes = int(max_material_bytes)
+        self.preflight = preflight
+        self.preflight_report = None  # the pre-flight's report, in the process that ran it
+        self._preflight_done = False
         self._num_nodes = 1
         self._world = None  # this process's handle on the distributed runtime
         self.secure_run: Optional[SecureRun] = None  # this process's part of the run (a compute party's)
@@ -373,12 +384,30 @@ class SecurePredictStrategy(ParallelStrategy):
             )
         super().connect(model)
 
+    def run_preflight(self, model, data: Any) -> None:
+        """The pre-flight check of ``model`` on ``data`` with this strategy's settings (see ``preflight``)."""
+        if self.preflight is None or self._preflight_done:
+            return
+        calibration = data if self.preflight is True else self.preflight
+        if calibration is None:
+            raise PartyConfigError(
+                "preflight=True needs the predict data in the model owner's process, but with one launch per role "
+                "only the client's process reads it. Pass calibration data the owner may see: "
+                "SecurePredictStrategy(preflight=<a batch or a dataloader>).")
+        self.preflight_report = run_preflight(model, calibration, self.precision_bits, self.compare_bits,
+                                              input_key=self.input_key, target_key=self.target_key)
+        self._preflight_done = True
+        self.preflight_report.raise_if_not_ok()
+
     def setup(self, trainer) -> None:
         self._t_setup = time.perf_counter()
         super().setup(trainer)
         model = self.lightning_module
         model.eval()
         validate_module(model)
+        if self.preflight is not None and (not self.distributed or self.role == self.model_owner_party):
+            first = locality.first_batch(trainer) if self.preflight is True and not self.distributed else None
+            self.run_preflight(model, first)  # before anything is shared
         self.revealed_metrics, self.revealed_counts = {}, {}
         if self.is_dealer:  # the crypto provider answers requests until the first party says the run is over
             t0 = time.perf_counter()

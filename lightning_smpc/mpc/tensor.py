@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 import torch
 
+from .limits import check_limit_name
 from .errors import SessionMismatchError, UnsupportedOpError
 
 __all__ = ["ShareTensor", "OP_TABLE", "implements"]
@@ -53,7 +54,10 @@ OP_FAMILY: dict[Callable, str] = {}
 OP_NOTE: dict[Callable, str] = {}
 
 
-def implements(*funcs: Callable, family: str, softmax_safe: bool = False, note: str = ""):
+OP_LIMIT: dict[Callable, str] = {}
+
+
+def implements(*funcs: Callable, family: str, softmax_safe: bool = False, note: str = "", limit: str | None = None):
     """Register a handler for the given torch callables.
 
     Args:
@@ -62,15 +66,20 @@ def implements(*funcs: Callable, family: str, softmax_safe: bool = False, note: 
             is an argmax/max that checks the softmax's dim itself).
         note: one short sentence, the op's cost or restriction on shares (the README's op table shows it, and an
             :class:`UnsupportedOpError` the handler raises carries it; a test requires one for every op).
+        limit: the range its input (or output) must stay in, one of :data:`~.limits.LIMITS` (a comparison, a
+            product, a power's domain, ...); :func:`lightning_smpc.preflight` checks it on calibration data.
     """
     if family not in FAMILIES:
         raise ValueError(f"unknown op family {family!r}; expected one of {FAMILIES}")
+    check_limit_name(limit)
 
     def deco(handler):
         for f in funcs:
             OP_TABLE[f] = handler
             OP_FAMILY[f] = family
             OP_NOTE[f] = note
+            if limit is not None:
+                OP_LIMIT[f] = limit
             if softmax_safe:
                 ARGMAX_SAFE.add(f)
         return handler

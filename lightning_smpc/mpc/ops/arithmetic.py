@@ -60,7 +60,7 @@ def _neg(x):
     return _wrap(x, -x._shares, x._frac, None)
 
 
-@implements(Tensor.__mul__, Tensor.__rmul__, Tensor.mul, torch.mul, family="arithmetic",
+@implements(Tensor.__mul__, Tensor.__rmul__, Tensor.mul, torch.mul, family="arithmetic", limit="product",
             note="Two shared operands: a Beaver product (at most 1 round); a public operand: local; an operand still "
             "holding a product is truncated first (1 round each), except before a public integer.")
 def _h_mul(x, y):

@@ -32,7 +32,7 @@ def _bilinear(op: str, x, w, **kwargs):
     return ShareTensor(P.beaver(sess, op, x, w, **kwargs), sess, x._frac + w._frac)
 
 
-@implements(Tensor.__matmul__, Tensor.matmul, torch.matmul, Tensor.mm, torch.mm, family="bilinear",
+@implements(Tensor.__matmul__, Tensor.matmul, torch.matmul, Tensor.mm, torch.mm, family="bilinear", limit="product",
             note="Two shared operands: a Beaver product (at most 1 round; a shared operand's mask is opened once "
             "and reused); a public operand: local.")
 def _h_matmul(x, y):
@@ -53,7 +53,7 @@ def _h_matmul(x, y):
     return _bilinear("matmul", x, y)
 
 
-@implements(F.linear, family="bilinear", note="As matmul, with the weight transposed; the bias is added locally.")
+@implements(F.linear, family="bilinear", limit="product", note="As matmul, with the weight transposed; the bias is added locally.")
 def _h_linear(x, weight, bias=None):
     if isinstance(x, ShareTensor) and x.shape[-1] != weight.shape[-1]:
         raise ShapeMismatchError(f"Expected input features {weight.shape[-1]} for linear, but got shape {tuple(x.shape)}.")
@@ -64,7 +64,7 @@ def _h_linear(x, weight, bias=None):
     return out if bias is None else _add(out, bias)
 
 
-@implements(F.conv2d, family="bilinear", note="As matmul (shared weights: their mask is opened once and reused), with "
+@implements(F.conv2d, family="bilinear", limit="product", note="As matmul (shared weights: their mask is opened once and reused), with "
             "any stride, padding, dilation and groups; string padding is refused.")
 def _h_conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     if isinstance(padding, str):

@@ -36,12 +36,12 @@ def _skip_softmax(x, dim, log: bool):
     return _wrap(x, x._shares, x._frac, x.mask, skipped=SkippedSoftmax(d, log))
 
 
-@implements(F.softmax, torch.softmax, Tensor.softmax, family="layers", softmax_safe=True, note=_SOFTMAX_NOTE)
+@implements(F.softmax, torch.softmax, Tensor.softmax, family="layers", softmax_safe=True, limit="pairwise", note=_SOFTMAX_NOTE)
 def _h_softmax(x, dim=None, *args, **kwargs):
     return _skip_softmax(x, dim, log=False)
 
 
-@implements(F.log_softmax, torch.log_softmax, Tensor.log_softmax, family="layers", softmax_safe=True, note=_SOFTMAX_NOTE)
+@implements(F.log_softmax, torch.log_softmax, Tensor.log_softmax, family="layers", softmax_safe=True, limit="pairwise", note=_SOFTMAX_NOTE)
 def _h_log_softmax(x, dim=None, *args, **kwargs):
     return _skip_softmax(x, dim, log=True)
 

@@ -16,7 +16,7 @@ from .shape import _permute
 
 MaxResult = namedtuple("MaxResult", ["values", "indices"])
 
-@implements(F.relu, torch.relu, Tensor.relu, family="nonlinear",
+@implements(F.relu, torch.relu, Tensor.relu, family="nonlinear", limit="compare",
             note="One comparison: 2 + ceil(log2(compare_bits / compare_digit_bits)) rounds (at 32 compare bits, 4 "
             "with 8-bit digits, 5 with 4-bit); a pending product's truncation is fused in.")
 def _h_relu(x, inplace=False):
@@ -39,22 +39,22 @@ def _cmp(x, y, strict: bool):
     return ShareTensor(bit, d._session, 0)
 
 
-@implements(Tensor.__ge__, Tensor.ge, torch.ge, family="nonlinear", note=_CMP_NOTE)
+@implements(Tensor.__ge__, Tensor.ge, torch.ge, family="nonlinear", limit="pairwise", note=_CMP_NOTE)
 def _h_ge(x, y):
     return _cmp(x, y, strict=False)
 
 
-@implements(Tensor.__gt__, Tensor.gt, torch.gt, family="nonlinear", note=_CMP_NOTE)
+@implements(Tensor.__gt__, Tensor.gt, torch.gt, family="nonlinear", limit="pairwise", note=_CMP_NOTE)
 def _h_gt(x, y):
     return _cmp(x, y, strict=True)
 
 
-@implements(Tensor.__le__, Tensor.le, torch.le, family="nonlinear", note=_CMP_NOTE)
+@implements(Tensor.__le__, Tensor.le, torch.le, family="nonlinear", limit="pairwise", note=_CMP_NOTE)
 def _h_le(x, y):
     return _cmp(y, x, strict=False)
 
 
-@implements(Tensor.__lt__, Tensor.lt, torch.lt, family="nonlinear", note=_CMP_NOTE)
+@implements(Tensor.__lt__, Tensor.lt, torch.lt, family="nonlinear", limit="pairwise", note=_CMP_NOTE)
 def _h_lt(x, y):
     return _cmp(y, x, strict=True)
 
@@ -88,7 +88,7 @@ def _argmax_parts(x: ShareTensor, dim, keepdim: bool, want_max: bool):
     return onehot, index, mx, frac
 
 
-@implements(Tensor.argmax, torch.argmax, family="nonlinear", softmax_safe=True,
+@implements(Tensor.argmax, torch.argmax, family="nonlinear", limit="pairwise", softmax_safe=True,
             note="All C(C-1)/2 pairwise comparisons of the C entries at once: one round more than a comparison, for "
             "any C; computed once per value and dim.")
 def _h_argmax(x, dim=None, keepdim=False):
@@ -105,7 +105,7 @@ def argmax_onehot(x: ShareTensor, dim: int = -1) -> ShareTensor:
     return ShareTensor(onehot, x._session, 0)
 
 
-@implements(Tensor.amax, torch.amax, family="nonlinear", softmax_safe=True,
+@implements(Tensor.amax, torch.amax, family="nonlinear", limit="pairwise", softmax_safe=True,
             note="As max over one dim, or over all dims without `keepdim`; several (not all) dims are refused.")
 def _h_amax(x, dim=(), keepdim=False):
     dims = _dims(x, dim)
@@ -116,7 +116,7 @@ def _h_amax(x, dim=(), keepdim=False):
     raise UnsupportedOpError("amax over several (but not all) dims is not supported on shares; reshape first.")
 
 
-@implements(Tensor.max, torch.max, family="nonlinear", softmax_safe=True,
+@implements(Tensor.max, torch.max, family="nonlinear", limit="pairwise", softmax_safe=True,
             note="The argmax protocol, with the maximum too; elementwise `max(x, y)` is refused.")
 def _h_max(x, dim=None, keepdim=False):
     if isinstance(dim, ShareTensor) or (dim is not None and not isinstance(dim, int)):

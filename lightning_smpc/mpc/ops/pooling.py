@@ -118,7 +118,7 @@ def _no_empty_window(name: str, rows, cols) -> None:
                                  "padding or dilation.")
 
 
-@implements(F.max_pool2d, getattr(F, "_max_pool2d", F.max_pool2d), Tensor.max_pool2d if hasattr(Tensor, "max_pool2d") else F.max_pool2d, family="pooling",
+@implements(F.max_pool2d, getattr(F, "_max_pool2d", F.max_pool2d), Tensor.max_pool2d if hasattr(Tensor, "max_pool2d") else F.max_pool2d, family="pooling", limit="pairwise",
             note="A tree of pairwise maxima: ceil(log2 k) ReLU levels for k taps (of a product: each level adds "
             "up to 1 LSB of truncation error); with `LIGHTNING_SMPC_MAXPOOL=pairs`, one argmax.")
 def _h_max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
@@ -170,7 +170,7 @@ def _h_adaptive_avg_pool2d(x, output_size):
     return _divide_public(_wrap(x, win, x._frac, None), _scalar_if_uniform(divisor))
 
 
-@implements(F.adaptive_max_pool2d, family="pooling", note="As max_pool2d, over torch's adaptive windows.")
+@implements(F.adaptive_max_pool2d, family="pooling", limit="pairwise", note="As max_pool2d, over torch's adaptive windows.")
 def _h_adaptive_max_pool2d(x, output_size, return_indices=False):
     """Adaptive max pooling; the narrower windows are filled like padding (:func:`maxpool_fill`)."""
     _pooling_input(x, "adaptive_max_pool2d")

@@ -64,34 +64,34 @@ def _note(name: str, what: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- activations
-@implements(F.gelu, family="smooth", note=_note("gelu", "Piecewise polynomial (`tanh` form: its own fit)"))
+@implements(F.gelu, family="smooth", limit="compare", note=_note("gelu", "Piecewise polynomial (`tanh` form: its own fit)"))
 def _h_gelu(x, approximate: str = "none"):
     if approximate not in ("none", "tanh"):
         raise ValueError(f"Expected approximate='none' or 'tanh', but got {approximate!r}.")
     return _piecewise(x, "gelu" if approximate == "none" else "gelu_tanh")
 
 
-@implements(torch.sigmoid, Tensor.sigmoid, F.sigmoid, family="smooth", note=_note("sigmoid", "Piecewise polynomial"))
+@implements(torch.sigmoid, Tensor.sigmoid, F.sigmoid, family="smooth", limit="compare", note=_note("sigmoid", "Piecewise polynomial"))
 def _h_sigmoid(x):
     return _piecewise(x, "sigmoid")
 
 
-@implements(torch.tanh, Tensor.tanh, F.tanh, family="smooth", note=_note("tanh", "Piecewise polynomial"))
+@implements(torch.tanh, Tensor.tanh, F.tanh, family="smooth", limit="compare", note=_note("tanh", "Piecewise polynomial"))
 def _h_tanh(x):
     return _piecewise(x, "tanh")
 
 
-@implements(F.silu, family="smooth", note=_note("silu", "Piecewise polynomial"))
+@implements(F.silu, family="smooth", limit="compare", note=_note("silu", "Piecewise polynomial"))
 def _h_silu(x, inplace: bool = False):
     return _piecewise(x, "silu")
 
 
-@implements(torch.erf, Tensor.erf, torch.special.erf, family="smooth", note=_note("erf", "Piecewise polynomial"))
+@implements(torch.erf, Tensor.erf, torch.special.erf, family="smooth", limit="compare", note=_note("erf", "Piecewise polynomial"))
 def _h_erf(x):
     return _piecewise(x, "erf")
 
 
-@implements(torch.exp, Tensor.exp, family="smooth",
+@implements(torch.exp, Tensor.exp, family="smooth", limit="exp",
             note="x = j ln2 + r: j by one comparison call, e^r a degree-6 polynomial, times 2^j; 16 rounds; relative "
             "error ~1e-5; 0 below -11.8, and x < 10.4 (the share range).")
 def _h_exp(x):
@@ -105,31 +105,31 @@ _POWER_NOTE = ("One comparison call finds 2^j <= x < 2^(j+1); x 2^-j in [1, 2) b
                "factor: {rounds} rounds; relative error ~1e-5 + 2^-f/x; {domain}.")
 
 
-@implements(torch.rsqrt, Tensor.rsqrt, family="smooth",
+@implements(torch.rsqrt, Tensor.rsqrt, family="smooth", limit="power",
             note=_POWER_NOTE.format(rounds=16, domain="x >= 2^-f"))
 def _h_rsqrt(x):
     return _power(x, -0.5)
 
 
-@implements(torch.sqrt, Tensor.sqrt, family="smooth",
+@implements(torch.sqrt, Tensor.sqrt, family="smooth", limit="power",
             note=_POWER_NOTE.format(rounds=16, domain="x >= 2^-f"))
 def _h_sqrt(x):
     return _power(x, 0.5)
 
 
-@implements(torch.reciprocal, Tensor.reciprocal, family="smooth",
+@implements(torch.reciprocal, Tensor.reciprocal, family="smooth", limit="power",
             note=_POWER_NOTE.format(rounds=16, domain="both signs, |x| >= 2^-15; 1/x to 2^-f"))
 def _h_reciprocal(x):
     return _power(x, -1.0, lo=-(x._session.compare_bits - x._session.precision_bits - 1), signed=True)
 
 
-@implements(torch.log, Tensor.log, family="smooth",
+@implements(torch.log, Tensor.log, family="smooth", limit="power",
             note=_POWER_NOTE.format(rounds=14, domain="x >= 2^-f; ln m + j ln 2"))
 def _h_log(x):
     return _power(x, "log")
 
 
-@implements(Tensor.__rtruediv__, family="smooth", note="A public numerator over a shared denominator: the reciprocal "
+@implements(Tensor.__rtruediv__, family="smooth", limit="power", note="A public numerator over a shared denominator: the reciprocal "
             "(as `torch.reciprocal`), times the numerator.")
 def _h_rdiv(x, y):
     return _h_mul(_h_reciprocal(x), y)
@@ -141,7 +141,7 @@ def divide_secret(x, y: ShareTensor) -> ShareTensor:
 
 
 # ``/`` lives here (not in .arithmetic, which the smooth functions build on): a secret divisor needs the reciprocal.
-@implements(Tensor.__truediv__, Tensor.div, torch.div, family="arithmetic",
+@implements(Tensor.__truediv__, Tensor.div, torch.div, family="arithmetic", limit="power",
             note="Secret divisor: times its reciprocal. Public (no `rounding_mode`): 1 to 3 truncation rounds, error "
             "<= 2 + |q| 2^(f - s) LSB (f = precision_bits, s = 61 - compare_bits; see `_divide_public`).")
 def _h_div(x, y, *, rounding_mode=None):
@@ -189,7 +189,7 @@ MATERIALIZE.append(_materialize)
 
 
 # ---------------------------------------------------------------------------------------------- layers
-@implements(F.layer_norm, family="smooth",
+@implements(F.layer_norm, family="smooth", limit="variance",
             note="Mean and variance by local sums, public divisions and one square; `rsqrt(var + eps)` from the sum of "
             "squares kept at f + 8 bits; two products (affine: shared or public).")
 def _h_layer_norm(x, normalized_shape, weight=None, bias=None, eps: float = 1e-5):
@@ -255,7 +255,7 @@ def _finite_fill(x: ShareTensor, value: float) -> float:
     return value
 
 
-@implements(F.scaled_dot_product_attention, family="smooth",
+@implements(F.scaled_dot_product_attention, family="smooth", limit="pairwise",
             note="softmax(q @ k^T * scale + mask) @ v: two secret products and a softmax; public bool/float masks, "
             "`is_causal`; dropout and `enable_gqa` refused.")
 def _h_sdpa(query, key, value, attn_mask=None, dropout_p: float = 0.0, is_causal: bool = False, scale=None,
@@ -281,7 +281,7 @@ def _h_sdpa(query, key, value, attn_mask=None, dropout_p: float = 0.0, is_causal
 
 
 # ---------------------------------------------------------------------------------------------- einsum
-@implements(torch.einsum, family="bilinear",
+@implements(torch.einsum, family="bilinear", limit="product",
             note="Two operands, no '...': permuted and reshaped into one batched matmul (its cost is matmul's); labels "
             "of one operand only are summed first.")
 def _h_einsum(equation: str, *operands):
@@ -322,7 +322,7 @@ def _reorder(t, labels, order):
     return t if perm == list(range(len(perm))) else t.permute(*perm)
 
 
-@implements(torch.bmm, Tensor.bmm, family="bilinear", note="As matmul on 3-D operands (a Beaver product of two secrets).")
+@implements(torch.bmm, Tensor.bmm, family="bilinear", limit="product", note="As matmul on 3-D operands (a Beaver product of two secrets).")
 def _h_bmm(x, y):
     if len(x.shape) != 3 or len(y.shape) != 3:
         raise ShapeMismatchError(f"bmm expects 3-D operands, but got {tuple(x.shape)} and {tuple(y.shape)}.")
