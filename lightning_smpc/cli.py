@@ -119,6 +119,9 @@ class SmpcCLI(LightningCLI):
         strategy = self.trainer.strategy
         if hasattr(strategy, "revealed_metrics"):
             print(format_secure_report(strategy))
+            report = strategy.cost_report() if hasattr(strategy, "cost_report") else None
+            if report is not None and report.rows:
+                print("cost by layer (top 8):\n" + report.table(top=8))
 
 
 def build_cli(args: Optional[Union[list[str], dict[str, Any]]] = None, run: bool = True) -> SmpcCLI:

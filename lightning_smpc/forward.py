@@ -35,11 +35,11 @@ def shared_weights(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
 
 
 def run_forward(model: LightningModule, params: dict[str, ShareTensor], args: tuple, kwargs: dict,
-                input_key: Optional[Key], target_key: Optional[Key]) -> ShareTensor:
+                input_key: Optional[Key], target_key: Optional[Key], comm=None) -> ShareTensor:
     """The user's ``predict_step`` (or ``forward`` on the batch's inputs) with ``params`` in place of the
     module's own, for this call only; the module's parameters are untouched."""
     batch = kwargs.get("batch", args[0] if args else None)
-    with layer_names(model):
+    with layer_names(model, comm):
         if type(model).predict_step is LightningModule.predict_step:
             inputs, _, _ = split_batch(batch, input_key, target_key)
             if isinstance(inputs, dict):  # several inputs: by name (dict batches) or in order (tuple batches)
@@ -66,13 +66,16 @@ def _inside_metric(model: nn.Module, name: str) -> bool:
 
 
 class layer_names:
-    """Adds the layer path to an UnsupportedOpError raised inside a submodule's forward.
+    """Adds the layer path to an UnsupportedOpError raised inside a submodule's forward, and (with ``comm``) counts
+    the traffic and time of each layer under its path (the cost profile, see ``Communicator.enter_scope``).
 
     Two global module hooks for the call (not two per submodule: registering hundreds of hooks per batch costs
     more than the batch's local work on a small model); they track the modules of ``model`` only."""
 
-    def __init__(self, model: nn.Module) -> None:
-        self.model = model
+    TOP = "(forward)"  # ops of the model's own forward, outside its submodules
+
+    def __init__(self, model: nn.Module, comm=None) -> None:
+        self.model, self.comm = model, comm
         self.stack: list[str] = []
         self.handles: list = []
         self.names: dict[int, str] = {}
@@ -82,20 +85,28 @@ class layer_names:
         hooks = nn.modules.module
         self.handles = [hooks.register_module_forward_pre_hook(self._enter_layer),
                         hooks.register_module_forward_hook(self._leave_layer)]
+        if self.comm is not None:
+            self._outer = self.comm.enter_scope(self.TOP)
         return self
 
     def _enter_layer(self, module, args) -> None:
         name = self.names.get(id(module))
         if name is not None:
             self.stack.append(name)
+            if self.comm is not None:
+                self.comm.enter_scope(name)
 
     def _leave_layer(self, module, args, output) -> None:  # must return None: a value would replace the output
         if id(module) in self.names and self.stack:
             self.stack.pop()
+            if self.comm is not None:
+                self.comm.enter_scope(self.stack[-1] if self.stack else self.TOP)
 
     def __exit__(self, exc_type, exc, tb):
         for h in self.handles:
             h.remove()
+        if self.comm is not None:
+            self.comm.enter_scope(self._outer)
         if exc_type is not None and issubclass(exc_type, UnsupportedOpError) and self.stack:
             layer = self.stack[-1]
             kind = type(self.model.get_submodule(layer)).__name__

@@ -77,6 +77,8 @@ class PartyLauncher(_Launcher):
         _stop(self.procs)
         strategy._receive_reports(reports)
         if trainer is not None:
+            strategy.log_results(trainer.logger)
+        if trainer is not None:
             trainer.state.status = TrainerStatus.FINISHED
         return strategy._predictions_from(reports)
 

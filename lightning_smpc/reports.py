@@ -36,6 +36,7 @@ def party_report(run, role: str) -> dict:
         "batch_seconds": list(run.batch_seconds),
         "op_seconds": dict(session.op_seconds),  # per protocol, this party's wall time
         "by_protocol": session.comm.stats_by_tag(),
+        "cost_profile": session.comm.cost_profile(),  # per layer and protocol step: this party's traffic and time
     }
 
 
@@ -67,6 +68,10 @@ class RunReports:
     @property
     def ledger(self) -> list[RevealRecord]:
         return [RevealRecord(*entry) for entry in self.by_rank[0]["ledger"]]
+
+    def cost_profiles(self) -> dict[str, list[dict]]:
+        """Each party's own cost profile (see :mod:`lightning_smpc.costs`)."""
+        return {p: self.by_rank[i].get("cost_profile", []) for i, p in enumerate(self.parties)}
 
     def comm_stats(self, offline: bool = False) -> dict[str, dict[str, int]]:
         """Each party's own count of its traffic (offline: the crypto provider's count of what it sent)."""

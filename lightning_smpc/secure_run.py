@@ -54,6 +54,7 @@ class SecureRun:
         self.targets: Optional[ShareTensor] = None
         self.batch_seconds: list[float] = []  # the online phase of each batch
         t0 = time.perf_counter()
+        self.session.comm.enter_scope("(share weights)")  # the cost profile's clock starts here
         with torch.no_grad():  # BatchNorms folded on the owner's plaintext weights, before sharing
             params, self.batchnorm_view = folding.secure_view(model, shared_weights(model))
             self.shared_params = {name: self._share_weight(t) for name, t in params}
@@ -102,6 +103,7 @@ class SecureRun:
     def share_batch(self, batch: Any) -> Any:
         """The batch with its inputs (and one-hot targets, when there are metrics) replaced by shares."""
         self._batch_t0 = time.perf_counter()
+        self.session.comm.enter_scope("(share inputs)")
         inputs, targets, rebuild = split_batch(batch, self.config.input_key, self.config.target_key)
         if targets is not None and self.metrics and not isinstance(targets, PlaceholderBatch):
             check_targets(targets, self.metrics)  # before anything of this batch is shared
@@ -133,13 +135,17 @@ class SecureRun:
     def step(self, model: LightningModule, args: tuple, kwargs: dict) -> Any:
         """The user's forward on shares, the metrics' update, and what is released for this batch."""
         cfg = self.config
+        comm = self.session.comm
         with self.batchnorm_view:
-            out = run_forward(model, self.shared_params, args, kwargs, cfg.input_key, cfg.target_key)
+            out = run_forward(model, self.shared_params, args, kwargs, cfg.input_key, cfg.target_key, comm)
         if self.targets is not None:
+            comm.enter_scope("(metrics)")
             for metric in self.metrics.values():
                 metric.update(out, self.targets)
+        comm.enter_scope("(release)")
         result = self._released(out)
         self.batch_seconds.append(time.perf_counter() - self._batch_t0)
+        comm.enter_scope("(between batches)")  # the dealer's material for the next batch, Lightning's loop
         self.schedule.after_batch(model.trainer, out.shape[0])  # offline: the next batch's material
         if self.schedule.seconds:
             self.timings["preprocess_seconds"] = self.schedule.seconds
@@ -158,6 +164,7 @@ class SecureRun:
     # ------------------------------------------------------------------ the end
     def finish(self) -> tuple[dict[str, torch.Tensor], dict[str, tuple[int, int]]]:
         """Reveal each metric to the model owner; returns what this process learnt: (values, (correct, total))."""
+        self.session.comm.enter_scope("(final metrics)")
         if self.loader is not None:
             self.loader.end()  # the loop may stop before the end marker (limit_predict_batches): agree on it
         values, counts = {}, {}
@@ -172,6 +179,7 @@ class SecureRun:
                 counts[name] = (int(metric.correct), int(metric.total))
         if self.distributed:
             party_runtime.finish(self.world, self.session)  # the first party releases the crypto provider
+        self.session.comm.stop_clock()
         return values, counts
 
     def close(self) -> None:

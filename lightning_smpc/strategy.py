@@ -27,6 +27,7 @@ from .mpc.distributed import check_start_method
 from .mpc.errors import PartyConfigError, SmpcError
 from .mpc.material import DIGIT_BITS
 from .mpc.wire import MAX_MATERIAL_BYTES
+from .costs import CostReport
 from .preflight import preflight as run_preflight
 from .reports import RunReports, link_stats, party_report
 from .secure_run import SecureRun
@@ -439,11 +440,10 @@ class SecurePredictStrategy(ParallelStrategy):
     def on_predict_end(self) -> None:
         if not self.is_dealer:
             self.revealed_metrics, self.revealed_counts = self.secure_run.finish()
-            logger = self.lightning_module.trainer.logger
-            if self.revealed_metrics and logger is not None:
-                logger.log_metrics({f"secure_{k}": float(v.mean()) for k, v in self.revealed_metrics.items()}, step=0)
             self.timings["in_party_seconds"] = time.perf_counter() - self._t_setup
             self._own = party_report(self.secure_run, self.role)
+            if not getattr(self, "_spawn_here", False):  # spawned roles: your process logs the merged results
+                self.log_results(self.lightning_module.trainer.logger)
         super().on_predict_end()
 
     def on_exception(self, exception: BaseException) -> None:
@@ -498,6 +498,31 @@ class SecurePredictStrategy(ParallelStrategy):
         if self.session is not None:
             return list(self.session.ledger)
         return self._reports.ledger if self._reports is not None else []
+
+    def cost_report(self) -> Optional[CostReport]:
+        """Seconds, rounds and bytes per party for every layer (module path) and protocol step of the last run
+        (its rows sum to :meth:`comm_stats`); ``print`` shows the layers by time. None before a run, and in the
+        crypto provider's process. With parties as processes each party's traffic is its own count and each
+        step's time the slowest party's."""
+        if self.session is not None:
+            return CostReport.from_profiles({self.session.local_party or "all": self.session.comm.cost_profile()})
+        if self._reports is not None:
+            return CostReport.from_profiles(self._reports.cost_profiles())
+        return None
+
+    def log_results(self, logger: Any) -> None:
+        """Log the revealed metrics (``secure_<name>``, where this process learnt them) and the per-layer cost
+        profile (``cost/<layer>/...``) through a Lightning logger; done at the end of ``predict`` (when ``predict``
+        spawned the roles: in your process, once, with every party's profile)."""
+        if logger is None:
+            return
+        metrics = {f"secure_{k}": float(v.mean()) for k, v in self.revealed_metrics.items()}
+        report = self.cost_report()
+        if report is not None:
+            metrics.update(report.metrics())
+        if metrics:
+            logger.log_metrics(metrics, step=0)
+            logger.save()
 
     def comm_stats(self, offline: bool = False) -> dict[str, dict[str, int]]:
         """Per compute party: rounds, messages, bytes sent/received (online, or offline from the dealer). In the

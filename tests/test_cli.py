@@ -95,3 +95,4 @@ def test_secure_predict_prints_report(tmp_path: Path, capsys: pytest.CaptureFixt
     main(["predict", *_args(tmp_path, "--config", str(SECURE_CONFIG)), "--ckpt_path", str(ckpt)])
     out = capsys.readouterr().out
     assert "revealed:" in out and "rounds" in out
+    assert "cost by layer (top 8):" in out and "fc1" in out  # issue 19.2: the costliest layers

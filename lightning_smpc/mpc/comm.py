@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextvars
 import math
+import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 
@@ -77,6 +78,12 @@ class _Ledger:
     offline: dict = field(default_factory=lambda: defaultdict(PartyStats))
     by_tag: dict = field(default_factory=lambda: defaultdict(lambda: defaultdict(PartyStats)))
     rounds_by_tag: dict = field(default_factory=lambda: defaultdict(int))
+    # the cost profile: (scope, protocol step) -> {party: traffic}, and -> seconds of this process
+    by_scope: dict = field(default_factory=lambda: defaultdict(lambda: defaultdict(PartyStats)))
+    seconds: dict = field(default_factory=lambda: defaultdict(float))
+
+
+LOCAL_STEP = "(local)"  # a scope's time after its last round: local work only
 
 
 class Communicator:
@@ -97,6 +104,8 @@ class Communicator:
         """Forget all counters, views and records."""
         self._ledger = _Ledger()
         self.rounds = 0
+        self.scope = "(outside the model)"  # where traffic and time are counted (a layer path, a phase of the run)
+        self._clock: float | None = None  # when the profile's clock last moved (None: stopped)
         self.views: dict[str, list[tuple[str, torch.Tensor]]] = {p: [] for p in self.parties}
         self.records: list[OpenRecord] = []
 
@@ -200,10 +209,46 @@ class Communicator:
         led = self._ledger
         self.rounds += 1
         led.rounds_by_tag[tag] += 1
+        scoped = led.by_scope[(self.scope, tag)]
         for p, (msgs, sent, received) in traffic.items():
             st = PartyStats(rounds=1 if (sent or received) else 0, messages=msgs, bytes_sent=sent, bytes_received=received)
             led.online[p].add(st)
             led.by_tag[tag][p].add(st)
+            scoped[p].add(st)
+        self._tick((self.scope, tag))  # the local work leading to this round and the round itself
+
+    # ------------------------------------------------------------------ cost profile
+    def _tick(self, key: tuple[str, str]) -> None:
+        if self._clock is not None:
+            now = time.perf_counter()
+            self._ledger.seconds[key] += now - self._clock
+            self._clock = now
+
+    def enter_scope(self, scope: str) -> str:
+        """Count what follows under ``scope`` (a layer path, or a phase such as "(share inputs)"); returns the
+        previous scope. Each round's time is the local work since the previous event plus the round itself; a
+        scope's time after its last round is its ``(local)`` step. The clock starts at the first scope."""
+        if self._clock is None:
+            self._clock = time.perf_counter()
+        else:
+            self._tick((self.scope, LOCAL_STEP))
+        previous, self.scope = self.scope, scope
+        return previous
+
+    def stop_clock(self) -> None:
+        """Count the time since the last event, then stop (nothing after this is timed)."""
+        self._tick((self.scope, LOCAL_STEP))
+        self._clock = None
+
+    def cost_profile(self) -> list[dict]:
+        """Rows ``{"layer", "step", "seconds", "parties": {party: traffic}}``, one per (scope, protocol step): the
+        traffic of every round (they sum to :meth:`stats`), and this process's time (it sums to the time clocked
+        between the first :meth:`enter_scope` and :meth:`stop_clock`)."""
+        led = self._ledger
+        keys = list(dict.fromkeys(list(led.by_scope) + list(led.seconds)))
+        return [{"layer": scope, "step": step, "seconds": led.seconds.get((scope, step), 0.0),
+                 "parties": {p: asdict(st) for p, st in led.by_scope.get((scope, step), {}).items()}}
+                for scope, step in keys]
 
     # ------------------------------------------------------------------ statistics
     def stats(self, offline: bool = False) -> dict[str, dict[str, int]]:
