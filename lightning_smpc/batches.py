@@ -117,9 +117,11 @@ def is_integer_input(x: Any) -> bool:
     return not torch.as_tensor(x).is_floating_point()
 
 
-def batch_header(batch: Any, input_key: Optional[Key], target_key: Optional[Key], public: Sequence = ()) -> dict:
+def batch_header(batch: Any, input_key: Optional[Key], target_key: Optional[Key], public: Sequence = (),
+                 inputs_public: bool = False) -> dict:
     """What the other parties may learn of a client batch: its structure, its secret inputs' shapes and whether they
-    are integers, and the shapes and dtypes of its public inputs (their values follow the header)."""
+    are integers, and the shapes and dtypes of its public inputs (their values follow the header). With
+    ``inputs_public`` (``private="model"``) every input is public."""
     keys = several_inputs(input_key)
     if keys is not None:
         inputs, _, _ = _split_several(batch, keys, target_key)
@@ -129,8 +131,8 @@ def batch_header(batch: Any, input_key: Optional[Key], target_key: Optional[Key]
         for k, v in inputs.items():
             t = torch.as_tensor(v)
             specs.append({"key": k, "shape": list(t.shape), "int": not t.is_floating_point(),
-                          "public": str(t.dtype) if k in public else None})
-        secret = next(sp for sp in specs if sp["public"] is None)
+                          "public": str(t.dtype) if k in public or inputs_public else None})
+        secret = next((sp for sp in specs if sp["public"] is None), specs[0])
         header = {"kind": kind, "input": None, "target": tk, "x_shape": secret["shape"], "inputs": specs}
         if kind != "dict":  # a dict's other keys are the client's data (names included): they are not announced
             header["len"] = len(batch)
@@ -139,6 +141,8 @@ def batch_header(batch: Any, input_key: Optional[Key], target_key: Optional[Key]
     x = batch if kind == "tensor" else batch[ik]
     t = torch.as_tensor(x)
     header = {"kind": kind, "input": ik, "target": tk, "x_shape": list(t.shape), "x_int": not t.is_floating_point()}
+    if inputs_public:  # its values follow the header
+        header["x_public"] = str(t.dtype)
     if kind not in ("dict", "tensor"):  # a dict's other keys are the client's data (names included): not announced
         header["len"] = len(batch)
     return header
@@ -175,8 +179,9 @@ class PlaceholderBatch:
 
     def split(self):
         h = self.header
+        x = self.public.get(PUBLIC_INPUT, self)  # a public input (private="model") arrived after the header
         if h["kind"] == "tensor":
-            return self, None, lambda x, y: x
+            return x, None, lambda x, y: x
         if h.get("inputs"):
             inputs = {sp["key"]: (self.public[sp["key"]] if sp["public"] else PlaceholderInput(sp["shape"], sp["int"]))
                       for sp in h["inputs"]}
@@ -198,7 +203,7 @@ class PlaceholderBatch:
                 items[h["target"]] = y
             return tuple(items) if h["kind"] == "tuple" else items
 
-        return self, (self if self.has_target else None), rebuild
+        return x, (self if self.has_target else None), rebuild
 
 
 def _encode(header: dict) -> bytes:
@@ -227,7 +232,8 @@ def _decode(data: bytes) -> dict:
         return header
     kind, length = header.get("kind"), header.get("len")
     ok = kind in ("tensor", "tuple", "list", "dict") and _is_shape(header.get("x_shape")) and isinstance(
-        header.get("next_same", False), bool) and isinstance(header.get("x_int", False), bool)
+        header.get("next_same", False), bool) and isinstance(header.get("x_int", False), bool) and (
+        header.get("x_public") is None or header.get("x_public") in _PUBLIC_DTYPES)
     if kind in ("tuple", "list"):
         ok = ok and _is_int(length, 1, MAX_BATCH_ENTRIES) and all(
             v is None or _is_int(v, 0, length - 1) for v in (header.get("input"), header.get("target")))
@@ -263,8 +269,13 @@ def _is_shape(shape) -> bool:
     return numel <= MAX_HEADER_NUMEL
 
 
+PUBLIC_INPUT = "<the input>"  # the key of a single public input (private="model") in PlaceholderBatch.public
+
+
 def public_specs(header: dict) -> list[tuple[Any, tuple, torch.dtype]]:
     """(key, shape, dtype) of the public inputs that follow a batch header, in order."""
+    if header.get("x_public"):
+        return [(PUBLIC_INPUT, tuple(header["x_shape"]), _PUBLIC_DTYPES[header["x_public"]])]
     return [(sp["key"], tuple(sp["shape"]), _PUBLIC_DTYPES[sp["public"]]) for sp in header.get("inputs") or ()
             if sp["public"]]
 
@@ -277,10 +288,11 @@ class ClientLoader:
     """
 
     def __init__(self, loader, announce: Callable[[bytes], None], input_key, target_key, read_ahead: bool = True,
-                 public: Sequence = (), send_public: Optional[Callable[[torch.Tensor], None]] = None) -> None:
+                 public: Sequence = (), send_public: Optional[Callable[[torch.Tensor], None]] = None,
+                 inputs_public: bool = False) -> None:
         self.loader, self.announce, self.read_ahead = loader, announce, read_ahead
         self.input_key, self.target_key = input_key, target_key
-        self.public, self.send_public = tuple(public), send_public
+        self.public, self.send_public, self.inputs_public = tuple(public), send_public, inputs_public
         self.ended = False
         self._next_same: deque[bool] = deque()  # per yielded batch not yet taken (Lightning may prefetch one)
         try:
@@ -303,15 +315,16 @@ class ClientLoader:
         batch = next(batches, _NONE)
         while batch is not _NONE:
             following = next(batches, _NONE) if self.read_ahead else _NONE
-            header = batch_header(batch, self.input_key, self.target_key, self.public)
+            header = batch_header(batch, self.input_key, self.target_key, self.public, self.inputs_public)
             header["next_same"] = following is not _NONE and batch_header(
-                following, self.input_key, self.target_key, self.public) == header
+                following, self.input_key, self.target_key, self.public, self.inputs_public) == header
             self._next_same.append(header["next_same"])
             self.announce(_encode(header))
-            if header.get("inputs"):  # the public inputs' values follow, on the same authenticated channel
+            specs = public_specs(header)
+            if specs:  # the public inputs' values follow, on the same authenticated channel
                 inputs, _, _ = split_batch(batch, self.input_key, self.target_key)
-                for key, _, _ in public_specs(header):
-                    self.send_public(torch.as_tensor(inputs[key]).contiguous())
+                for key, _, _ in specs:
+                    self.send_public(torch.as_tensor(inputs if key == PUBLIC_INPUT else inputs[key]).contiguous())
             yield batch
             batch = following if self.read_ahead else next(batches, _NONE)
         self.end()

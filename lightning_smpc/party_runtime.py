@@ -132,6 +132,15 @@ def receive_tensor(world: World, src: int, shape: tuple, dtype: torch.dtype) -> 
                                  channel="stream")
 
 
+_WEIGHTS_TAG = "public_weights"
+
+
+def publish_weights(world: World, src: int, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """``private="data"``: the model owner's process (rank ``src``) sends its weights in clear to the other compute
+    parties (encrypted, authenticated); the others pass tensors of the right shapes and get the owner's."""
+    return [world.links.broadcast(t, src, _WEIGHTS_TAG, ranks=world.party_ranks) for t in tensors]
+
+
 def leave(world: World) -> None:
     """End this process's part of the run (peers waiting on it fail fast instead of timing out)."""
     if dist.is_initialized():

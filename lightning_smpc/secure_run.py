@@ -19,6 +19,7 @@ from . import folding, party_runtime
 from .batches import ClientLoader, PlaceholderBatch, PlaceholderInput, PlaceholderLoader, is_integer_input, split_batch
 from .forward import run_forward, shared_weights
 from .mpc import Session, ShareTensor
+from .mpc.session import RevealRecord
 from .preprocessing import PreprocessSchedule, StreamSchedule
 
 __all__ = ["SecureRun", "num_classes", "check_targets"]
@@ -36,6 +37,7 @@ class SecureRun:
         t_start = time.perf_counter() if t_start is None else t_start  # when the strategy's setup began
         self.config, self.world, self.device = config, world, device
         self.distributed = world is not None
+        self.private = getattr(config, "private", "both")
         if self.distributed:
             self.session = party_runtime.party_session(
                 world, config.crypto_provider, precision_bits=config.precision_bits, compare_bits=config.compare_bits,
@@ -57,7 +59,10 @@ class SecureRun:
         self.session.comm.enter_scope("(share weights)")  # the cost profile's clock starts here
         with torch.no_grad():  # BatchNorms folded on the owner's plaintext weights, before sharing
             params, self.batchnorm_view = folding.secure_view(model, shared_weights(model))
-            self.shared_params = {name: self._share_weight(t) for name, t in params}
+            if self.private == "data":  # the model is public to the compute parties: products with it are local
+                self.shared_params = self._public_weights(params)
+            else:
+                self.shared_params = {name: self._share_weight(t) for name, t in params}
         self.timings = {"share_weights_seconds": time.perf_counter() - t0}
         if self.distributed:
             self.timings["start_seconds"] = t0 - t_start
@@ -81,6 +86,23 @@ class SecureRun:
         mine = self.session.local_party == self.owner  # only the model owner's process reads weights
         return self.session.share(t.detach() if mine else None, owner=self.owner, shape=tuple(t.shape))
 
+    def _public_weights(self, params: list) -> dict[str, torch.Tensor]:
+        """``private="data"``: the model owner's (folded) weights in clear at every compute party (sent by the owner's
+        process over the authenticated links with parties as processes); recorded in the ledger."""
+        sess = self.session
+        if self.distributed:
+            owner = self.config.parties.index(self.owner)
+            tensors = [t.detach().contiguous() for _, t in params]
+            received = party_runtime.publish_weights(self.world, owner, tensors)
+            weights = {name: t for (name, _), t in zip(params, received)}
+        else:
+            weights = {name: t.detach().to(self.device) for name, t in params}
+        count = sum(t.numel() for t in weights.values())
+        sess.comm.account_clear(self.owner, sum(t.numel() * t.element_size() for t in weights.values()), "public_weights")
+        sess.ledger.append(RevealRecord("model weights (private='data': public to the compute parties)", (count,),
+                                        tuple(sess.parties)))
+        return weights
+
     # ------------------------------------------------------------------ batches
     def wrap_loader(self, dataloader: Any) -> Any:
         """Parties as processes: the client's process reads the data and announces each batch's shapes; the
@@ -92,7 +114,8 @@ class SecureRun:
             self.loader = ClientLoader(dataloader, lambda data: party_runtime.announce(self.world, data),
                                        cfg.input_key, cfg.target_key, read_ahead=cfg.preprocess,
                                        public=cfg.public_inputs,
-                                       send_public=lambda t: party_runtime.announce_tensor(self.world, t))
+                                       send_public=lambda t: party_runtime.announce_tensor(self.world, t),
+                                       inputs_public=self.private == "model")
         else:
             client_rank = cfg.parties.index(self.client)
             self.loader = PlaceholderLoader(
@@ -111,7 +134,11 @@ class SecureRun:
             self.schedule.before_batch(batch.next_same if isinstance(batch, PlaceholderBatch) else self.loader.take_next_same())
         else:
             self.schedule.before_batch()
-        if isinstance(inputs, dict):  # several inputs: the public ones stay plain tensors (every party has them)
+        if self.private == "model":  # the inputs are public: every compute party has them in clear
+            shared_inputs = first = self._public_inputs(inputs)
+            if isinstance(first, dict):
+                first = next(iter(first.values()))
+        elif isinstance(inputs, dict):  # several inputs: the public ones stay plain tensors (every party has them)
             shared_inputs = {k: v if k in self.config.public_inputs else self._share_input(v) for k, v in inputs.items()}
             first = next(v for v in shared_inputs.values() if isinstance(v, ShareTensor))
         else:
@@ -123,6 +150,21 @@ class SecureRun:
                 torch.nn.functional.one_hot(targets.to(torch.int64), n_cls).to(torch.float32)
             self.targets = self._share_input(onehot, frac_bits=0, shape=(first.shape[0], n_cls))
         return rebuild(shared_inputs, self.targets)
+
+    def _public_inputs(self, inputs: Any) -> Any:
+        """``private="model"``: the client's inputs in clear (sent after the batch header with parties as processes);
+        recorded in the ledger."""
+        values = inputs if isinstance(inputs, dict) else {"x": inputs}
+        for v in values.values():
+            if isinstance(v, (PlaceholderBatch, PlaceholderInput)):
+                raise RuntimeError("private='model': the client's header announced no public input values.")
+        plain = {k: torch.as_tensor(v).to(self.device) for k, v in values.items()}
+        shape = tuple(next(iter(plain.values())).shape)
+        self.session.comm.account_clear(self.client, sum(t.numel() * t.element_size() for t in plain.values()),
+                                        "public_input")
+        self.session.ledger.append(RevealRecord("inputs (private='model': public to the compute parties)", shape,
+                                                tuple(self.session.parties)))
+        return plain if isinstance(inputs, dict) else plain["x"]
 
     def _share_input(self, value: Any, frac_bits: Optional[int] = None, shape: Optional[tuple] = None) -> ShareTensor:
         """Secret-share a client input: integers (token ids, ...) as they are (``frac_bits=0``), floats in fixed point."""

@@ -120,6 +120,12 @@ class SecurePredictStrategy(ParallelStrategy):
             online phase: batch-10 online latency 26 ms instead of 33 ms on a 2-core machine, for ~10% less
             throughput when batches come back to back). ``None``: ``False`` when ``predict`` spawns the roles on
             this machine, else ``True``.
+        private: what stays secret from the compute parties. ``"both"`` (default): the weights and the inputs.
+            ``"data"``: only the client's inputs; the model is public to the compute parties (open weights run on
+            the client's own compute parties, say): the model owner's process sends its weights in clear, and
+            products with them are local (no Beaver triples, no weight sharing). ``"model"``: only the weights; the
+            inputs are public (a public benchmark set, a private model): the client's process sends them in
+            clear, and the first layer's products are local. Either release is recorded in the reveal ledger.
         preflight: check, before anything is shared, that every value stays in the range the secure computation is
             exact in (see :func:`lightning_smpc.preflight`): calibration data the model owner may see (a batch or a
             dataloader), or ``True`` for the predict loader's first batch (only where the owner may see the
@@ -169,6 +175,7 @@ class SecurePredictStrategy(ParallelStrategy):
         dealer_overlap: Optional[bool] = None,
         max_material_bytes: int = MAX_MATERIAL_BYTES,
         preflight: Any = None,
+        private: Literal["both", "data", "model"] = "both",
     ) -> None:
         super().__init__()
         if reveal not in ("metrics", "labels", "logits"):
@@ -215,6 +222,9 @@ class SecurePredictStrategy(ParallelStrategy):
             raise ValueError(f"Expected a positive `max_material_bytes`, but got {max_material_bytes}.")
         self.max_material_bytes = int(max_material_bytes)
         self.preflight = preflight
+        if private not in ("both", "data", "model"):
+            raise ValueError(f"Expected `private` to be 'both', 'data' or 'model', but got {private!r}.")
+        self.private = private
         self.preflight_report = None  # the pre-flight's report, in the process that ran it
         self._preflight_done = False
         self._num_nodes = 1

@@ -180,6 +180,15 @@ class Communicator:
                 self.views[p].append((tag, value))
         return value
 
+    def account_clear(self, sender: str, nbytes: int, tag: str) -> None:
+        """Count a value ``sender`` sends in clear to every compute party (a public input, public weights): the
+        transport moves it itself (the process runtime over the links), this only keeps the traffic honest."""
+        receivers = [p for p in self.parties if p != sender]
+        traffic = {sender: (len(receivers), nbytes * len(receivers), 0)}
+        for p in receivers:
+            traffic[p] = (0, 0, nbytes)
+        self._round(tag, traffic)
+
     # ------------------------------------------------------------------ transport hooks
     # The simulated transport holds every party's row already; a per-process transport overrides these
     # three methods (see distributed.py) and nothing else changes.
