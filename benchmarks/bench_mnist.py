@@ -116,6 +116,7 @@ def secure_run(model, loader, args, reveal: str = "metrics", callbacks=None,
         metrics={"accuracy": SecureAccuracy(num_classes=10)},
         preprocess=not args.no_preprocess if preprocess is None else preprocess, runtime=args.runtime,
         compare_digit_bits=args.compare_digit_bits, dealer_overlap=getattr(args, "dealer_overlap", None),
+        private=getattr(args, "private", "both"),
     )
     trainer = Trainer(strategy=strategy, accelerator="cpu", logger=False, enable_progress_bar=False,
                       enable_model_summary=False, callbacks=callbacks)
@@ -194,6 +195,7 @@ def run_config(model, x, y, n: int, batch: int, args) -> dict:
     correct, total = stats.revealed_counts["accuracy"]
     result = {
         "n": n, "batch": batch, "parties": len(args.parties), "precision_bits": args.precision_bits,
+        "private": getattr(args, "private", "both"),
         "compare_digit_bits": args.compare_digit_bits,
         "secure_median_s": round(med_wall, 4), "secure_min_s": round(min(walls), 4),
         "plaintext_median_s": round(plain_med, 5), "plaintext_min_s": round(plain_min, 5),
@@ -365,6 +367,8 @@ def main(argv=None) -> None:
                    "batch's material during the current one (yes) or between batches (no); default: the strategy's")
     p.add_argument("--gap-ms", type=float, default=0.0,
                    help="the client's batches arrive this far apart (latency at low load); 0: back to back")
+    p.add_argument("--private", choices=["both", "data", "model"], default="both",
+                   help="what stays secret from the compute parties (SecurePredictStrategy(private=...))")
     p.add_argument("--runtime", choices=["simulated", "distributed"], default="simulated",
                    help="parties in this process, or one process per party plus the crypto provider")
     args = p.parse_args(argv)

@@ -33,6 +33,14 @@ if [ "$WHAT" = mlp ] || [ "$WHAT" = all ]; then
         peer "$CRYPTEN_PY" "$PEERS/crypten_mlp.py" --n 10000 --batch 1000 --provider TTP --mnist-dir "$DATA/MNIST/raw"
     fi
 fi
+if [ "$WHAT" = modes ]; then  # one-side-private modes beside "both" (issue 19): seed MLP 10k, LeNet 1000
+    for RT in simulated distributed; do
+        for PRIV in both data model; do
+            run $PY benchmarks/bench_mnist.py --data-dir "$DATA" --mode throughput --repeats 3 --runtime $RT --private $PRIV
+            run $PY benchmarks/bench_mnist.py --data-dir "$DATA" --model lenet --mode throughput --n 1000 --batch 100 --repeats 3 --runtime $RT --private $PRIV
+        done
+    done
+fi
 if [ "$WHAT" = lenet ] || [ "$WHAT" = all ]; then
     run $PY benchmarks/bench_mnist.py --data-dir "$DATA" --model lenet --mode throughput --n 1000 --batch 100 --repeats 2
     run $PY benchmarks/bench_mnist.py --data-dir "$DATA" --model lenet --mode throughput --n 1000 --batch 100 --repeats 1 --runtime distributed

@@ -158,3 +158,32 @@ def test_a_partys_own_error_keeps_its_type_with_the_party_named():
     with pytest.raises(EncodingRangeError, match=r"^alice \(rank 0\): ") as info:
         run_parties(job_out_of_range, parties=("alice", "bob"), timeout=20)
     assert isinstance(info.value.__cause__, PartyProcessError)
+
+
+def job_first_party_hangs(sess):
+    if sess.local_party == "alice":
+        time.sleep(60)  # hung before its first request: bob waits on alice, the dealer on alice's control channel
+    x = sess.share(torch.ones(3) if sess.local_party == "alice" else None, owner="alice", shape=(3,))
+    return x.relu().reveal()
+
+
+def test_a_hung_first_party_keeps_no_one_waiting_longer_than_the_timeout():
+    """Issue 16.7: the crypto provider waited 10x the timeout on the first party's control channel."""
+    with pytest.raises(PartyProcessError) as info:
+        run_parties(job_first_party_hangs, parties=("alice", "bob"), timeout=4)
+    msg = str(info.value)
+    assert re.search(r"'crypto_provider' \(rank 2\) failed during [^\n]*dealer/control", msg), msg  # not "was stopped"
+
+
+def job_long_batch(sess):
+    x = sess.share(torch.ones(8) if sess.local_party == "alice" else None, owner="alice", shape=(8,))
+    t_end = time.monotonic() + 7  # longer than the timeout, without a dealer request: only openings
+    while time.monotonic() < t_end:
+        sess.comm.open([(torch.zeros(1, 1, dtype=torch.int64), "arith", 64)], "ping")
+        time.sleep(0.05)
+    return (x * x).reveal()
+
+
+def test_the_first_partys_keep_alive_holds_the_dealer_through_a_long_stretch_without_requests():
+    out = run_parties(job_long_batch, parties=("alice", "bob"), timeout=3)
+    assert torch.allclose(out[0]["result"], torch.ones(8, dtype=torch.float64))
