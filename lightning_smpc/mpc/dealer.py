@@ -2,20 +2,9 @@
 
 The dealer is a separate party (never one of the compute parties). It answers *requests* — one per
 correlation a protocol needs — with :class:`Material` holding every party's share of it. It sees only
-shapes and the masks it generated itself. Each request kind documents what it returns:
-
-``input_mask``  (SPDZ input): a uniform mask ``A``, shared to the parties; the input owner gets every
-    party's seed of it, so ``A`` in clear; the owner then broadcasts ``x - A``. The dealer keeps ``A`` (by
-    id) so later products with that operand reuse the opened ``x - A`` ("the masked model is opened once").
-``beaver``     a multiplication triple for ``mul``/``matmul``/``conv2d``: ``c = op(a, b)`` where ``a``/``b``
-    are fresh or previously issued masks (by id, with a recorded shape transform).
-``trunc``      probabilistic truncation material (Escudero et al. 2020, §5.1): uniform ``r``, ``u =
-    (r mod 2^63) >> m`` and the bit ``r_63``, all arithmetic shares.
-``cmp``        comparison material (see :mod:`.protocols.compare`): the mask (or truncation) material,
-    XOR-shared greater-than tables of the digits (``digit_bits`` = 8: 256-bit tables; 4: 16-bit tables) of the
-    comparison offset, XOR-shared AND triples for the carry tree, a daBit (a random bit shared both XOR and
-    arithmetically) and, for ReLU/argmax, the products of the dealer-known offsets with that bit / with the
-    one-time equality tables.
+shapes and the masks it generated itself. The request kinds (input masks, Beaver triples, truncation and
+comparison material) live in :mod:`.kinds`, one module each with its schema, layout and generation; this
+module holds what they share: the seeds, the dealer's masks, the store and the plans.
 
 **Seed compression** (real, in both runtimes): for every request the dealer draws a fresh 16-byte seed per
 party from its CSPRNG; each party's shares are the expansion of its seed (AES-CTR,
@@ -41,10 +30,11 @@ import torch
 
 from . import transforms
 from .errors import DealerStoreError
+from .kinds import KINDS, narrow
 from .material import DIGIT_BITS, DIGIT_CHOICES, Material, Request, gt_table_spec
-from .prg import SEED_BYTES, CSPRNG
-from .wire import expand_seeded, material_layout, narrow
-from .ring import LimbOperand, ring_conv2d, ring_matmul
+from .prg import CSPRNG
+from .ring import LimbOperand
+from .wire import expand_seeded, material_layout
 
 __all__ = ["Request", "Material", "TrustedDealer", "DIGIT_BITS", "DIGIT_CHOICES", "gt_table_spec"]
 
@@ -63,27 +53,6 @@ class _DealerTimes:
     store_discards: int = 0
     taken_ahead: int = 0  # parties as processes: streamed material taken between batches (RemoteDealer.take_ahead)
     folded_ahead: int = 0  # ... of which had a data-independent product folded in then
-
-
-_GT_ROWS: dict = {}
-
-
-def _gt_rows(device, digit_bits: int = DIGIT_BITS) -> torch.Tensor:
-    """Row ``t`` is the table ``G[u] = [u > t]`` (``u, t < 2^d``): for ``d = 8`` ``[256, 4]`` int64 (four 64-bit
-    words), for ``d = 4`` ``[16]`` int16 (bit ``u`` of the word)."""
-    key = (str(device), digit_bits)
-    if key not in _GT_ROWS:
-        if digit_bits == 8:
-            t = torch.arange(256).unsqueeze(-1)
-            lanes = torch.arange(4)
-            above = -(torch.full_like(t, 2) << (t & 63))  # bits strictly above t within its word
-            rows = torch.where(lanes == (t >> 6), above, -(lanes > (t >> 6)).to(torch.int64))
-        else:
-            t = torch.arange(1 << digit_bits)
-            bits = (0xFFFF << (t + 1)) & 0xFFFF  # bits t+1..15
-            rows = torch.where(bits >= 1 << 15, bits - (1 << 16), bits).to(torch.int16)
-        _GT_ROWS[key] = rows.to(device)
-    return _GT_ROWS[key]
 
 
 _LIMB_OPERANDS_KEPT = 32  # reused right operands kept split (a model's weight masks; 4x their int64 size)
@@ -270,13 +239,15 @@ class TrustedDealer:
             del self._limb_operands[key]
 
     # ------------------------------------------------------------------ helpers
-    def _new_mask(self, plain: torch.Tensor) -> int:
+    def new_mask(self, plain: torch.Tensor) -> int:
+        """Keep a mask the material issues (later products may reuse it by id); returns its id."""
         mid = self._next_id
         self._next_id += 1
         self._masks[mid] = plain
         return mid
 
-    def _mask(self, mask_id: int, transform: tuple) -> torch.Tensor:
+    def mask(self, mask_id: int, transform: tuple) -> torch.Tensor:
+        """A mask issued earlier, with the shape transform recorded since (a reused operand)."""
         try:
             plain = self._masks[mask_id]
         except KeyError:
@@ -290,7 +261,8 @@ class TrustedDealer:
         layouts = [material_layout(req, p, self.parties, self.compare_bits, self.digit_bits, check=False)
                    for p in range(self.n)]
         seeds = tuple(self.prg.seed() for _ in range(self.n))
-        mat, extra = getattr(self, f"_gen_{req.kind}")(req, _Shares(self, layouts, seeds))
+        kind = KINDS[req.kind]
+        mat, extra = kind.generate(self, kind.Params(*req.params), req.refs, _Shares(self, layouts, seeds))
         mat.seeds = seeds
         sizes = {p: layouts[i].nbytes for i, p in enumerate(self.parties)}
         for k, v in extra.items():
@@ -298,47 +270,7 @@ class TrustedDealer:
         self.comm.dealer_send(sizes, req.kind, self.name)
         return mat
 
-    def _gen_input_mask(self, req: Request, sh: _Shares):
-        (shape, owner) = req.params
-        shares, a = sh.uniform("a")
-        mid = self._new_mask(a)
-        data = {"a": shares, "owner_mask": a}
-        # the owner gets every party's seed of the mask and expands it: in its message if it is a party
-        # (counted there), else separately
-        extra = {} if owner in self.parties else {owner: self.n * SEED_BYTES}
-        return Material(data, (mid,), ("a",)), extra
-
-    def _gen_beaver(self, req: Request, sh: _Shares):
-        op, kwargs, shape_x, shape_y, tf_x, tf_y = req.params
-        ref_x, ref_y = req.refs
-        created, keys = [], []
-        data: dict[str, Any] = {}
-        plains = []
-        for key, ref, tf in (("a", ref_x, tf_x), ("b", ref_y, tf_y)):
-            if ref is None:
-                data[key], m = sh.uniform(key)
-                created.append(self._new_mask(m))
-                keys.append(key)
-            else:
-                m = self._mask(ref, tf)
-            plains.append(m)
-        a, b = plains
-        if op in ("matmul", "linear") and ref_y is not None:
-            b = self._limb_operand(ref_y, tf_y, b)
-        if op == "mul":
-            c = a * b
-        elif op == "matmul":
-            c = ring_matmul(a, b)
-        elif op == "linear":
-            c = ring_matmul(a, b.mT if isinstance(b, LimbOperand) else b.transpose(-1, -2))
-        elif op == "conv2d":
-            c = ring_conv2d(a, b, **dict(kwargs))
-        else:  # pragma: no cover
-            raise ValueError(op)
-        data["c"] = sh.arith("c", c)
-        return Material(data, tuple(created), tuple(keys)), {}
-
-    def _limb_operand(self, mask_id: int, transform: tuple, plain: torch.Tensor) -> LimbOperand:
+    def limb_operand(self, mask_id: int, transform: tuple, plain: torch.Tensor) -> LimbOperand:
         """The reused mask ``mask_id`` (transformed) as a :class:`LimbOperand`, split once per run (one split serves
         matmul and linear: linear takes its ``.mT`` view)."""
         key = (mask_id, transform)
@@ -347,78 +279,3 @@ class TrustedDealer:
                 del self._limb_operands[next(iter(self._limb_operands))]
             self._limb_operands[key] = LimbOperand(plain)
         return self._limb_operands[key]
-
-    @staticmethod
-    def _trunc_parts(sh: _Shares, data: dict, m: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Uniform ``r`` (seeded), ``u = (r mod 2^63) >> m`` and ``r_63`` (corrections; ``[r_63]`` is used only
-        as ``2^(63-m) [r_63]``, so its shares are correct modulo ``2^(m+1)``)."""
-        data["r"], r = sh.uniform("r")
-        u, r63 = (r & ((1 << 63) - 1)) >> m, (r >> 63) & 1
-        data["u"], data["r63"] = sh.arith("u", u), sh.arith("r63", r63)
-        return r, u, r63
-
-    def _gen_trunc(self, req: Request, sh: _Shares):
-        shape, m = req.params
-        data: dict[str, Any] = {}
-        self._trunc_parts(sh, data, m)
-        return Material(data), {}
-
-    def _gen_cmp(self, req: Request, sh: _Shares):
-        """See module docstring and :mod:`.protocols.compare` for the meaning of each entry."""
-        shape, mode, m, pairs, use = req.params
-        j, d = self.compare_bits, self.digit_bits
-        data: dict[str, Any] = {}
-        if mode == "trunc":
-            r, u, r63 = self._trunc_parts(sh, data, m)
-            offset = -u  # value = public + offset (mod 2^(j+1))
-        else:
-            data["r"], r = sh.uniform("r")
-            u = r63 = None
-            offset = -r
-        if pairs is None or use == "thresholds":  # thresholds share the element's offset (and so its tables)
-            cmp_off = offset
-        else:
-            cmp_off = offset[..., [a for a, _ in pairs]] - offset[..., [b for _, b in pairs]]
-        # "greater-than" table of t_i = 2^d - 1 - digit_i(offset mod 2^j): bit u of G_i is [u > t_i]
-        # (2^d bits per digit); generate = G[q], propagate = G[q + 1] xor G[q]
-        n_digits = j // d
-        shifts = torch.arange(n_digits, device=self.device) * d
-        top = (1 << d) - 1
-        t = top - ((cmp_off.unsqueeze(-1) >> shifts) & top)  # [*, D]
-        data["gt_table"] = sh.xor("gt_table", _gt_rows(self.device, d)[t])
-        data["rj"] = sh.xor("rj", ((cmp_off >> j) & 1).to(torch.uint8))
-        # AND triples of the carry tree, one per level: a, b uniform (seeded), c = a & b
-        width, level = n_digits, 0
-        while width > 1:
-            key = f"and{level}"
-            (a_sh, a), (b_sh, b) = sh.uniform(key, 0, xor=True), sh.uniform(key, 1, xor=True)
-            data[key] = (a_sh, b_sh, sh.xor(key, a & b, 2))
-            width, level = width - width // 2, level + 1
-        # daBit for the B2A step: rho is the XOR of the seeded rho_x shares
-        data["rho_x"], rho = sh.uniform("rho_x", xor=True)
-        rho64 = rho.to(torch.int64)
-        data["rho_a"] = sh.arith("rho_a", rho64)
-        if use == "relu":
-            if mode == "trunc":
-                data["u_rho"] = sh.arith("u_rho", u * rho64)
-                data["r63_rho"] = sh.arith("r63_rho", r63 * rho64)
-            else:
-                data["r_rho"] = sh.arith("r_rho", r * rho64)
-        elif use == "argmax":
-            self._argmax_tables(sh, data, shape, mode, r, u, r63)
-        return Material(data), {}
-
-    def _argmax_tables(self, sh: _Shares, data, shape, mode, r, u, r63) -> None:
-        """One-time equality tables T[v] = [(v - sigma) mod M == C - 1] and their products with the offsets."""
-        n_cls = shape[-1]
-        mod = 1 << max(1, (n_cls - 1).bit_length())
-        sigma = self.prg.uniform_mod(tuple(shape), mod.bit_length() - 1, self.device)
-        v = torch.arange(mod, device=self.device)
-        table = (((v - sigma.unsqueeze(-1)) % mod) == n_cls - 1).to(torch.int64)
-        data["sigma"] = sh.arith("sigma", sigma)
-        data["T"] = sh.arith("T", table)
-        if mode == "trunc":
-            data["uT"] = sh.arith("uT", u.unsqueeze(-1) * table)
-            data["r63T"] = sh.arith("r63T", r63.unsqueeze(-1) * table)
-        else:
-            data["rT"] = sh.arith("rT", r.unsqueeze(-1) * table)

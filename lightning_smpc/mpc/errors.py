@@ -44,3 +44,7 @@ class RevealNotAllowedError(SmpcError, RuntimeError):
 
 class PartyProcessError(SmpcError, RuntimeError):
     """A party's (or the dealer's) process failed, died or stopped answering; the run ended (every launch form)."""
+
+
+class WireError(SmpcError, ValueError):
+    """A message between processes is malformed or outside what the protocol allows."""

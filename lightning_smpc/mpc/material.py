@@ -61,5 +61,12 @@ class Material:
     def __getitem__(self, key: str) -> Any:
         return self.data[key]
 
+    def __getattr__(self, key: str) -> Any:
+        """The entries by name (``mat.r63_rho``): the slots its kind declares (see :mod:`.kinds`)."""
+        data = self.__dict__.get("data")
+        if data is not None and key in data:
+            return data[key]
+        raise AttributeError(f"this material has no entry {key!r} (it holds {sorted(data or ())})")
+
     def get(self, key: str, default=None) -> Any:
         return self.data.get(key, default)

@@ -13,6 +13,7 @@ from .dealer import DIGIT_BITS, DIGIT_CHOICES
 from .runtime import DealerHandle, Runtime, SimulatedRuntime, Transport
 from .encoding import FixedPointEncoder
 from .errors import PartyConfigError, RevealNotAllowedError, SessionMismatchError
+from .kinds import Beaver
 from .mask import Mask, MaskHandle
 from .prg import make_prg
 from .tensor import ShareTensor
@@ -216,17 +217,18 @@ class Session:
     def _party_precompute(self, req, mat, created) -> None:
         if req.kind != "beaver":
             return
-        op, _, _, _, tf_x, tf_y = req.params
+        p = Beaver.params(req)
+        op, tf_x, tf_y = p.op, p.transform_x, p.transform_y
         my = self._opened_masks.get(req.refs[1])
         if my is None or tf_y or not P.beaver_module._flat_weights(op, my):
             return
         if req.refs[0] is None:  # a fresh left mask: this triple's own "a"
-            a = mat["a"]
+            a = mat.a
         elif req.refs[0] in created:  # a mask issued earlier in this batch: as "a" OR "b" of that material
             a = transforms.apply(created[req.refs[0]].mask_shares(req.refs[0]), tf_x, party_axis=True)
         else:
             return
-        mat.data["c"] = mat["c"] + P.beaver_module.a_times_delta(op, a, my)
+        mat.data["c"] = mat.c + P.beaver_module.a_times_delta(op, a, my)
         mat.data["a_delta_done"] = True
 
     # ------------------------------------------------------------------ statistics

@@ -1,11 +1,13 @@
 """What crosses between processes, without a general object serializer.
 
 **Dealer requests** (party 0 -> dealer) are canonical JSON bytes (sorted keys, no spaces, ASCII) of
-``{"kind", "params", "refs"}``: ``kind`` from an allow-list, ``params`` checked against a per-kind schema
-(nested ints, strings, null; shapes with dims >= 0 and bounded numel; Beaver ops and conv2d keyword
-arguments allow-listed; shape transforms limited to reshape/permute/basic indexing), ``refs`` ints or null.
-Decoding rejects anything else (floats, booleans, unknown keys, duplicate keys, non-canonical text, ...)
-with a :class:`WireError`; JSON arrays come back as tuples, so a decoded request equals the original.
+``{"v", "kind", "params", "refs"}``: the format version :data:`WIRE_VERSION`, ``kind`` one of the registered
+material kinds (:data:`~.kinds.KINDS`), ``params`` an object of the kind's parameter fields by name, checked
+against the kind's schema (nested ints, strings, null; shapes with dims >= 0 and bounded numel; Beaver ops and
+conv2d keyword arguments allow-listed; shape transforms limited to reshape/permute/basic indexing), ``refs`` ints
+or null. Decoding rejects anything else (another version, floats, booleans, unknown or missing keys, duplicate
+keys, non-canonical text, ...) with a :class:`WireError`; JSON arrays come back as tuples, so a decoded request
+equals the original.
 
 **Material** (dealer -> each party) carries no header to trust: every party derives its
 :func:`material_layout` — the ids of the masks the request creates (a small int64 tensor), its seed, then
@@ -25,43 +27,29 @@ import functools
 import hashlib
 import json
 import math
-from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from .material import DIGIT_BITS, DIGIT_CHOICES, Material, Request, gt_table_spec
-from .errors import SmpcError
+from .errors import WireError
+from .kinds import KINDS, OWNER_SEEDS, Layout, LayoutBuilder, Slot, kind_of, narrow
+from .kinds._schema import MAX_NUMEL
+from .material import DIGIT_BITS, Material, Request
 from .prg import SEED_BYTES, CSPRNG
 
 __all__ = [
     "WireError", "encode_request", "decode_request", "validate_request", "request_digest", "Slot", "Layout",
-    "material_layout", "material_tensors", "material_from", "expand_seeded", "MAX_NUMEL", "MAX_REQUEST_BYTES", "MAX_MATERIAL_BYTES", "check_material_size",
+    "material_layout", "material_tensors", "material_from", "expand_seeded", "MAX_NUMEL", "MAX_REQUEST_BYTES",
+    "MAX_MATERIAL_BYTES", "check_material_size", "WIRE_VERSION", "narrow",
 ]
 
-MAX_DIMS = 16
-MAX_NUMEL = 1 << 31  # elements of any one tensor a request may make the dealer generate
+WIRE_VERSION = 2  # 1: params as a positional list; 2: params by field name, the version in every request
 MAX_REQUEST_BYTES = 1 << 24
 # The most bytes of material (one party's, seeded shares expanded: about what the dealer allocates per party) that
 # one request may ask for: a bound on the dealer's memory against a malformed or hostile request (a valid 53-byte
 # request could otherwise ask for ~96 GiB). LeNet-5 on a batch of 1000 asks for at most 0.47 GB (its first ReLU).
 MAX_MATERIAL_BYTES = 4 << 30
-MAX_TRANSFORM_STEPS = 64
-MAX_INT = (1 << 62) - 1
-KINDS = ("input_mask", "beaver", "trunc", "cmp")
-OWNER_SEEDS = "owner_seeds"
-BEAVER_OPS = ("mul", "matmul", "linear", "conv2d")
-CONV_KWARGS = {"dilation": 1, "groups": 1, "padding": 0, "stride": 1}  # name -> minimum value
-CMP_MODES = ("mask", "trunc")
-CMP_USES = ("bit", "relu", "argmax", "thresholds")
-MAX_THRESHOLDS = 4096  # comparisons of one value against public thresholds in one request
-TRANSFORMS = ("reshape", "permute", "getitem")
-
-
-class WireError(SmpcError, ValueError):
-    """A message between processes is malformed or outside what the protocol allows."""
 
 
 # ---------------------------------------------------------------------------------------------- JSON
@@ -97,186 +85,20 @@ def _unique_keys(pairs):
 
 
 # ---------------------------------------------------------------------------------------------- validation
-def _int(x, what: str, lo: int = -MAX_INT, hi: int = MAX_INT) -> int:
-    if not isinstance(x, int) or isinstance(x, bool) or not lo <= x <= hi:
-        raise WireError(f"{what}: expected an integer in [{lo}, {hi}], got {x!r}.")
-    return x
-
-
-def _tuple(x, what: str, n: int | None = None) -> tuple:
-    if not isinstance(x, tuple) or (n is not None and len(x) != n):
-        raise WireError(f"{what}: expected a list{'' if n is None else f' of {n}'}, got {x!r}.")
-    return x
-
-
-def _shape(x, what: str) -> tuple:
-    _tuple(x, what)
-    if len(x) > MAX_DIMS:
-        raise WireError(f"{what}: at most {MAX_DIMS} dims, got {len(x)}.")
-    for i, d in enumerate(x):
-        _int(d, f"{what}[{i}]", 0, MAX_NUMEL)
-    _numel(x, what)
-    return x
-
-
-def _numel(shape, what: str) -> int:
-    n = math.prod(shape)
-    if n > MAX_NUMEL:
-        raise WireError(f"{what}: {tuple(shape)} has {n} elements, more than the limit {MAX_NUMEL}.")
-    return n
-
-
-def _choice(x, options, what: str) -> str:
-    if not isinstance(x, str) or x not in options:
-        raise WireError(f"{what}: expected one of {tuple(options)}, got {x!r}.")
-    return x
-
-
-def _transform(tf, what: str) -> None:
-    _tuple(tf, what)
-    if len(tf) > MAX_TRANSFORM_STEPS:
-        raise WireError(f"{what}: at most {MAX_TRANSFORM_STEPS} steps, got {len(tf)}.")
-    for i, step in enumerate(tf):
-        w = f"{what}[{i}]"
-        name, arg = _tuple(step, w, 2)
-        _choice(name, TRANSFORMS, f"{w} name")
-        if name == "reshape":
-            _shape(arg, f"{w} shape")
-        elif name == "permute":
-            _tuple(arg, f"{w} dims")
-            if sorted(_int(d, f"{w} dim", 0, MAX_DIMS) for d in arg) != list(range(len(arg))):
-                raise WireError(f"{w}: {arg!r} is not a permutation.")
-        else:
-            _tuple(arg, f"{w} index")
-            if len(arg) > MAX_DIMS + 1:
-                raise WireError(f"{w}: index with more than {MAX_DIMS + 1} items.")
-            for j, item in enumerate(arg):
-                iw = f"{w} index[{j}]"
-                _tuple(item, iw)
-                tag = _choice(item[0] if item else None, ("i", "s", "n", "e"), iw)
-                if tag == "i":
-                    _tuple(item, iw, 2)
-                    _int(item[1], iw)
-                elif tag == "s":
-                    _tuple(item, iw, 4)
-                    for v in item[1:]:
-                        if v is not None:
-                            _int(v, iw)
-                    if item[3] is not None and item[3] < 1:
-                        raise WireError(f"{iw}: slice step must be positive, got {item[3]}.")
-                elif len(item) != 1:
-                    raise WireError(f"{iw}: expected [{tag!r}], got {item!r}.")
-
-
-def _conv_kwargs(kwargs, what: str) -> dict:
-    _tuple(kwargs, what)
-    names = []
-    out = {}
-    for i, kv in enumerate(kwargs):
-        name, value = _tuple(kv, f"{what}[{i}]", 2)
-        _choice(name, CONV_KWARGS, f"{what}[{i}] name")
-        lo = CONV_KWARGS[name]
-        if name == "groups":
-            _int(value, f"{what} groups", lo, 1 << 20)
-        else:
-            for v in _tuple(value, f"{what} {name}", 2):
-                _int(v, f"{what} {name}", lo, 1 << 20)
-        names.append(name)
-        out[name] = value
-    if names != sorted(set(names)):
-        raise WireError(f"{what}: keyword arguments must be unique and sorted, got {names}.")
-    return out
-
-
-def _refs(refs, n: int) -> tuple:
-    _tuple(refs, "refs", n)
-    for r in refs:
-        if r is not None:
-            _int(r, "refs", 0, MAX_INT)
-    return refs
-
-
 def validate_request(req: Request, parties: Sequence[str] | None = None) -> None:
-    """Raise :class:`WireError` unless ``req`` fits the schema of its kind (see the module docstring)."""
+    """Raise :class:`WireError` unless ``req`` fits the schema of its kind (see :mod:`.kinds`)."""
     if not isinstance(req, Request):
         raise WireError(f"Expected a Request, got {type(req).__name__}.")
-    kind = _choice(req.kind, KINDS, "kind")
-    p = req.params
-    if kind == "input_mask":
-        shape, owner = _tuple(p, "input_mask params", 2)
-        _shape(shape, "input_mask shape")
-        if not isinstance(owner, str) or (parties is not None and owner not in parties):
-            raise WireError(f"input_mask owner: expected a compute party {tuple(parties or ())}, got {owner!r}.")
-        _refs(req.refs, 0)
-    elif kind == "beaver":
-        op, kwargs, sx, sy, tfx, tfy = _tuple(p, "beaver params", 6)
-        _choice(op, BEAVER_OPS, "beaver op")
-        if op == "conv2d":
-            _conv_kwargs(kwargs, "beaver conv2d kwargs")
-        elif _tuple(kwargs, "beaver kwargs"):
-            raise WireError(f"beaver {op}: takes no keyword arguments, got {kwargs!r}.")
-        _shape(sx, "beaver shape_x")
-        _shape(sy, "beaver shape_y")
-        _transform(tfx, "beaver transform_x")
-        _transform(tfy, "beaver transform_y")
-        for ref, tf, side in zip(_refs(req.refs, 2), (tfx, tfy), "xy"):
-            if ref is None and tf:
-                raise WireError(f"beaver: a fresh mask for {side} cannot carry a transform ({tf!r}).")
-        _beaver_out_shape(op, kwargs, sx, sy)
-    elif kind == "trunc":
-        shape, m = _tuple(p, "trunc params", 2)
-        _shape(shape, "trunc shape")
-        _int(m, "trunc bits", 0, 62)
-        _refs(req.refs, 0)
-    else:
-        shape, mode, m, pairs, use = _tuple(p, "cmp params", 5)
-        _shape(shape, "cmp shape")
-        _choice(mode, CMP_MODES, "cmp mode")
-        _int(m, "cmp bits", 1 if mode == "trunc" else 0, 62 if mode == "trunc" else 0)
-        _choice(use, CMP_USES, "cmp use")
-        if use == "thresholds":  # ``pairs`` holds the number of thresholds each element is compared with
-            if mode != "mask":
-                raise WireError("cmp thresholds: only the mask mode (no fused truncation) is supported.")
-            _int(pairs, "cmp thresholds", 1, MAX_THRESHOLDS)
-            _numel(tuple(shape) + (pairs,), "cmp thresholds")
-        elif (pairs is not None or use == "argmax") and not shape:
-            raise WireError(f"cmp {use}: a scalar has no last dim to compare within.")
-        elif pairs is not None:
-            _tuple(pairs, "cmp pairs")
-            _numel(tuple(shape[:-1]) + (len(pairs),), "cmp pairs")
-            last = shape[-1]
-            for i, pair in enumerate(pairs):
-                a, b = _tuple(pair, f"cmp pairs[{i}]", 2)
-                _int(a, f"cmp pairs[{i}]", 0, last - 1)
-                _int(b, f"cmp pairs[{i}]", 0, last - 1)
-        _refs(req.refs, 0)
-
-
-def _meta(shape) -> torch.Tensor:
-    return torch.empty(tuple(shape), device="meta")
-
-
-def _beaver_out_shape(op: str, kwargs, sx, sy) -> tuple:
-    try:
-        if op == "mul":
-            out = tuple(torch.broadcast_shapes(tuple(sx), tuple(sy)))
-        elif op == "matmul":
-            out = tuple(torch.matmul(_meta(sx), _meta(sy)).shape)
-        elif op == "linear":
-            out = tuple(torch.matmul(_meta(sx), _meta(sy).transpose(-1, -2)).shape)
-        else:
-            out = tuple(F.conv2d(_meta(sx), _meta(sy), **dict(kwargs)).shape)
-    except (RuntimeError, ValueError, IndexError, TypeError) as e:
-        raise WireError(f"beaver {op}: operand shapes {tuple(sx)} and {tuple(sy)} do not combine ({e}).") from None
-    _numel(out, f"beaver {op} product")
-    return out
+    kind_of(req).check(req, parties)
 
 
 # ---------------------------------------------------------------------------------------------- requests
 def encode_request(req: Request, parties: Sequence[str] | None = None) -> bytes:
     """Canonical JSON bytes of a validated request."""
     validate_request(req, parties)
-    data = _canonical({"kind": req.kind, "params": _to_json(req.params, "params"), "refs": _to_json(req.refs, "refs")})
+    names = KINDS[req.kind].field_names()
+    params = {name: _to_json(v, f"params.{name}") for name, v in zip(names, req.params)}
+    data = _canonical({"v": WIRE_VERSION, "kind": req.kind, "params": params, "refs": _to_json(req.refs, "refs")})
     if len(data) > MAX_REQUEST_BYTES:
         raise WireError(f"request of {len(data)} bytes is larger than the limit {MAX_REQUEST_BYTES}.")
     return data
@@ -298,14 +120,20 @@ def decode_request(data: bytes | bytearray | memoryview | torch.Tensor, parties:
         raise WireError(f"Rejected dealer request: {e}.") from None
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
         raise WireError(f"Rejected dealer request: not canonical JSON ({type(e).__name__}: {e}).") from None
-    if not isinstance(obj, dict) or set(obj) != {"kind", "params", "refs"}:
-        raise WireError(f"Rejected dealer request: expected exactly the keys kind, params, refs; got {obj!r:.200}.")
+    if not isinstance(obj, dict) or set(obj) != {"v", "kind", "params", "refs"}:
+        raise WireError(f"Rejected dealer request: expected exactly the keys v, kind, params, refs; got {obj!r:.200}.")
+    if obj["v"] != WIRE_VERSION:
+        raise WireError(f"Rejected dealer request: wire format version {obj['v']!r}, this process speaks "
+                        f"{WIRE_VERSION} (every role must run the same lightning_smpc version).")
     if _canonical(obj) != data:
         raise WireError("Rejected dealer request: not in canonical form (sorted keys, no whitespace, ASCII).")
-    if not isinstance(obj["params"], list) or not isinstance(obj["refs"], list):
-        raise WireError("Rejected dealer request: params and refs must be lists.")
-    req = Request(obj["kind"], _from_json(obj["params"]), _from_json(obj["refs"]))
     try:
+        names = kind_of(obj["kind"]).field_names()
+        if not isinstance(obj["params"], dict) or not isinstance(obj["refs"], list):
+            raise WireError("params must be an object (fields by name) and refs a list.")
+        if set(obj["params"]) != set(names):
+            raise WireError(f"{obj['kind']} params: expected the fields {names}, got {sorted(obj['params'])}.")
+        req = Request(obj["kind"], tuple(_from_json(obj["params"][n]) for n in names), _from_json(obj["refs"]))
         validate_request(req, parties)
     except WireError as e:
         raise WireError(f"Rejected dealer request: {e}") from None
@@ -318,72 +146,6 @@ def request_digest(data: bytes) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- material
-def _narrow_dtype(bits: int) -> torch.dtype | None:
-    """The smallest integer type that carries a share needed modulo ``2**bits`` only (None: all 64 bits)."""
-    return torch.int16 if bits <= 16 else torch.int32 if bits <= 32 else None
-
-
-def narrow(v: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
-    """``v`` reduced to the signed range of ``dtype`` (congruent modulo its width), still int64; ``v`` for None."""
-    if dtype is None:
-        return v
-    half = 1 << (8 * torch.empty((), dtype=dtype).element_size() - 1)
-    return ((v + half) & (2 * half - 1)) - half
-
-
-@dataclass(frozen=True)
-class Slot:
-    """One tensor of a party's material: ``data[key]`` (or ``data[key][index]`` for a tuple entry).
-
-    ``seeded``: the party expands it from its seed (nothing on the wire). Otherwise it is on the wire: bit
-    shares (``uint8`` 0/1) packed 8 per byte, and a share needed only modulo ``2**k`` (``wire_dtype`` set) as
-    that narrow type, sign-extended back to int64 by the receiver. ``owner_seeds`` (the input owner's copy of
-    every party's seed of its mask) is not a share: raw bytes.
-    """
-
-    key: str
-    index: int | None
-    shape: tuple
-    dtype: torch.dtype
-    seeded: bool = False
-    wire_dtype: torch.dtype | None = None
-
-    @property
-    def is_share(self) -> bool:
-        return self.key != OWNER_SEEDS
-
-    def wire_spec(self) -> tuple[tuple, torch.dtype]:
-        if self.dtype == torch.uint8 and self.is_share:  # bits
-            return ((math.prod(self.shape) + 7) // 8,), torch.uint8
-        return self.shape, self.wire_dtype or self.dtype
-
-
-@dataclass(frozen=True)
-class Layout:
-    """What one party gets for one request: ``n_created`` mask ids, a seed, then ``slots`` in this order.
-
-    The message on the wire is the created ids, the party's :data:`~.prg.SEED_BYTES`-byte seed and the
-    slots that are not ``seeded`` (see :meth:`specs`); the party expands the seeded slots from the seed,
-    drawing them in slot order (:func:`expand_seeded`), exactly as the dealer did.
-    """
-
-    n_created: int
-    mask_keys: tuple
-    slots: tuple
-
-    def wire_slots(self) -> list[Slot]:
-        return [s for s in self.slots if not s.seeded]
-
-    def specs(self) -> list[tuple[tuple, torch.dtype]]:
-        """``(shape, dtype)`` of every tensor of the message: the created ids, the seed, the wire slots."""
-        return [((self.n_created,), torch.int64), ((SEED_BYTES,), torch.uint8)] + [s.wire_spec() for s in self.wire_slots()]
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes of the message (before encryption)."""
-        return sum(math.prod(shape) * torch.empty((), dtype=dtype).element_size() for shape, dtype in self.specs())
-
-
 def material_layout(req: Request, party: int, parties: Sequence[str], compare_bits: int, digit_bits: int = DIGIT_BITS,
                     check: bool = True) -> Layout:
     """The material party ``party`` (index into ``parties``) receives for ``req`` — a pure function.
@@ -415,87 +177,8 @@ def check_material_size(req: Request, parties: Sequence[str], compare_bits: int,
 @functools.lru_cache(maxsize=4096)  # every batch of a run asks for the same requests (a pure function)
 def _layout(kind: str, params: tuple, fresh: tuple, party: int, parties: tuple, compare_bits: int,
             digit_bits: int) -> Layout:
-    req = Request(kind, params, tuple(None if f else 0 for f in fresh))
-    i64, u8 = torch.int64, torch.uint8
-    first = party == 0
-    slots: list[Slot] = []
-
-    def share(key, shape, dtype=i64, index=None, uniform=False, mod_bits=None):
-        shape = tuple(shape)
-        _numel(shape, f"{req.kind} material {key}")
-        seeded = uniform or not first
-        wire_dtype = None if seeded or mod_bits is None else _narrow_dtype(mod_bits)
-        slots.append(Slot(key, index, (1,) + shape, dtype, seeded, wire_dtype))
-
-    p = req.params
-    if req.kind == "input_mask":
-        shape, owner = p
-        share("a", shape, uniform=True)
-        if parties[party] == owner:  # every party's seed of the mask: the owner expands the mask itself
-            slots.append(Slot(OWNER_SEEDS, None, (len(parties) * SEED_BYTES,), u8))
-        return Layout(1, ("a",), tuple(slots))
-    if req.kind == "beaver":
-        op, kwargs, sx, sy, _, _ = p
-        keys = []
-        for key, shape, ref in (("a", sx, req.refs[0]), ("b", sy, req.refs[1])):
-            if ref is None:
-                share(key, shape, uniform=True)
-                keys.append(key)
-        share("c", _beaver_out_shape(op, kwargs, sx, sy))
-        return Layout(len(keys), tuple(keys), tuple(slots))
-    if req.kind == "trunc":
-        shape, m = p
-        share("r", shape, uniform=True)
-        share("u", shape)
-        share("r63", shape, mod_bits=m + 1)  # used as 2^(63-m) [r_63] only
-        return Layout(0, (), tuple(slots))
-    shape, mode, m, pairs, use = p
-    shape = tuple(shape)
-    if digit_bits not in DIGIT_CHOICES or compare_bits <= 0 or compare_bits % digit_bits:
-        raise WireError(f"compare_bits must be a positive multiple of the digit size {digit_bits} (one of "
-                        f"{DIGIT_CHOICES}), got compare_bits={compare_bits}.")
-    share("r", shape, uniform=True)
-    if mode == "trunc":
-        share("u", shape)
-        share("r63", shape, mod_bits=m + 1)
-    # the tables follow the opened offsets (one per element; per pair for argmax); the carry tree's AND triples and
-    # the daBits follow the comparisons (several per element against thresholds)
-    if use == "thresholds":
-        table_shape, cmp_shape = shape, shape + (pairs,)
-    else:
-        table_shape = cmp_shape = shape if pairs is None else shape[:-1] + (len(pairs),)
-    n_digits = compare_bits // digit_bits
-    words, table_dtype = gt_table_spec(digit_bits)
-    share("gt_table", table_shape + (n_digits,) + words, table_dtype)
-    share("rj", table_shape, u8)
-    width, level = n_digits, 0
-    while width > 1:
-        npairs = width // 2
-        for k in range(3):
-            share(f"and{level}", cmp_shape + (2 * npairs - 1,), u8, k, uniform=k < 2)
-        width, level = width - npairs, level + 1
-    share("rho_x", cmp_shape, u8, uniform=True)
-    share("rho_a", cmp_shape)
-    if use == "relu":
-        try:
-            out = tuple(torch.broadcast_shapes(shape, cmp_shape))
-        except RuntimeError as e:
-            raise WireError(f"cmp relu: shapes {shape} and {cmp_shape} do not combine ({e}).") from None
-        if mode == "trunc":
-            share("u_rho", out)
-            share("r63_rho", out, mod_bits=m + 1)
-        else:
-            share("r_rho", out)
-    elif use == "argmax":
-        mod = 1 << max(1, (shape[-1] - 1).bit_length())
-        share("sigma", shape, mod_bits=mod.bit_length() - 1)  # opened modulo M only
-        share("T", shape + (mod,))
-        if mode == "trunc":
-            share("uT", shape + (mod,))
-            share("r63T", shape + (mod,), mod_bits=m + 1)
-        else:
-            share("rT", shape + (mod,))
-    return Layout(0, (), tuple(slots))
+    k = KINDS[kind]
+    return k.layout(k.Params(*params), fresh, LayoutBuilder(kind, party, parties, compare_bits, digit_bits))
 
 
 def pack_bits(bits: torch.Tensor) -> torch.Tensor:

@@ -179,8 +179,11 @@ def test_softmax_handles_masked_scores_and_large_ranges(session) -> None:
 
 @pytest.mark.parametrize("affine", ["none", "shared", "public"])
 def test_layer_norm(session, affine) -> None:
-    x = torch.randn(4, 7, 16) * torch.tensor([0.05, 1.0, 30.0, 3.0]).reshape(4, 1, 1) + 2
-    w, b = torch.randn(16), torch.randn(16)
+    g = torch.Generator().manual_seed(1)  # (the global RNG made this depend on the tests run before it)
+    x = torch.randn(4, 7, 16, generator=g) * torch.tensor([0.05, 1.0, 30.0, 3.0]).reshape(4, 1, 1) + 2
+    w, b = torch.randn(16, generator=g), torch.randn(16, generator=g)
+    # the normalized value's error is ~6e-4 at a row std of 30 (the rsqrt's ~1e-5 relative error and the
+    # input's encoding); times |w| up to ~3 it reaches 2e-3 on ~0.5 % of random draws
     want = F.layer_norm(x.double(), (16,), None if affine == "none" else w.double(), None if affine == "none" else b.double())
     xs = session.share(x)
     if affine == "none":
@@ -189,7 +192,7 @@ def test_layer_norm(session, affine) -> None:
         got = F.layer_norm(xs, (16,), session.share(w), session.share(b))
     else:
         got = F.layer_norm(xs, (16,), w, b)
-    assert torch.allclose(got.reveal(), want, atol=2e-3)
+    assert torch.allclose(got.reveal(), want, atol=2e-3 * max(1.0, float(w.abs().max()) / 2))
 
 
 def test_layer_norm_module_over_two_dims(session) -> None:

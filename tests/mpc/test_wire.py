@@ -16,8 +16,9 @@ from hypothesis import strategies as st
 from lightning_smpc.mpc.comm import Communicator
 from lightning_smpc.mpc.dealer import Request, TrustedDealer
 from lightning_smpc.mpc.prg import make_prg
+from lightning_smpc.mpc.kinds import KINDS
 from lightning_smpc.mpc.wire import (
-    MAX_NUMEL, WireError, decode_request, encode_request, material_from, material_layout, material_tensors,
+    MAX_NUMEL, WIRE_VERSION, WireError, decode_request, encode_request, material_from, material_layout, material_tensors,
 )
 
 DIGITS = pytest.mark.parametrize("cb, d", [(16, 8), (20, 4)], ids=["digits8", "digits4"])
@@ -256,6 +257,11 @@ def test_layout_of_a_product_with_a_reused_mask():
 
 
 def _json(obj) -> bytes:
+    """A request in the current wire format: a positional params list becomes the kind's fields by name."""
+    obj = dict(obj)
+    if obj.get("kind") in KINDS and isinstance(obj.get("params"), list):
+        obj["params"] = dict(zip(KINDS[obj["kind"]].field_names(), obj["params"]))
+    obj.setdefault("v", WIRE_VERSION)
     return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
 
 
@@ -266,13 +272,17 @@ GOOD = {"kind": "trunc", "params": [[2, 3], 16], "refs": []}
     (b"\xff\xfe", "not canonical JSON"),
     (b"[1,2]", "expected exactly the keys"),
     (_json({**GOOD, "extra": 1}), "expected exactly the keys"),
-    (b'{"kind":"trunc","kind":"trunc","params":[[2,3],16],"refs":[]}', "duplicate keys"),
-    (b'{"kind": "trunc", "params": [[2, 3], 16], "refs": []}', "canonical form"),
-    (b'{"params":[[2,3],16],"kind":"trunc","refs":[]}', "canonical form"),
+    (b'{"kind":"trunc","kind":"trunc","params":{"bits":16,"shape":[2,3]},"refs":[],"v":2}', "duplicate keys"),
+    (b'{"kind": "trunc", "params": {"bits": 16, "shape": [2, 3]}, "refs": [], "v": 2}', "canonical form"),
+    (b'{"params":{"bits":16,"shape":[2,3]},"kind":"trunc","refs":[],"v":2}', "canonical form"),
+    (json.dumps({**GOOD, "v": 1}, sort_keys=True, separators=(",", ":")).encode(), "wire format version 1"),
+    (_json({**GOOD, "v": 3}), "wire format version 3"),
+    (_json({**GOOD, "params": {"shape": [2, 3]}}), "expected the fields"),
+    (_json({**GOOD, "params": {"shape": [2, 3], "bits": 16, "extra": 0}}), "expected the fields"),
     (_json({**GOOD, "kind": "exec"}), "kind"),
     (_json({**GOOD, "kind": "__import__"}), "kind"),
     (_json({**GOOD, "params": [[2, 3], 16.0]}), "floats"),
-    (b'{"kind":"trunc","params":[[2,3],NaN],"refs":[]}', "not allowed"),
+    (b'{"kind":"trunc","params":{"bits":NaN,"shape":[2,3]},"refs":[],"v":2}', "not allowed"),
     (_json({**GOOD, "params": [[2, 3], True]}), "trunc bits"),
     (_json({**GOOD, "params": [[2, -3], 16]}), "trunc shape"),
     (_json({**GOOD, "params": [[2, 3], 63]}), "trunc bits"),
@@ -280,7 +290,7 @@ GOOD = {"kind": "trunc", "params": [[2, 3], 16], "refs": []}
     (_json({**GOOD, "params": [[1] * 17, 16]}), "at most 16 dims"),
     (_json({**GOOD, "params": [{"a": 1}, 16]}), "expected a list"),
     (_json({**GOOD, "refs": [1]}), "refs"),
-    (_json({**GOOD, "params": "x"}), "params and refs must be lists"),
+    (_json({**GOOD, "params": "x"}), "params must be an object"),
     (_json({"kind": "input_mask", "params": [[2], "mallory"], "refs": []}), "owner"),
     (_json({"kind": "beaver", "params": ["pow", [], [2], [2], [], []], "refs": [None, None]}), "beaver op"),
     (_json({"kind": "beaver", "params": ["mul", [["x", 1]], [2], [2], [], []], "refs": [None, None]}), "no keyword"),

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from ..material import Request
+from ..kinds import Beaver
 from ..mask import Mask, MaskHandle
 from ..transforms import align_party
 from ..ring import LimbOperand, ring_conv2d, ring_matmul
@@ -68,11 +68,8 @@ def beaver(sess, op: str, x, y, **kwargs) -> torch.Tensor:
     """
     masks = [x.mask, y.mask]
     shapes = (tuple(x.shares.shape[1:]), tuple(y.shares.shape[1:]))
-    req = Request(
-        "beaver",
-        (op, tuple(sorted(kwargs.items())), shapes[0], shapes[1]) + tuple(m.transform if m else () for m in masks),
-        tuple(m.handle.id if m else None for m in masks),
-    )
+    req = Beaver.request(op, tuple(sorted(kwargs.items())), shapes[0], shapes[1],
+                         *(m.transform if m else () for m in masks), refs=tuple(m.handle.id if m else None for m in masks))
     mat = sess.dealer.request(req)
     created = iter(mat.created)
     fresh = []
@@ -89,10 +86,10 @@ def beaver(sess, op: str, x, y, **kwargs) -> torch.Tensor:
         z = _eps_times_weights(op, mx.eps, my, sess.holds_first)
         if not mat.get("a_delta_done"):
             z = z + a_times_delta(op, mx.a, my)
-        return z + mat["c"]
+        return z + mat.c
     rhs_b, rhs_delta = _right_operands(op, mx, my, sess.holds_first)
     z = _apply(op, mx.eps, rhs_b, kwargs)
-    return z + _apply(op, align_party(mx.a, my.eps.dim()), rhs_delta, kwargs) + mat["c"]
+    return z + _apply(op, align_party(mx.a, my.eps.dim()), rhs_delta, kwargs) + mat.c
 
 
 def _flat_weights(op: str, my: Mask) -> bool:

@@ -35,7 +35,8 @@ import itertools
 
 import torch
 
-from ..material import DIGIT_BITS, Request
+from ..kinds import Cmp
+from ..material import DIGIT_BITS
 from ._cost import nbytes, protocol, tree_pairs
 from .truncation import HALF, trunc_from_opened
 
@@ -85,19 +86,19 @@ def _and(sess, x: torch.Tensor, y: torch.Tensor, triple, tag: str) -> torch.Tens
 
 def _b2a(sess, bit: torch.Tensor, mat, tag: str) -> torch.Tensor:
     """Open ``e = bit xor rho`` (1 bit); return e (public int64). Arithmetic bit = e + rho - 2 e rho."""
-    (e,) = sess.comm.open([(bit ^ mat["rho_x"], "xor", 1)], tag=tag)
+    (e,) = sess.comm.open([(bit ^ mat.rho_x, "xor", 1)], tag=tag)
     return e.to(torch.int64)
 
 
 def _open_value(sess, shares: torch.Tensor, mat, m: int | None, tag: str):
     """First round: open the masked value. Returns (y shares, pub, coef) with y = pub + dealer offset."""
     if m:
-        masked = shares + mat["r"]
+        masked = shares + mat.r
         if sess.holds_first:
             masked[0] += HALF
         (c,) = sess.comm.open([(masked, "arith", 64)], tag=tag)
         return trunc_from_opened(c, mat, m, sess.holds_first)
-    (c,) = sess.comm.open([(shares + mat["r"], "arith", 64)], tag=tag)
+    (c,) = sess.comm.open([(shares + mat.r, "arith", 64)], tag=tag)
     return shares, c, None
 
 
@@ -108,7 +109,7 @@ def sign_bits(sess, q: torch.Tensor, mat, tag: str, per_element: bool = False) -
     n_digits = j // d
     shifts = torch.arange(n_digits, device=q.device) * d
     digits = (q.unsqueeze(-1) >> shifts) & ((1 << d) - 1)  # [*, D]
-    table, rj = mat["gt_table"], mat["rj"]
+    table, rj = mat.gt_table, mat.rj
     if per_element:
         extra = 0 if d == 4 else 1  # 8-bit tables carry a trailing dim of words
         table = table.unsqueeze(-2 - extra)
@@ -153,7 +154,7 @@ def _cmp_bytes_sent(n: int, numel: int, j: int = 32, d: int = DIGIT_BITS, **size
 
 def _arith_bit(sess, e: torch.Tensor, mat) -> torch.Tensor:
     """Arithmetic shares of ``e xor rho`` from the opened ``e`` and the daBit: ``e + rho - 2 e rho``."""
-    out = (1 - 2 * e) * mat["rho_a"]
+    out = (1 - 2 * e) * mat.rho_a
     if sess.holds_first:
         out[0] += e
     return out
@@ -172,7 +173,7 @@ def compare_bit(sess, shares: torch.Tensor, m: int | None = None) -> torch.Tenso
     Protocol and cost as :func:`relu` without the final product: 4 rounds, 73 bits per element to each
     other party at the default 32-bit range and 8-bit digits (5 rounds, 87 bits with 4-bit digits).
     """
-    mat = sess.dealer.request(Request("cmp", (tuple(shares.shape[1:]), "trunc" if m else "mask", m or 0, None, "bit")))
+    mat = sess.dealer.request(Cmp.request(tuple(shares.shape[1:]), "trunc" if m else "mask", m or 0, None, "bit"))
     _, pub, _ = _open_value(sess, shares, mat, m, "compare_bit")
     s = sign_bits(sess, pub + (1 << sess.compare_bits), mat, "compare_bit")
     return _arith_bit(sess, _b2a(sess, s, mat, "compare_bit"), mat)
@@ -203,8 +204,8 @@ def compare_thresholds(sess, shares: torch.Tensor, thresholds: torch.Tensor) -> 
     Correctness: exact when every ``|y - t_i| < 2^j``.
     """
     m = int(thresholds.numel())
-    mat = sess.dealer.request(Request("cmp", (tuple(shares.shape[1:]), "mask", 0, m, "thresholds")))
-    (c,) = sess.comm.open([(shares + mat["r"], "arith", 64)], tag="compare_thresholds")
+    mat = sess.dealer.request(Cmp.request(tuple(shares.shape[1:]), "mask", 0, m, "thresholds"))
+    (c,) = sess.comm.open([(shares + mat.r, "arith", 64)], tag="compare_thresholds")
     q = c.unsqueeze(-1) - thresholds.to(c.device) + (1 << sess.compare_bits)
     s = sign_bits(sess, q, mat, "compare_thresholds", per_element=True)
     return _arith_bit(sess, _b2a(sess, s, mat, "compare_thresholds"), mat)
@@ -227,14 +228,14 @@ def relu(sess, shares: torch.Tensor, m: int | None = None) -> torch.Tensor:
     With 4-bit digits: 5 rounds, and the tree takes 7 + 3 + 1 ANDs (22 bits): 87 bits.
     """
     mode = "trunc" if m else "mask"
-    mat = sess.dealer.request(Request("cmp", (tuple(shares.shape[1:]), mode, m or 0, None, "relu")))
+    mat = sess.dealer.request(Cmp.request(tuple(shares.shape[1:]), mode, m or 0, None, "relu"))
     y, pub, coef = _open_value(sess, shares, mat, m, "relu")
     s = sign_bits(sess, pub + (1 << sess.compare_bits), mat, "relu")
     e = _b2a(sess, s, mat, "relu")
     if m:
-        y_rho = pub * mat["rho_a"] - mat["u_rho"] + coef * mat["r63_rho"]
+        y_rho = pub * mat.rho_a - mat.u_rho + coef * mat.r63_rho
     else:
-        y_rho = pub * mat["rho_a"] - mat["r_rho"]
+        y_rho = pub * mat.rho_a - mat.r_rho
     return e * y + (1 - 2 * e) * y_rho
 
 
@@ -270,7 +271,7 @@ def argmax_onehot(sess, shares: torch.Tensor, m: int | None = None, want_max: bo
     n_cls = shape[-1]
     pairs = _pairs(n_cls)
     mode = "trunc" if m else "mask"
-    mat = sess.dealer.request(Request("cmp", (shape, mode, m or 0, pairs, "argmax")))
+    mat = sess.dealer.request(Cmp.request(shape, mode, m or 0, pairs, "argmax"))
     y, pub, coef = _open_value(sess, shares, mat, m, "argmax")
     idx_a = torch.tensor([a for a, _ in pairs], dtype=torch.long, device=pub.device)
     idx_b = torch.tensor([b for _, b in pairs], dtype=torch.long, device=pub.device)
@@ -284,13 +285,13 @@ def argmax_onehot(sess, shares: torch.Tensor, m: int | None = None, want_max: bo
     count.index_add_(-1, idx_a, wins)
     count.index_add_(-1, idx_b, losses)
     mod_bits = max(1, (n_cls - 1).bit_length())
-    (v,) = sess.comm.open([(count + mat["sigma"], "arith", mod_bits)], tag="argmax")
+    (v,) = sess.comm.open([(count + mat.sigma, "arith", mod_bits)], tag="argmax")
     gather_idx = v.unsqueeze(-1).unsqueeze(0).expand((shares.shape[0],) + v.shape + (1,))
-    onehot = torch.gather(mat["T"], -1, gather_idx).squeeze(-1)
+    onehot = torch.gather(mat.T, -1, gather_idx).squeeze(-1)
     if not want_max:
         return onehot, None
     if m:
-        prod = pub * onehot - torch.gather(mat["uT"], -1, gather_idx).squeeze(-1) + coef * torch.gather(mat["r63T"], -1, gather_idx).squeeze(-1)
+        prod = pub * onehot - torch.gather(mat.uT, -1, gather_idx).squeeze(-1) + coef * torch.gather(mat.r63T, -1, gather_idx).squeeze(-1)
     else:
-        prod = pub * onehot - torch.gather(mat["rT"], -1, gather_idx).squeeze(-1)
+        prod = pub * onehot - torch.gather(mat.rT, -1, gather_idx).squeeze(-1)
     return onehot, prod.sum(-1)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from ..material import Request
+from ..kinds import InputMask
 from ._cost import nbytes, protocol
 
 
@@ -24,13 +24,13 @@ def share(sess, encoded: torch.Tensor, owner: str):
     Cost: 1 round; the owner sends ``8 * numel`` bytes to each party; the parties send nothing.
     Returns ``(shares, eps, a_shares, mask_id)``.
     """
-    mat = sess.dealer.request(Request("input_mask", (tuple(encoded.shape), owner)))
+    mat = sess.dealer.request(InputMask.request(tuple(encoded.shape), owner))
     if "owner_mask" in mat.data:  # only the owner's process holds the mask and the value
-        eps = encoded.to(sess.device) - mat["owner_mask"]
+        eps = encoded.to(sess.device) - mat.owner_mask
     else:
         eps = torch.empty(tuple(encoded.shape), dtype=torch.int64, device=sess.device)
     eps = sess.comm.broadcast_input(owner, eps, tag="share")
-    a = mat["a"]
+    a = mat.a
     shares = a.clone()
     if sess.holds_first:
         shares[0] += eps

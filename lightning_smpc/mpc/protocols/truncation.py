@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from ..material import Request
+from ..kinds import Trunc
 from ._cost import nbytes, protocol
 
 HALF = 1 << 62
@@ -20,7 +20,7 @@ def trunc_public_part(c: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tens
 def trunc_from_opened(c: torch.Tensor, mat, m: int, first: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Shares of the truncated value, plus its public part and r_63 coefficient (for fused protocols)."""
     pub, coef = trunc_public_part(c, m)
-    y = coef * mat["r63"] - mat["u"]
+    y = coef * mat.r63 - mat.u
     if first:
         y[0] += pub
     return y, pub, coef
@@ -42,8 +42,8 @@ def truncate(sess, shares: torch.Tensor, m: int) -> torch.Tensor:
     Correctness: error in {0, +1} LSB, never a wrap-around error, for ``|z| < 2^62``.
     Cost: 1 round, ``8 * numel`` bytes to each other party. Offline: ``[r], [u], [r_63]``.
     """
-    mat = sess.dealer.request(Request("trunc", (tuple(shares.shape[1:]), m)))
-    masked = shares + mat["r"]
+    mat = sess.dealer.request(Trunc.request(tuple(shares.shape[1:]), m))
+    masked = shares + mat.r
     if sess.holds_first:
         masked[0] += HALF
     (c,) = sess.comm.open([(masked, "arith", 64)], tag="trunc")

@@ -1,0 +1,19 @@
+"""Dealer material kinds: one module per kind, each declaring its parameters, wire schema, per-party layout,
+generation and an example (see :mod:`.base`). :data:`KINDS` is the registry the wire format and the dealer
+dispatch on; adding a kind is one module here plus its import below.
+
+- :mod:`.input_mask`: a party's (or an outside owner's) input mask, ``x - A`` opened once.
+- :mod:`.beaver`: multiplication triples for mul/matmul/linear/conv2d, reusing earlier masks.
+- :mod:`.trunc`: probabilistic truncation.
+- :mod:`.cmp`: comparison tables, AND triples and daBits (bits, ReLU, argmax, thresholds).
+"""
+from ._layout import OWNER_SEEDS, Layout, LayoutBuilder, Slot, narrow, narrow_dtype
+from .base import KINDS, MaterialKind, kind_of, register
+from .beaver import Beaver, BeaverParams
+from .cmp import Cmp, CmpParams
+from .input_mask import InputMask, InputMaskParams
+from .trunc import Trunc, TruncParams
+
+__all__ = ["KINDS", "MaterialKind", "register", "kind_of", "Layout", "LayoutBuilder", "Slot", "OWNER_SEEDS",
+           "narrow", "narrow_dtype", "InputMask", "InputMaskParams", "Beaver", "BeaverParams", "Trunc", "TruncParams",
+           "Cmp", "CmpParams"]
