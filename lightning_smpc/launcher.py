@@ -22,8 +22,9 @@ from lightning.pytorch.strategies.launchers.multiprocessing import _GlobalStateS
 from lightning.pytorch.trainer.states import TrainerStatus
 from torch import nn
 
-from .mpc.distributed import (SPAWN_HINT, PartyProcessError, _abort, _drain, _stop, _to_bytes, is_peer_failure,
-                               resolve_start_method, user_error)
+from .mpc.errors import PartyProcessError
+from .mpc.process.supervisor import (SPAWN_HINT, _abort, _drain, _stop, _to_bytes, is_peer_failure, resolve_start_method,
+                                     user_error)
 from .validate import validate_module
 
 __all__ = ["PartyLauncher", "PartyProcessError", "resolve_start_method"]

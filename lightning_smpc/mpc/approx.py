@@ -39,7 +39,7 @@ checks them against measured traffic. Each spec states its domain and the error 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np

@@ -1,0 +1,105 @@
+"""A compute party's session in its own process: the links (:func:`establish_links`) and the :class:`~..session.Session`
+whose transport and dealer are the process ones (:func:`party_session`)."""
+from __future__ import annotations
+
+import datetime
+import inspect
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch.distributed as dist
+
+from ..links import Identity, LinkError, Links, Roster, handshake
+from ..material import DIGIT_BITS
+from .remote_dealer import RemoteDealer
+from .transport import DistributedCommunicator
+
+__all__ = ["establish_links", "party_session", "DEFAULT_TIMEOUT"]
+
+DEFAULT_TIMEOUT = 60.0  # seconds per operation (gloo's own default under Lightning/torch is 1800 s)
+
+
+@dataclass
+class _Runtime:
+    links: Links
+    parties: tuple
+    crypto_provider: str
+    compare_bits: int
+    group: Any = None
+    digit_bits: int = DIGIT_BITS
+
+    @property
+    def rank(self) -> int:
+        return self.parties.index(self.links.name)
+
+    def communicator(self, parties, record_views):
+        return DistributedCommunicator(parties, self.links, record_views)
+
+    def dealer(self, comm=None):
+        dealer = RemoteDealer(self.links, self.parties, self.crypto_provider, self.compare_bits, self.digit_bits)
+        if isinstance(comm, DistributedCommunicator):
+            comm.heartbeat = dealer.heartbeat  # the dealer's wait for the next request stays within the timeout
+        return dealer
+
+
+def _session_default(name: str):
+    from ..session import Session
+
+    return inspect.signature(Session).parameters[name].default
+
+
+# ---------------------------------------------------------------------------------------------- public seam
+def establish_links(
+    rank: int, world_size: int, names: Sequence[str], roster: Roster | str | None = None,
+    identity: Identity | None = None, group=None, timeout: float = DEFAULT_TIMEOUT,
+) -> Links:
+    """Authenticate every process and set up the encrypted pairwise links (call on every rank).
+
+    The process group must be initialized (``torch.distributed.init_process_group("gloo", ...)``, by you
+    or by Lightning); its timeout bounds every later operation.
+
+    Args:
+        rank: this process's index in ``names`` (= its rank in ``group``).
+        world_size: ``len(names)`` (checked against the group).
+        names: every process's role name in rank order, e.g. ``("alice", "bob", "crypto_provider")``.
+        roster: the :class:`~.links.Roster` (or its text) listing each name's Ed25519 public key; ``None``
+            makes fresh identities and exchanges them (one machine: encrypted, but identities unpinned).
+        identity: this process's :class:`~.links.Identity` (its private key) when a roster is given.
+        group: the process group of all these processes (default: the world).
+
+    Raises :class:`~.links.LinkAuthError` on every rank, naming each process whose identity is refused.
+    """
+    if not dist.is_initialized():
+        raise LinkError("Initialize the process group (gloo) before establish_links().")
+    names = tuple(names)
+    if len(names) != world_size:
+        raise LinkError(f"Expected world_size == len(names), got {world_size} and {names}.")
+    if isinstance(roster, (str, bytes)):
+        roster = Roster.from_text(roster)
+    return handshake(rank, names, roster, identity, group, datetime.timedelta(seconds=timeout))
+
+
+def party_session(links: Links, parties: Sequence[str], crypto_provider: str, group=None, **session_kwargs):
+    """The :class:`~.session.Session` of the compute party this rank plays (``links.name``).
+
+    ``group`` (the parties' process group, optional) is kept on the runtime for the caller's own use; all
+    protocol data goes over ``links``. ``session_kwargs`` as in ``Session`` (``precision_bits``,
+    ``compare_bits``, ``compare_digit_bits``, ``device``, ``record_views``); the same on every party and the
+    dealer's ``compare_bits`` and ``compare_digit_bits``. The first party calls :func:`finish` when done.
+    """
+    from ..session import Session
+
+    parties = tuple(parties)
+    if links.name not in parties:
+        raise LinkError(f"{links.name!r} is not a compute party {parties}; the dealer's rank runs serve_dealer().")
+    session_kwargs.pop("seed", None)  # parties draw nothing from a seed; only the dealer's generator matters
+    compare_bits = session_kwargs.get("compare_bits", _session_default("compare_bits"))
+    digit_bits = session_kwargs.get("compare_digit_bits", _session_default("compare_digit_bits"))
+    runtime = _Runtime(links, parties, crypto_provider, compare_bits, group, digit_bits)
+    session = Session(parties, crypto_provider, seed=None, runtime=runtime, **session_kwargs)
+    # Bound into every later message between the parties: parties configured differently (each role launched with
+    # its own settings) fail at their first exchange, naming the configuration, instead of computing garbage.
+    session.comm.note_public("configuration", detail={
+        "parties": parties, "crypto_provider": crypto_provider, "precision_bits": session.precision_bits,
+        "compare_bits": compare_bits, "compare_digit_bits": digit_bits})
+    return session

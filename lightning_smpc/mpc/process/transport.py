@@ -1,0 +1,128 @@
+"""A compute party's transport in its own process: :class:`DistributedCommunicator` moves openings, reveals and
+input broadcasts over the encrypted links (:mod:`..links`), with the public values bound into every message."""
+from __future__ import annotations
+
+import hashlib
+
+import torch
+
+from .. import wire
+from ..comm import Communicator
+from ..links import LinkIntegrityError, Links
+
+__all__ = ["DistributedCommunicator"]
+
+
+def _opening_wire(mine: torch.Tensor, kind: str, bits: int) -> torch.Tensor:
+    """This party's share of an opened value as it goes on the wire: 1-bit XOR shares packed 8 per byte, a share
+    needed modulo ``2^bits`` only reduced to that (all the others may see) in a narrow type."""
+    if kind == "xor" and bits == 1:
+        return wire.pack_bits(mine.cpu())
+    if kind == "arith" and bits < 64:
+        dtype = torch.uint8 if bits <= 8 else torch.int16 if bits <= 15 else torch.int32 if bits <= 31 else torch.int64
+        return (mine & ((1 << bits) - 1)).to(dtype)
+    return mine.contiguous()
+
+
+def _opening_share(t: torch.Tensor, kind: str, bits: int, shape: tuple) -> torch.Tensor:
+    """A party's share back from its wire form (:func:`_opening_wire`)."""
+    if kind == "xor" and bits == 1:
+        return wire.unpack_bits(t, shape)
+    if kind == "arith" and bits < 64:
+        return t.to(torch.int64) & ((1 << bits) - 1)
+    return t
+
+
+class DistributedCommunicator(Communicator):
+    """The communicator of one party's process: the transport hooks go over the encrypted links.
+
+    Args:
+        parties: compute party names (in share-row order); each must be a name in ``links.names``.
+        links: this process's :class:`~.links.Links` (from :func:`establish_links`).
+    """
+
+    def __init__(self, parties: tuple[str, ...], links: Links, record_views: bool = False) -> None:
+        super().__init__(parties, record_views)
+        self.links = links
+        self.rank = self.parties.index(links.name)
+        self._peers = [links.index(p) for p in self.parties]  # party index -> link index
+        self._tag = ""
+        self._public = hashlib.sha256(b"lightning_smpc/public/v1")
+        self._public_log: list[str] = []  # the public values used since the last message, for the error
+        self.heartbeat = None  # called before every exchange (the first party's keep-alive to the dealer)
+
+    # Public values (constants, indices, masks: anything an op uses in clear) are hashed into every later message's
+    # authenticated data: parties that disagree on one (a scale factor, a permutation, a module attribute that only
+    # the model owner's process loaded) fail authentication at the next opening, before anything computed from it
+    # is revealed, instead of silently combining shares of different computations.
+    def note_public(self, what: str, value=None, detail=None) -> None:
+        if detail is not None:  # formatted here only: the simulated runtime's no-op pays nothing for it
+            what = f"{what} {detail!r}"
+        self._public.update(what.encode())
+        if value is not None:
+            t = torch.as_tensor(value).detach().cpu().contiguous()
+            self._public.update(f"{t.dtype}{tuple(t.shape)}".encode())
+            self._public.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+            if len(self._public_log) < 8:
+                preview = t.reshape(-1)[:4].tolist()
+                self._public_log.append(f"{what} {tuple(t.shape)} {preview}{'...' if t.numel() > 4 else ''}")
+        elif len(self._public_log) < 8:
+            self._public_log.append(what)
+
+    def _bound(self, tag: str) -> str:
+        return f"{tag}|public:{self._public.hexdigest()[:16]}"
+
+    def _authenticated(self, move):
+        """Run one message exchange; a failed authentication names the public values used just before it."""
+        if self.heartbeat is not None:
+            self.heartbeat()
+        try:
+            return move()
+        except LinkIntegrityError as e:
+            if self._public_log:
+                raise LinkIntegrityError(
+                    f"{e} If the parties disagree on a public value used since the previous message, it is one of "
+                    f"these (this process's values): {'; '.join(self._public_log)}."
+                ) from None
+            raise
+        finally:
+            self._public_log = []
+
+    # the protocol tag goes into every message's authenticated data
+    def open(self, items, tag):
+        self._tag = tag
+        return super().open(items, tag)
+
+    def reveal_to(self, shares, to, tag, outside=None):
+        self._tag = tag
+        return super().reveal_to(shares, to, tag, outside)
+
+    def broadcast_input(self, sender, value, tag, bits=64):
+        self._tag = tag
+        return super().broadcast_input(sender, value, tag, bits)
+
+    def _exchange_many(self, items) -> list[torch.Tensor]:
+        payload = [_opening_wire(shares[0], kind, bits) for shares, kind, bits in items]
+        # bound into the message: each value's kind, width and shape (a packed bit string hides its length)
+        what = ",".join(f"{kind}{bits}{list(shares.shape[1:])}" for shares, kind, bits in items)
+        rows = self._authenticated(
+            lambda: self.links.all_gather_many(payload, self._bound(f"open/{what}:{self._tag}"), ranks=self._peers))
+        return [torch.stack([_opening_share(row[i], kind, bits, tuple(shares.shape[1:])) for row in rows])
+                for i, (shares, kind, bits) in enumerate(items)]
+
+    def _exchange_to(self, shares: torch.Tensor, receivers: list[str]):
+        outside = [r for r in receivers if r not in self.parties]
+        if outside:
+            raise ValueError(f"The multi-process runtime reveals to compute parties only, not to {outside}.")
+        mine, out = shares[0].contiguous(), None
+        for r in receivers:
+            parts = self._authenticated(lambda r=r: self.links.gather_to(
+                self._peers[self.parties.index(r)], mine, self._bound(f"reveal:{self._tag}"), ranks=self._peers))
+            if parts is not None:
+                out = torch.stack(parts)
+        return out
+
+    def _broadcast(self, value: torch.Tensor, sender: str) -> torch.Tensor:
+        src = self._peers[self.parties.index(sender)]
+        return self._authenticated(
+            lambda: self.links.broadcast(value.contiguous(), src, self._bound(f"input:{self._tag}"), ranks=self._peers))
