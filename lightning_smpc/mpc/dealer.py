@@ -231,6 +231,9 @@ class TrustedDealer:
         """Masks the dealer still keeps (to make later products with them)."""
         return len(self._masks)
 
+    def take_ahead(self) -> None:
+        """Nothing to take: the prepared material is in this process's store already (see ``DealerHandle``)."""
+
     def forget(self, mask_id: int) -> None:
         """Drop a stored mask (its last user is gone)."""
         self._masks.pop(mask_id, None)

@@ -73,6 +73,10 @@ class DealerHandle(Protocol):
     def forget(self, mask_id: int) -> None:
         """The parties no longer need the mask ``mask_id``."""
 
+    def take_ahead(self) -> None:
+        """Take the material prepared for the next run now (offline, between batches), folding its data-independent
+        products in then; a no-op where the prepared material is already in this process (the simulated dealer)."""
+
 
 @runtime_checkable
 class Runtime(Protocol):

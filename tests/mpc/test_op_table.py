@@ -213,9 +213,19 @@ def test_op_matches_torch_and_keeps_the_party_axis(session, func) -> None:
 
 
 def test_metadata_without_a_value_runs_on_shares(session) -> None:
+    """Issue 15.4: each getter gives what torch gives for the plaintext (it checked only "not a ShareTensor")."""
     x = session.share(X)
-    for f in META_GETTERS | {T.data_ptr, T.__hash__}:
-        assert not isinstance(f(x), ShareTensor)
+    for f in META_GETTERS:
+        got, want = f(x), f(X)
+        name = torch.overrides.resolve_name(f) or repr(f)
+        assert not isinstance(got, ShareTensor), name
+        if isinstance(want, torch.Tensor):  # e.g. ``.data``/``.grad`` views: the share's own stand-in
+            assert got is None or tuple(got.shape) == tuple(want.shape), name
+        elif name.endswith(("device.__get__", "layout.__get__")):
+            assert got == want, f"{name}: {got!r} != {want!r}"
+        else:
+            assert got == want or (got is None and want is None), f"{name}: {got!r} != {want!r}"
+    assert isinstance(T.data_ptr(x), int) and isinstance(T.__hash__(x), int)
 
 
 @pytest.mark.parametrize("case", range(len(BAD_DIMS)))
