@@ -18,7 +18,7 @@ from lightning.fabric.utilities.distributed import _init_dist_connection
 
 from .mpc import distributed as mpc_dist
 from .mpc.links import Identity, Links, Roster, roll_call
-from .mpc.material import DIGIT_BITS
+from .mpc.config import RingConfig
 from .mpc.session import Session
 
 __all__ = ["World", "join", "load_keys", "party_session", "serve_dealer", "finish", "announce", "receive", "leave"]
@@ -42,7 +42,7 @@ class World:
 
 
 def join(cluster_environment, rank: int, parties: tuple[str, ...], crypto_provider: str, timeout: float,
-         keys: Callable[[], tuple], start_timeout: Optional[float] = None) -> World:
+         keys: Callable[[], tuple], start_timeout: Optional[float] = None, ring: Optional[RingConfig] = None) -> World:
     """Start (or join) the process group of one run and authenticate every role; every rank calls this once.
 
     ``keys()`` gives this role's ``(roster, identity)``; it runs once the process group is joined, so that a role
@@ -58,7 +58,7 @@ def join(cluster_environment, rank: int, parties: tuple[str, ...], crypto_provid
         roster, identity = keys()
     except Exception as e:  # noqa: BLE001 - told to the others, then raised here as it is
         problem = e
-    roll_call(rank, names, problem)
+    roll_call(rank, names, problem, agree=(ring or RingConfig()).to_text())  # roles configured alike, or refused
     links = mpc_dist.establish_links(rank, len(names), names, roster=roster, identity=identity, timeout=timeout)
     return World(rank, tuple(parties), links)
 
@@ -88,11 +88,11 @@ def party_session(world: World, crypto_provider: str, **session_kwargs) -> Sessi
     return mpc_dist.party_session(world.links, world.parties, crypto_provider, **session_kwargs)
 
 
-def serve_dealer(world: World, crypto_provider: str, compare_bits: int, seed: Optional[int] = None,
-                 compare_digit_bits: int = DIGIT_BITS, max_material_bytes: Optional[int] = None) -> dict:
+def serve_dealer(world: World, crypto_provider: str, ring: RingConfig, seed: Optional[int] = None,
+                 max_material_bytes: Optional[int] = None) -> dict:
     """Answer the parties' requests until the first party ends the run; returns the offline traffic per party."""
     limit = {} if max_material_bytes is None else {"max_material_bytes": max_material_bytes}
-    return mpc_dist.serve_dealer(world.links, world.parties, crypto_provider, compare_bits, seed, compare_digit_bits,
+    return mpc_dist.serve_dealer(world.links, world.parties, crypto_provider, ring.compare_bits, seed, ring.digit_bits,
                                  **limit)
 
 

@@ -40,12 +40,11 @@ class SecureRun:
         self.private = getattr(config, "private", "both")
         if self.distributed:
             self.session = party_runtime.party_session(
-                world, config.crypto_provider, precision_bits=config.precision_bits, compare_bits=config.compare_bits,
-                compare_digit_bits=config.compare_digit_bits)
+                world, config.crypto_provider, ring=config.ring)
             self.schedule = StreamSchedule(self.session, config.preprocess, config.dealer_overlaps)
         else:
-            self.session = Session(config.parties, config.crypto_provider, config.precision_bits, config.compare_bits,
-                                   config.seed, device, compare_digit_bits=config.compare_digit_bits)
+            self.session = Session(config.parties, config.crypto_provider, seed=config.seed, device=device,
+                                   ring=config.ring)
             self.schedule = PreprocessSchedule(self.session, config.preprocess, config.preprocess_ahead)
         # who owns the weights and the data: a compute party with parties as processes, else an outside name
         self.owner = config.model_owner_party if self.distributed else config.model_owner

@@ -22,7 +22,7 @@ from torchmetrics import Metric
 from . import locality, party_runtime
 from .batches import PlaceholderBatch, several_inputs
 from .launcher import PartyLauncher
-from .mpc import Session
+from .mpc import RingConfig, Session
 from .mpc.distributed import check_start_method
 from .mpc.errors import PartyConfigError, SmpcError
 from .mpc.material import DIGIT_BITS
@@ -182,8 +182,10 @@ class SecurePredictStrategy(ParallelStrategy):
             raise ValueError(f"Expected `reveal` to be one of 'metrics', 'labels', 'logits', but got {reveal!r}.")
         if runtime not in ("simulated", "distributed"):
             raise ValueError(f"Expected `runtime` to be 'simulated' or 'distributed', but got {runtime!r}.")
-        Session(tuple(parties), crypto_provider, precision_bits, compare_bits,
-                compare_digit_bits=compare_digit_bits)  # validates the configuration now
+        Session(tuple(parties), crypto_provider)  # validates the party names now
+        # what every party and the crypto provider must agree on, as one value (validated now; compared between the
+        # roles before their handshake, and bound into their messages)
+        self.ring = RingConfig(precision_bits, compare_bits, compare_digit_bits)
         self.parties = tuple(parties)
         self.crypto_provider = crypto_provider
         self.precision_bits = precision_bits
@@ -327,7 +329,7 @@ class SecurePredictStrategy(ParallelStrategy):
                 )
             self._world = party_runtime.join(self.cluster_environment, self.global_rank, self.parties,
                                              self.crypto_provider, self.timeout, keys=lambda: self._keys(name, spawn_keys),
-                                             start_timeout=self.start_timeout)
+                                             start_timeout=self.start_timeout, ring=self.ring)
             trainer = getattr(self.lightning_module, "_trainer", None)
             if trainer is not None:  # before Lightning's prepare_data / setup / dataloader steps in this process
                 locality.keep_data_with_client(trainer, is_client=name == self.client_party)
@@ -422,8 +424,8 @@ class SecurePredictStrategy(ParallelStrategy):
         self.revealed_metrics, self.revealed_counts = {}, {}
         if self.is_dealer:  # the crypto provider answers requests until the first party says the run is over
             t0 = time.perf_counter()
-            self._dealer_stats = party_runtime.serve_dealer(self._world, self.crypto_provider, self.compare_bits, self.seed,
-                                                             self.compare_digit_bits, self.max_material_bytes)
+            self._dealer_stats = party_runtime.serve_dealer(self._world, self.crypto_provider, self.ring, self.seed,
+                                                             self.max_material_bytes)
             self.timings = {"dealer_seconds": time.perf_counter() - t0}
             return
         self.secure_run = SecureRun(self, model, self._world, self.root_device, t_start=self._t_setup)

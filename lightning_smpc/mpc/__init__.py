@@ -6,6 +6,7 @@ Lightning.
 """
 from . import ops as _ops  # noqa: F401  (registers the op table)
 from .comm import Communicator, PartyStats
+from .config import RingConfig
 from .dealer import TrustedDealer
 from .encoding import FixedPointEncoder
 from .errors import (
@@ -27,7 +28,7 @@ from .tensor import ShareTensor
 
 __all__ = [
     "COSTS", "Communicator", "DealerStoreError", "EncodingRangeError", "FixedPointEncoder", "NonFiniteInputError",
-    "PartyConfigError", "PartyStats", "ProtocolViolation", "RevealNotAllowedError", "RevealRecord", "Session",
+    "PartyConfigError", "PartyStats", "ProtocolViolation", "RingConfig", "RevealNotAllowedError", "RevealRecord", "Session",
     "SessionMismatchError", "ShapeMismatchError", "ShareTensor", "SmpcError", "TrustedDealer", "UnsupportedOpError",
     "argmax_onehot", "supported_ops",
 ]

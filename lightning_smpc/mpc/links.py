@@ -56,7 +56,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from .errors import PartyProcessError, SmpcError
+from .errors import PartyConfigError, PartyProcessError, SmpcError
 
 __all__ = [
     "Identity", "Roster", "Links", "LinkError", "LinkAuthError", "LinkIntegrityError", "handshake",
@@ -283,29 +283,45 @@ class Roster:
 
 # ---------------------------------------------------------------------------------------------- roll call
 _ROLL_BYTES = 512
+_AGREE_BYTES = 256
 
 
-def roll_call(rank: int, names: Sequence[str], problem: BaseException | None = None, group=None) -> None:
-    """Every process says whether it could start (its keys read, its configuration valid) before the handshake.
+def _field(data: bytes, size: int) -> bytes:
+    return struct.pack(">H", len(data)) + data + bytes(size - len(data))
+
+
+def _read(part: bytes, at: int, size: int) -> tuple[str, int]:
+    n = min(struct.unpack(">H", part[at : at + 2])[0], size)
+    text = part[at + 2 : at + 2 + n].decode("utf-8", "replace")
+    return "".join(c if c.isprintable() else "?" for c in text), at + 2 + size
+
+
+def roll_call(rank: int, names: Sequence[str], problem: BaseException | None = None, group=None,
+              agree: str = "") -> None:
+    """Every process says whether it could start (its keys read, its configuration valid) before the handshake,
+    and what it must agree on with the others (``agree``: the ring configuration's text).
 
     A role that failed before connecting would otherwise leave the others waiting for it, unnamed; here it still
     joins the group and tells them. Raises, on every rank when any failed: the failing rank's own ``problem``;
     on the others a :class:`PeerLostError` naming each failed role and its error (unauthenticated text, shown
-    only: it decides nothing but that the run ends)."""
+    only: it decides nothing but that the run ends). When the roles' ``agree`` texts differ, every rank raises
+    :class:`~.errors.PartyConfigError` listing each role's."""
     note = b"" if problem is None else f"{type(problem).__name__}: {problem}".encode("utf-8", "replace")[:_ROLL_BYTES]
-    buf = bytearray(_ROLL_BYTES + 2)
-    buf[:2] = struct.pack(">H", len(note))
-    buf[2 : 2 + len(note)] = note
-    notes = []
-    for k, part in enumerate(_all_gather_bytes(bytes(buf), len(names), group)):
-        n = min(struct.unpack(">H", part[:2])[0], _ROLL_BYTES)
-        if n:
-            text = "".join(c if c.isprintable() else "?" for c in part[2 : 2 + n].decode("utf-8", "replace"))
+    mine = agree.encode("utf-8", "replace")[:_AGREE_BYTES]
+    notes, agreed = [], []
+    for k, part in enumerate(_all_gather_bytes(_field(note, _ROLL_BYTES) + _field(mine, _AGREE_BYTES), len(names), group)):
+        text, at = _read(part, 0, _ROLL_BYTES)
+        if text:
             notes.append(f"{names[k]} (rank {k}) could not start: {text}")
+        agreed.append(_read(part, at, _AGREE_BYTES)[0])
     if problem is not None:
         raise problem
     if notes:
         raise PeerLostError("; ".join(notes) + f". Nothing was exchanged; {names[rank]} stops too.")
+    if len(set(agreed)) > 1:
+        listing = "; ".join(f"{names[k]}: {a or '(none)'}" for k, a in enumerate(agreed))
+        raise PartyConfigError(f"The roles' ring configurations differ, so their shares would not add up: {listing}. "
+                               "Give every role the same precision_bits, compare_bits and compare_digit_bits.")
 
 
 # ---------------------------------------------------------------------------------------------- handshake

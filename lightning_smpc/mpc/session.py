@@ -9,7 +9,7 @@ import torch
 from . import protocols as P
 from . import ops as _ops
 from . import transforms
-from .dealer import DIGIT_BITS, DIGIT_CHOICES
+from .config import RingConfig
 from .runtime import DealerHandle, Runtime, SimulatedRuntime, Transport
 from .encoding import FixedPointEncoder
 from .errors import PartyConfigError, RevealNotAllowedError, SessionMismatchError
@@ -34,14 +34,30 @@ class RevealRecord:
         return f"{self.name} ({what}) to {', '.join(self.to)}"
 
 
+def ring_config(ring: RingConfig | None, precision_bits: int | None = None, compare_bits: int | None = None,
+                digit_bits: int | None = None) -> RingConfig:
+    """``ring``, or one built from the flat settings given (the others at :class:`RingConfig`'s defaults); both at
+    once must agree."""
+    flat = {k: v for k, v in (("precision_bits", precision_bits), ("compare_bits", compare_bits),
+                              ("digit_bits", digit_bits)) if v is not None}
+    if ring is None:
+        return RingConfig(**flat)
+    if not isinstance(ring, RingConfig):
+        raise TypeError(f"Expected `ring` to be a RingConfig, but got {type(ring).__name__}.")
+    differ = {k: v for k, v in flat.items() if getattr(ring, k) != v}
+    if differ:
+        raise ValueError(f"Pass the settings either in `ring` or flat, not both differently: {differ} against {ring}.")
+    return ring
+
+
 class Session:
     """Simulated MPC runtime: ``n >= 2`` compute parties plus a crypto provider, in this process.
 
     Args:
         parties: names of the compute parties (at least two, distinct).
         crypto_provider: name of the trusted dealer (not a compute party).
-        precision_bits: fractional bits of the fixed-point encoding.
-        compare_bits: a comparison of ``x`` is exact for ``|x| < 2**(compare_bits - precision_bits)`` and of
+        precision_bits: fractional bits of the fixed-point encoding (default 16).
+        compare_bits: (default 32) a comparison of ``x`` is exact for ``|x| < 2**(compare_bits - precision_bits)`` and of
             ``x >= y`` for ``|x - y|`` below that; ``share`` accepts ``|x| < 2**(compare_bits - 1 -
             precision_bits)`` (32768 with the defaults). A multiple of ``compare_digit_bits``; each doubling costs
             one round.
@@ -54,6 +70,8 @@ class Session:
         device: where shares live (``"cpu"`` or a CUDA device).
         record_views: keep every value each party learned (honesty tests).
         runtime: a :class:`~.runtime.Runtime`; ``None``: :class:`~.runtime.SimulatedRuntime` (every party here).
+        ring: the three settings above as one :class:`~.config.RingConfig` (its defaults: 16, 32, 4); the flat
+            arguments build one when it is not given.
             :func:`~.distributed.party_session` passes the per-process one.
 
     Example:
@@ -74,13 +92,14 @@ class Session:
         self,
         parties: tuple[str, ...] = ("alice", "bob"),
         crypto_provider: str = "crypto_provider",
-        precision_bits: int = 16,
-        compare_bits: int = 32,
+        precision_bits: int | None = None,
+        compare_bits: int | None = None,
         seed: int | None = None,
         device: str | torch.device = "cpu",
         record_views: bool = False,
         runtime=None,
-        compare_digit_bits: int = DIGIT_BITS,
+        compare_digit_bits: int | None = None,
+        ring: RingConfig | None = None,
     ) -> None:
         parties = tuple(parties)
         if len(parties) < 2 or len(set(parties)) != len(parties) or not all(isinstance(p, str) and p for p in parties):
@@ -95,10 +114,10 @@ class Session:
             )
         self.parties = parties
         self.crypto_provider = crypto_provider
+        self.ring = ring_config(ring, precision_bits, compare_bits, compare_digit_bits)
+        precision_bits, compare_bits, compare_digit_bits = (self.ring.precision_bits, self.ring.compare_bits,
+                                                            self.ring.digit_bits)
         self.encoder = FixedPointEncoder(precision_bits, compare_bits)
-        if compare_digit_bits not in DIGIT_CHOICES or compare_bits % compare_digit_bits:
-            raise ValueError(f"Expected `compare_digit_bits` in {DIGIT_CHOICES} dividing compare_bits={compare_bits}, but "
-                             f"got {compare_digit_bits}.")
         self.precision_bits = precision_bits
         self.compare_bits = compare_bits
         self.compare_digit_bits = compare_digit_bits

@@ -115,3 +115,19 @@ def test_an_unknown_kind_or_misnamed_field_is_refused_on_the_wire() -> None:
         decode_request(b'{"kind":"exec","params":{},"refs":[],"v":2}', PARTIES[2])
     with pytest.raises(WireError, match="expected the fields \\('shape', 'bits'\\)"):
         decode_request(b'{"kind":"trunc","params":{"bit":16,"shape":[2]},"refs":[],"v":2}', PARTIES[2])
+
+
+def test_one_ring_configuration_travels_whole() -> None:
+    """Issue 15.2: the settings every party and the dealer agree on are one validated value; a session takes it
+    whole, or builds it from its flat arguments (the same value), and refuses the two when they differ."""
+    from lightning_smpc.mpc import RingConfig, Session
+
+    ring = RingConfig(precision_bits=12, compare_bits=36, digit_bits=4)
+    s = Session(ring=ring)
+    assert s.ring is ring and (s.precision_bits, s.compare_bits, s.compare_digit_bits) == (12, 36, 4)
+    assert Session(precision_bits=12, compare_bits=36).ring == ring
+    assert Session().ring == RingConfig()  # the defaults live in RingConfig only
+    with pytest.raises(ValueError, match="either in `ring` or flat"):
+        Session(ring=ring, precision_bits=16)
+    with pytest.raises(ValueError, match="digit size"):
+        RingConfig(compare_bits=36, digit_bits=8)

@@ -15,7 +15,8 @@ import torch.multiprocessing as mp
 from ..errors import PartyProcessError
 from ..links import Identity, Roster, roll_call
 from .dealer_server import serve_dealer
-from .parties import DEFAULT_TIMEOUT, _session_default, establish_links, party_session
+from ..session import ring_config
+from .parties import DEFAULT_TIMEOUT, establish_links, party_session
 from .remote_dealer import finish
 from .supervisor import (_abort, _drain, _free_port, _set_progress, _stop, _to_bytes, is_peer_failure,
                          resolve_start_method, user_error)
@@ -39,13 +40,13 @@ def _worker(rank, world, port, names, parties, crypto_provider, seed, timeout, r
             identity = Identity.from_pem(name, identity_pem) if identity_pem is not None else None
         except Exception as e:  # noqa: BLE001 - told to the others (roll_call), then raised here
             problem = e
-        roll_call(rank, names, problem)
+        ring = ring_config(session_kwargs.get("ring"), session_kwargs.get("precision_bits"),
+                           session_kwargs.get("compare_bits"), session_kwargs.get("compare_digit_bits"))
+        roll_call(rank, names, problem, agree=ring.to_text())
         links = establish_links(rank, world, names, roster_text, identity, timeout=timeout)
         links.on_op = lambda what: _set_progress(progress, what)
         if name == crypto_provider:
-            result = serve_dealer(links, parties, crypto_provider, session_kwargs.get("compare_bits",
-                                  _session_default("compare_bits")), seed,
-                                  session_kwargs.get("compare_digit_bits", _session_default("compare_digit_bits")))
+            result = serve_dealer(links, parties, crypto_provider, ring.compare_bits, seed, ring.digit_bits)
         else:
             sess = party_session(links, parties, crypto_provider, **session_kwargs)
             _set_progress(progress, "the job function")

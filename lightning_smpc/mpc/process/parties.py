@@ -2,8 +2,8 @@
 whose transport and dealer are the process ones (:func:`party_session`)."""
 from __future__ import annotations
 
+import dataclasses
 import datetime
-import inspect
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -42,12 +42,6 @@ class _Runtime:
         return dealer
 
 
-def _session_default(name: str):
-    from ..session import Session
-
-    return inspect.signature(Session).parameters[name].default
-
-
 # ---------------------------------------------------------------------------------------------- public seam
 def establish_links(
     rank: int, world_size: int, names: Sequence[str], roster: Roster | str | None = None,
@@ -83,23 +77,21 @@ def party_session(links: Links, parties: Sequence[str], crypto_provider: str, gr
     """The :class:`~.session.Session` of the compute party this rank plays (``links.name``).
 
     ``group`` (the parties' process group, optional) is kept on the runtime for the caller's own use; all
-    protocol data goes over ``links``. ``session_kwargs`` as in ``Session`` (``precision_bits``,
-    ``compare_bits``, ``compare_digit_bits``, ``device``, ``record_views``); the same on every party and the
-    dealer's ``compare_bits`` and ``compare_digit_bits``. The first party calls :func:`finish` when done.
+    protocol data goes over ``links``. ``session_kwargs`` as in ``Session`` (``ring`` or its flat settings,
+    ``device``, ``record_views``); the ring the same on every party and the dealer. The first party calls :func:`finish` when done.
     """
-    from ..session import Session
+    from ..session import Session, ring_config
 
     parties = tuple(parties)
     if links.name not in parties:
         raise LinkError(f"{links.name!r} is not a compute party {parties}; the dealer's rank runs serve_dealer().")
     session_kwargs.pop("seed", None)  # parties draw nothing from a seed; only the dealer's generator matters
-    compare_bits = session_kwargs.get("compare_bits", _session_default("compare_bits"))
-    digit_bits = session_kwargs.get("compare_digit_bits", _session_default("compare_digit_bits"))
-    runtime = _Runtime(links, parties, crypto_provider, compare_bits, group, digit_bits)
-    session = Session(parties, crypto_provider, seed=None, runtime=runtime, **session_kwargs)
+    ring = ring_config(session_kwargs.pop("ring", None), session_kwargs.pop("precision_bits", None),
+                       session_kwargs.pop("compare_bits", None), session_kwargs.pop("compare_digit_bits", None))
+    runtime = _Runtime(links, parties, crypto_provider, ring.compare_bits, group, ring.digit_bits)
+    session = Session(parties, crypto_provider, seed=None, runtime=runtime, ring=ring, **session_kwargs)
     # Bound into every later message between the parties: parties configured differently (each role launched with
     # its own settings) fail at their first exchange, naming the configuration, instead of computing garbage.
-    session.comm.note_public("configuration", detail={
-        "parties": parties, "crypto_provider": crypto_provider, "precision_bits": session.precision_bits,
-        "compare_bits": compare_bits, "compare_digit_bits": digit_bits})
+    session.comm.note_public("configuration", detail={"parties": parties, "crypto_provider": crypto_provider,
+                                                       **dataclasses.asdict(ring)})
     return session
