@@ -18,11 +18,13 @@ from lightning.fabric.utilities.distributed import _init_dist_connection
 
 from .mpc import distributed as mpc_dist
 from .mpc.links import Identity, Links, Roster, roll_call
+from .mpc.process.supervisor import _set_progress as set_progress
 from .mpc.config import RingConfig
 from .mpc.session import Session
 
 __all__ = ["World", "join", "load_keys", "party_session", "serve_dealer", "finish", "announce", "receive", "leave"]
 
+PROGRESS = None  # set in a role's process spawned by ``predict``: a shared array its supervisor reads on failure
 _HEADER_BYTES = 4096  # a batch header (structure and shapes) fits easily; larger ones are refused
 _HEADER_TAG = "batch_header"
 _PUBLIC_TAG = "public_input"
@@ -60,6 +62,8 @@ def join(cluster_environment, rank: int, parties: tuple[str, ...], crypto_provid
         problem = e
     roll_call(rank, names, problem, agree=(ring or RingConfig()).to_text())  # roles configured alike, or refused
     links = mpc_dist.establish_links(rank, len(names), names, roster=roster, identity=identity, timeout=timeout)
+    if PROGRESS is not None:  # a role spawned by predict: what it is doing goes into its failure report
+        links.on_op = lambda what: set_progress(PROGRESS, what)
     return World(rank, tuple(parties), links)
 
 

@@ -4,30 +4,23 @@ from __future__ import annotations
 import datetime
 import os
 import sys
-import time
-import traceback
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
-from ..errors import PartyProcessError
 from ..links import Identity, Roster, roll_call
-from .dealer_server import serve_dealer
 from ..session import ring_config
+from .dealer_server import serve_dealer
 from .parties import DEFAULT_TIMEOUT, establish_links, party_session
 from .remote_dealer import finish
-from .supervisor import (_abort, _drain, _free_port, _set_progress, _stop, _to_bytes, is_peer_failure,
-                         resolve_start_method, user_error)
+from .supervisor import Supervisor, _abort, _free_port, _set_progress, _to_bytes, error_report, resolve_start_method
 
 __all__ = ["run_parties"]
 
-_FAILURE_GRACE = 3.0  # after one process failed, seconds the others get to report before they are stopped
 
-
-def _worker(rank, world, port, names, parties, crypto_provider, seed, timeout, roster_text, identity_pem,
-            session_kwargs, fn, results, progress) -> None:
+def _worker(rank, results, progress, world, port, names, parties, crypto_provider, seed, timeout, roster_text,
+            identity_pem, session_kwargs, fn) -> None:
     torch.set_num_threads(1)  # also what a forked child needs (see resolve_start_method)
     name = names[rank]
     _set_progress(progress, "starting the process group")
@@ -59,9 +52,7 @@ def _worker(rank, world, port, names, parties, crypto_provider, seed, timeout, r
     except BaseException as e:  # noqa: BLE001 - report, tell the peers why, tear the group down, exit
         if "links" in locals():
             links.say_goodbye(f"{type(e).__name__}: {e}")
-        where = progress.value.decode("utf-8", "replace")
-        results.put((rank, None, (type(e).__name__, str(e), where, traceback.format_exc(limit=12), type(e).__module__,
-                                  type(e).__qualname__)))
+        results.put((rank, None, error_report(e, progress.value.decode("utf-8", "replace"))))
         _abort()
         sys.stdout.flush()
         sys.stderr.flush()
@@ -103,76 +94,9 @@ def run_parties(
     if isinstance(roster, Roster):
         roster = roster.to_text()
     pems = {n: identities[n].to_pem() for n in names if n in identities} if identities else {}
-    method = resolve_start_method(start_method, world)
-    ctx = mp.get_context(method)
-    results = ctx.SimpleQueue()  # a synchronous put: a report is out before its process exits
-    progress = [ctx.Array("c", 256, lock=False) for _ in range(world)]
     port = _free_port()
-    procs = [
-        ctx.Process(target=_worker, name=f"lightning_smpc-{n}", args=(
-            r, world, port, names, parties, crypto_provider, seed, timeout, roster, pems.get(n), session_kwargs, fn,
-            results, progress[r]))
-        for r, n in enumerate(names)
-    ]
-    got: dict[int, Any] = {}
-    errors: dict[int, tuple] = {}
-    try:
-        for p in procs:
-            p.start()
-        failed_at, grace = None, min(timeout, _FAILURE_GRACE)
-        while len(got) < world:
-            if _drain(results, got, errors):
-                continue
-            now = time.monotonic()
-            if failed_at is None:
-                if errors or any(p.exitcode not in (None, 0) for p in procs) or all(p.exitcode is not None for p in procs):
-                    failed_at = now
-            elif (all(p.exitcode is not None for p in procs) and now - failed_at > 0.5) or now - failed_at > grace:
-                break  # the others fail within ms once a group is torn down; one that does not is stopped
-            time.sleep(0.02)
-        if len(got) < world:
-            codes = [p.exitcode for p in procs]
-            _stop(procs)
-            _drain(results, {}, errors)  # errors that arrived while stopping
-            failure = PartyProcessError(_failure_message(names, codes, errors, progress, got))
-            own = [r for r in errors if not is_peer_failure(f"{errors[r][0]}: {errors[r][1]}")]
-            error = user_error(errors[own[0]][4], errors[own[0]][5], errors[own[0]][1],
-                               f"{names[own[0]]} (rank {own[0]})") if own else None
-            if error is not None:
-                raise error from failure
-            raise failure
-    finally:
-        _stop(procs)
-        results.close()
-    return [got[r] for r in range(world)]
-
-
-def _failure_message(names, codes, errors, progress, got) -> str:
-    def where(r):
-        return progress[r].value.decode("utf-8", "replace") or "start-up"
-
-    dead = [r for r, c in enumerate(codes) if r not in errors and r not in got and c not in (None, 0)]
-    primary = [r for r in errors if not is_peer_failure(f"{errors[r][0]}: {errors[r][1]}")]
-    lines = []
-    if dead:
-        r = dead[0]
-        code = codes[r]
-        how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
-        lines.append(f"Party process {names[r]!r} (rank {r}) {how} without reporting, during {where(r)}.")
-    elif primary or errors:
-        r = (primary or list(errors))[0]
-        kind, msg, at, tb = errors[r][:4]
-        lines.append(f"Party process {names[r]!r} (rank {r}) failed during {at}: {kind}: {msg}\n{tb}")
-    else:
-        r = None
-        lines.append("The run stopped without results: " + ", ".join(
-            f"{names[k]!r} (rank {k}) at {where(k)}" for k in range(len(names)) if k not in got))
-    others = [k for k in range(len(names)) if k != r and k not in got]
-    for k in others:
-        if k in errors:
-            kind, msg, at, _ = errors[k][:4]
-            lines.append(f"  then {names[k]!r} (rank {k}) failed during {at}: {kind}: {msg.splitlines()[0] if msg else ''}")
-        else:
-            lines.append(f"  {names[k]!r} (rank {k}) was stopped during {where(k)}.")
-    lines.append("Every process of the run was stopped.")
-    return "\n".join(lines)
+    supervisor = Supervisor(names, resolve_start_method(start_method, world), _worker, lambda r: (
+        world, port, names, parties, crypto_provider, seed, timeout, roster, pems.get(names[r]), session_kwargs, fn),
+        timeout=timeout)
+    reports = supervisor.run()
+    return [reports[r] for r in range(world)]
