@@ -29,7 +29,7 @@ from lightning.pytorch import Trainer
 
 from lightning_smpc import SecureAccuracy, SecurePredictStrategy
 from lightning_smpc.mnist import MNISTClassifier, MNISTDataModule
-from lightning_smpc.mpc.links import Roster, generate_identity
+from lightning_smpc.mpc.identities import Roster, generate_identity
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:

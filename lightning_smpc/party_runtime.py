@@ -17,7 +17,9 @@ import torch.distributed as dist
 from lightning.fabric.utilities.distributed import _init_dist_connection
 
 from .mpc import distributed as mpc_dist
-from .mpc.links import Identity, Links, Roster, roll_call
+from .mpc.handshake import roll_call
+from .mpc.identities import Identity, Roster
+from .mpc.links import Links
 from .mpc.process.supervisor import _set_progress as set_progress
 from .mpc.config import RingConfig
 from .mpc.session import Session

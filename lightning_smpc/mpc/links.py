@@ -33,35 +33,25 @@ processes are. Give a roster and identities whenever the processes run on differ
 """
 from __future__ import annotations
 
-import base64
 import datetime
-import hashlib
-import json
 import math
-import os
 import re
 import struct
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
 import torch.distributed as dist
-from cryptography.exceptions import InvalidSignature, InvalidTag
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from .errors import PartyConfigError, PartyProcessError, SmpcError
+from .errors import PartyProcessError, SmpcError
 
-__all__ = [
-    "Identity", "Roster", "Links", "LinkError", "LinkAuthError", "LinkIntegrityError", "handshake",
-    "generate_identity", "load_identity",
-]
+__all__ = ["Links", "LinkError", "LinkAuthError", "LinkIntegrityError", "PeerLostError", "CHANNELS"]
+# (Identity, Roster, generate_identity, load_identity: .identities; handshake, roll_call: .handshake; both
+# importable from here too, see __getattr__ at the end)
 
 PROTOCOL = b"lightning_smpc/link/v1"
 TAG_BYTES = 16
@@ -116,329 +106,6 @@ def lost_peer(name: str, peer: str, rank: int, doing: str, error: BaseException,
 _LOST = "PeerLostError"
 
 
-def _check_name(name) -> str:
-    if not isinstance(name, str) or not name or len(name.encode()) > MAX_NAME_BYTES:
-        raise ValueError(f"Expected a non-empty party name of at most {MAX_NAME_BYTES} bytes, got {name!r}.")
-    return name
-
-
-def _raw_public(pk: Ed25519PublicKey) -> bytes:
-    return pk.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-
-
-# ---------------------------------------------------------------------------------------------- identities
-@dataclass
-class Identity:
-    """One process's long-term signing key (Ed25519) and the name it plays in the roster."""
-
-    name: str
-    private_key: Ed25519PrivateKey
-
-    @classmethod
-    def generate(cls, name: str) -> "Identity":
-        return cls(_check_name(name), Ed25519PrivateKey.generate())
-
-    @property
-    def public_key(self) -> bytes:
-        """The raw 32-byte public key (what goes into the roster)."""
-        return _raw_public(self.private_key.public_key())
-
-    def to_pem(self, password: bytes | None = None) -> bytes:
-        """The private key as PKCS#8 PEM (encrypted with ``password`` if given)."""
-        enc = serialization.BestAvailableEncryption(password) if password else serialization.NoEncryption()
-        return self.private_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, enc)
-
-    @classmethod
-    def from_pem(cls, name: str, pem: bytes, password: bytes | None = None) -> "Identity":
-        key = serialization.load_pem_private_key(pem, password=password)
-        if not isinstance(key, Ed25519PrivateKey):
-            raise ValueError(f"Expected an Ed25519 private key for {name!r}, got {type(key).__name__}.")
-        return cls(_check_name(name), key)
-
-    def save(self, path: str | os.PathLike, password: bytes | None = None) -> None:
-        """Write the private key (PEM, file mode 0600, also when the file existed with another mode: ``os.open``'s
-        mode applies only to a file it creates)."""
-        path = Path(path)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.fchmod(fd, 0o600)  # before any key byte is written
-        except AttributeError:  # pragma: no cover - no fchmod (Windows)
-            os.chmod(path, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(self.to_pem(password))
-
-    @classmethod
-    def load(cls, name: str, path: str | os.PathLike, password: bytes | None = None) -> "Identity":
-        """The identity in a PEM file; refused (naming the file and the role) when others may read it or it cannot be
-        read or parsed."""
-        path = Path(path)
-        try:
-            mode = path.stat().st_mode
-            if os.name == "posix" and mode & 0o077:
-                raise PermissionError(
-                    f"The private key file {str(path)!r} of {name!r} is readable by other users (mode "
-                    f"{oct(mode & 0o777)}); make it private: chmod 600 {path}")
-            pem = path.read_bytes()
-        except PermissionError:
-            raise
-        except OSError as e:
-            raise FileNotFoundError(f"Cannot read the private key file {str(path)!r} of {name!r}: {e.strerror or e}.") from None
-        try:
-            return cls.from_pem(name, pem, password)
-        except (ValueError, TypeError) as e:
-            raise ValueError(f"The private key file {str(path)!r} of {name!r} is not a usable Ed25519 PEM key ({e}).") from None
-
-    def sign(self, message: bytes) -> bytes:
-        return self.private_key.sign(message)
-
-
-def generate_identity(name: str, path: str | os.PathLike | None = None, password: bytes | None = None) -> Identity:
-    """A fresh identity for ``name``; saved to ``path`` (PEM, mode 0600) when given."""
-    ident = Identity.generate(name)
-    if path is not None:
-        ident.save(path, password)
-    return ident
-
-
-def load_identity(name: str, path: str | os.PathLike, password: bytes | None = None) -> Identity:
-    """The identity of ``name`` from a PEM file written by :func:`generate_identity`."""
-    return Identity.load(name, path, password)
-
-
-@dataclass(frozen=True)
-class Roster:
-    """Names and Ed25519 public keys of all processes of a run, in rank order (parties, then the dealer).
-
-    Text form (:meth:`to_text`)::
-
-        {"lightning_smpc_roster": 1, "members": [{"name": "alice", "ed25519": "<base64 of 32 bytes>"}, ...]}
-    """
-
-    names: tuple[str, ...]
-    keys: tuple[bytes, ...]
-
-    def __post_init__(self) -> None:
-        names, keys = tuple(self.names), tuple(bytes(k) for k in self.keys)
-        for n in names:
-            _check_name(n)
-        duplicates = sorted({n for n in names if names.count(n) > 1})
-        if duplicates:
-            raise ValueError(f"The roster names {', '.join(map(repr, duplicates))} more than once: every role must appear "
-                             f"once (got {names!r}).")
-        if len(names) != len(keys) or len(names) < 2:
-            raise ValueError(f"Expected at least two distinct names with one key each, got {names!r} and {len(keys)} keys.")
-        for n, k in zip(names, keys):
-            if len(k) != 32:
-                raise ValueError(f"Expected a 32-byte Ed25519 public key for {n!r}, got {len(k)} bytes.")
-            Ed25519PublicKey.from_public_bytes(k)
-        object.__setattr__(self, "names", names)
-        object.__setattr__(self, "keys", keys)
-
-    @classmethod
-    def from_identities(cls, identities: Sequence[Identity]) -> "Roster":
-        return cls(tuple(i.name for i in identities), tuple(i.public_key for i in identities))
-
-    def key_of(self, name: str) -> bytes:
-        return self.keys[self.names.index(name)]
-
-    def to_text(self) -> str:
-        members = [{"name": n, "ed25519": base64.b64encode(k).decode()} for n, k in zip(self.names, self.keys)]
-        return json.dumps({"lightning_smpc_roster": 1, "members": members}, indent=1, sort_keys=True) + "\n"
-
-    @classmethod
-    def from_text(cls, text: str | bytes) -> "Roster":
-        try:
-            doc = json.loads(text)
-            if doc.get("lightning_smpc_roster") != 1:
-                raise ValueError("missing 'lightning_smpc_roster': 1")
-            members = doc["members"]
-            names = tuple(m["name"] for m in members)
-            keys = tuple(base64.b64decode(m["ed25519"], validate=True) for m in members)
-        except (ValueError, KeyError, TypeError, AttributeError) as e:
-            raise ValueError(f"Not a lightning_smpc roster ({e}). Expected the text written by Roster.to_text().") from None
-        return cls(names, keys)
-
-    def save(self, path: str | os.PathLike) -> None:
-        Path(path).write_text(self.to_text())
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> "Roster":
-        try:
-            text = Path(path).read_text()
-        except OSError as e:
-            raise FileNotFoundError(f"Cannot read the roster file {str(path)!r}: {e.strerror or e}.") from None
-        try:
-            return cls.from_text(text)
-        except ValueError as e:
-            raise ValueError(f"The roster file {str(path)!r}: {e}") from None
-
-    def digest(self) -> bytes:
-        """SHA-256 of the canonical roster (names and keys in rank order)."""
-        h = hashlib.sha256(b"lightning_smpc/roster/v1")
-        for n, k in zip(self.names, self.keys):
-            nb = n.encode()
-            h.update(struct.pack(">H", len(nb)) + nb + k)
-        return h.digest()
-
-
-# ---------------------------------------------------------------------------------------------- roll call
-_ROLL_BYTES = 512
-_AGREE_BYTES = 256
-
-
-def _field(data: bytes, size: int) -> bytes:
-    return struct.pack(">H", len(data)) + data + bytes(size - len(data))
-
-
-def _read(part: bytes, at: int, size: int) -> tuple[str, int]:
-    n = min(struct.unpack(">H", part[at : at + 2])[0], size)
-    text = part[at + 2 : at + 2 + n].decode("utf-8", "replace")
-    return "".join(c if c.isprintable() else "?" for c in text), at + 2 + size
-
-
-def roll_call(rank: int, names: Sequence[str], problem: BaseException | None = None, group=None,
-              agree: str = "") -> None:
-    """Every process says whether it could start (its keys read, its configuration valid) before the handshake,
-    and what it must agree on with the others (``agree``: the ring configuration's text).
-
-    A role that failed before connecting would otherwise leave the others waiting for it, unnamed; here it still
-    joins the group and tells them. Raises, on every rank when any failed: the failing rank's own ``problem``;
-    on the others a :class:`PeerLostError` naming each failed role and its error (unauthenticated text, shown
-    only: it decides nothing but that the run ends). When the roles' ``agree`` texts differ, every rank raises
-    :class:`~.errors.PartyConfigError` listing each role's."""
-    note = b"" if problem is None else f"{type(problem).__name__}: {problem}".encode("utf-8", "replace")[:_ROLL_BYTES]
-    mine = agree.encode("utf-8", "replace")[:_AGREE_BYTES]
-    notes, agreed = [], []
-    for k, part in enumerate(_all_gather_bytes(_field(note, _ROLL_BYTES) + _field(mine, _AGREE_BYTES), len(names), group)):
-        text, at = _read(part, 0, _ROLL_BYTES)
-        if text:
-            notes.append(f"{names[k]} (rank {k}) could not start: {text}")
-        agreed.append(_read(part, at, _AGREE_BYTES)[0])
-    if problem is not None:
-        raise problem
-    if notes:
-        raise PeerLostError("; ".join(notes) + f". Nothing was exchanged; {names[rank]} stops too.")
-    if len(set(agreed)) > 1:
-        listing = "; ".join(f"{names[k]}: {a or '(none)'}" for k, a in enumerate(agreed))
-        raise PartyConfigError(f"The roles' ring configurations differ, so their shares would not add up: {listing}. "
-                               "Give every role the same precision_bits, compare_bits and compare_digit_bits.")
-
-
-# ---------------------------------------------------------------------------------------------- handshake
-_MAGIC = b"LSMPClk1"
-_RECORD = struct.Struct(">8sI32s32s32s32s")  # magic, index, sha256(name), identity pk, ephemeral pk, contribution
-_SIG_BYTES = 64
-
-
-def _all_gather_bytes(data: bytes, world: int, group) -> list[bytes]:
-    local = torch.frombuffer(bytearray(data), dtype=torch.uint8)
-    parts = [torch.empty_like(local) for _ in range(world)]
-    dist.all_gather(parts, local, group=group)
-    return [bytes(p.numpy().tobytes()) for p in parts]
-
-
-def _sig_message(session_id: bytes, name: str, eph: bytes, roster_digest: bytes) -> bytes:
-    nb = name.encode()
-    return b"lightning_smpc/handshake/v1" + session_id + struct.pack(">H", len(nb)) + nb + eph + roster_digest
-
-
-def _hkdf(secret: bytes, salt: bytes, src: int, dst: int) -> bytes:
-    return HKDF(algorithm=hashes.SHA256(), length=32, salt=salt, info=PROTOCOL + struct.pack(">HH", src, dst)).derive(secret)
-
-
-def handshake(
-    rank: int, names: Sequence[str], roster: Roster | None = None, identity: Identity | None = None, group=None,
-    timeout: datetime.timedelta | None = None,
-) -> "Links":
-    """Authenticate every process of ``group`` (default: the world) and derive the pairwise link keys.
-
-    Args:
-        rank: this process's index in ``names`` (and its rank in ``group``).
-        names: every process's name, in rank order (compute parties, then the dealer, by convention).
-        roster: the public keys of ``names`` (same order). ``None``: every process makes a fresh identity
-            and the roster is built from the exchanged keys (encryption without pinned identities).
-        identity: this process's signing key (required with a roster; ``None`` with a roster means this
-            process has no key, and every process refuses it by name).
-        timeout: of every later transfer (the pair channels' groups); default: 60 s.
-
-    Raises:
-        LinkAuthError: on every rank, naming each process whose signature does not verify against the
-            roster, or whose record is malformed (wrong name, different roster).
-    """
-    names = tuple(_check_name(n) for n in names)
-    world = len(names)
-    if dist.get_world_size(group) != world:
-        raise LinkError(f"Expected {world} processes ({names}) in the process group, found {dist.get_world_size(group)}.")
-    if dist.get_rank(group) != rank:
-        raise LinkError(f"This process has rank {dist.get_rank(group)} in the group but was given rank {rank} ({names[rank]!r}).")
-    pinned = roster is not None  # the identities were known before the handshake (not just exchanged in it)
-    if roster is not None and roster.names != names:
-        raise LinkAuthError(f"The roster lists {roster.names}, but the processes of this run are {names} (same order expected).")
-    local_problem = None
-    if roster is None:
-        identity = Identity.generate(names[rank])
-    elif identity is None:
-        local_problem = f"no identity key was given to {names[rank]!r}"
-    elif identity.public_key != roster.key_of(names[rank]):
-        local_problem = f"the identity key given to {names[rank]!r} is not the one the roster lists for it"
-    eph = X25519PrivateKey.generate()
-    eph_pk = eph.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    ident_pk = identity.public_key if identity is not None else bytes(32)
-    record = _RECORD.pack(_MAGIC, rank, hashlib.sha256(names[rank].encode()).digest(), ident_pk, eph_pk, os.urandom(32))
-    records = _all_gather_bytes(record, world, group)
-
-    problems: dict[int, str] = {}
-    fields = []
-    for k, rec in enumerate(records):
-        magic, idx, name_h, pk, epk, _ = _RECORD.unpack(rec)
-        fields.append((pk, epk))
-        if magic != _MAGIC or idx != k or name_h != hashlib.sha256(names[k].encode()).digest():
-            problems[k] = "its handshake record is malformed or claims another name/rank"
-    if roster is None:
-        try:
-            roster = Roster(names, tuple(pk for pk, _ in fields))
-        except ValueError as e:
-            raise LinkAuthError(f"Handshake failed: {e}") from None
-    rdigest = roster.digest()
-    session_id = hashlib.sha256(b"lightning_smpc/session/v1" + rdigest + b"".join(records)).digest()
-
-    my_msg = _sig_message(session_id, names[rank], eph_pk, rdigest)
-    sig = identity.sign(my_msg) if identity is not None else bytes(_SIG_BYTES)
-    sigs = _all_gather_bytes(sig, world, group)
-    for k in range(world):
-        if k in problems:
-            continue
-        try:
-            Ed25519PublicKey.from_public_bytes(roster.keys[k]).verify(
-                sigs[k], _sig_message(session_id, names[k], fields[k][1], rdigest))
-        except InvalidSignature:
-            presented = "no key" if fields[k][0] == bytes(32) else (
-                "a key the roster does not list for it" if fields[k][0] != roster.keys[k] else "an invalid signature")
-            problems[k] = f"its signature does not verify against the roster key ({presented})"
-    if problems:
-        who = "; ".join(f"{names[k]!r} (rank {k}): {why}" for k, why in sorted(problems.items()))
-        hint = f" Locally: {local_problem}." if local_problem else ""
-        raise LinkAuthError(
-            f"Refused {', '.join(repr(names[k]) for k in sorted(problems))}: {who}.{hint} Every process must hold "
-            "the private key whose public key the roster lists for its name (see lightning_smpc.mpc.links.generate_identity)."
-        )
-
-    send_keys, recv_keys = {}, {}
-    for k in range(world):
-        if k == rank:
-            continue
-        secret = eph.exchange(X25519PublicKey.from_public_bytes(fields[k][1]))
-        send_keys[k] = _hkdf(secret, session_id, rank, k)
-        recv_keys[k] = _hkdf(secret, session_id, k, rank)
-    timeout = timeout or datetime.timedelta(seconds=60)
-    channels = _pair_channels(world, group, timeout)
-    links = Links(rank, names, roster, session_id, send_keys, recv_keys, group, channels)
-    links.pinned = pinned
-    links.timeout_s = timeout.total_seconds()
-    links.post_notices()
-    return links
-
-
 # How each channel moves a message. Measured on a 2-core machine (gloo, torch 2.14, three processes), one
 # encrypted exchange between two parties: 0.4-0.7 ms point-to-point, 0.65-1.1 ms as two broadcasts (noisy VM).
 # * "main": exchanges between compute parties; both ends post at once: point-to-point send/recv.
@@ -455,7 +122,7 @@ NOTE_BYTES = 1024
 _NOTE_TAG = "goodbye"
 
 
-def _pair_channels(world: int, group, timeout: datetime.timedelta) -> dict:
+def pair_channels(world: int, group, timeout: datetime.timedelta) -> dict:
     """One two-process gloo group per pair of processes and channel (see :data:`CHANNELS`). Every rank creates
     every group, in the same order (torch's rule for new_group)."""
     ranks = [dist.get_global_rank(group, k) if group is not None else k for k in range(world)]
@@ -520,7 +187,7 @@ class Links:
 
     def __init__(self, rank, names, roster, session_id, send_keys, recv_keys, group=None, channels=None) -> None:
         self.rank, self.names, self.roster, self.session_id, self.group = rank, tuple(names), roster, session_id, group
-        self._channels = channels  # None: plain point-to-point send/recv on ``group`` (see _pair_channels)
+        self._channels = channels  # None: plain point-to-point send/recv on ``group`` (see pair_channels)
         self.name = self.names[rank]
         self._send_aead = {k: AESGCM(v) for k, v in send_keys.items()}
         self._recv_aead = {k: AESGCM(v) for k, v in recv_keys.items()}
@@ -834,3 +501,17 @@ class Links:
             self._exchange({m: [tensor] for m in members if m != src}, {}, tag, channel)
             return tensor
         return self._exchange({}, {src: [(tuple(tensor.shape), tensor.dtype)]}, tag, channel)[src][0]
+
+
+_MOVED = {"Identity": "identities", "Roster": "identities", "generate_identity": "identities",
+          "load_identity": "identities", "handshake": "handshake", "roll_call": "handshake"}
+
+
+def __getattr__(name: str):
+    """``from lightning_smpc.mpc.links import Roster, handshake`` still works: they live in :mod:`.identities` and
+    :mod:`.handshake` (which import this module, so they are looked up on first use)."""
+    if name in _MOVED:
+        import importlib
+
+        return getattr(importlib.import_module(f"{__package__}.{_MOVED[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

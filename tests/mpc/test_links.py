@@ -9,6 +9,7 @@ import pytest
 import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from lightning_smpc.mpc import handshake as H
 from lightning_smpc.mpc import links as L
 from lightning_smpc.mpc.links import Identity, LinkIntegrityError, Links, Roster, generate_identity, load_identity
 
@@ -120,8 +121,8 @@ def test_a_message_cannot_be_reflected_to_its_sender(same_key):
 
 def test_handshake_derives_one_key_per_direction():
     secret, salt = os.urandom(32), os.urandom(32)
-    keys = {(s, d): L._hkdf(secret, salt, s, d) for s, d in [(0, 1), (1, 0), (0, 2), (2, 0)]}
-    assert len(set(keys.values())) == 4 and keys[(0, 1)] == L._hkdf(secret, salt, 0, 1)
+    keys = {(s, d): H._hkdf(secret, salt, s, d) for s, d in [(0, 1), (1, 0), (0, 2), (2, 0)]}
+    assert len(set(keys.values())) == 4 and keys[(0, 1)] == H._hkdf(secret, salt, 0, 1)
 
 
 def test_a_message_of_another_session_is_refused():

@@ -9,7 +9,8 @@ from typing import Callable
 import torch
 import torch.distributed as dist
 
-from ..links import Identity, Roster, roll_call
+from ..handshake import roll_call
+from ..identities import Identity, Roster
 from ..session import ring_config
 from .dealer_server import serve_dealer
 from .parties import DEFAULT_TIMEOUT, establish_links, party_session

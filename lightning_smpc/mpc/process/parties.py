@@ -9,7 +9,9 @@ from typing import Any, Sequence
 
 import torch.distributed as dist
 
-from ..links import Identity, LinkError, Links, Roster, handshake
+from ..handshake import handshake
+from ..identities import Identity, Roster
+from ..links import LinkError, Links
 from ..material import DIGIT_BITS
 from .remote_dealer import RemoteDealer
 from .transport import DistributedCommunicator
