@@ -53,6 +53,8 @@ class Material:
     created: tuple = ()
     mask_keys: tuple = ()
     seeds: tuple | None = None  # dealer side: each party's seed (what parties 1..n-1 receive instead of shares)
+    # a Beaver triple whose ``[a] @ delta`` the parties folded into ``c`` offline (the weights' opened mask was known)
+    a_delta_folded: bool = False
 
     def mask_shares(self, mask_id: int) -> torch.Tensor:
         """The parties' shares of the mask ``mask_id`` that this material issued."""

@@ -248,7 +248,7 @@ class Session:
         else:
             return
         mat.data["c"] = mat.c + P.beaver_module.a_times_delta(op, a, my)
-        mat.data["a_delta_done"] = True
+        mat.a_delta_folded = True
 
     # ------------------------------------------------------------------ statistics
     def stats(self) -> dict:

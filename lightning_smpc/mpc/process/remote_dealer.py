@@ -167,7 +167,7 @@ class RemoteDealer:
             if self._precompute is not None:
                 self._precompute(req, mat, created)
             self.times.taken_ahead += 1
-            self.times.folded_ahead += bool(mat.get("a_delta_done"))
+            self.times.folded_ahead += mat.a_delta_folded
             self._ready.append((req, mat))
             if index + 1 == len(plan):
                 return

@@ -84,7 +84,7 @@ def beaver(sess, op: str, x, y, **kwargs) -> torch.Tensor:
     mx, my = masks
     if _flat_weights(op, my):  # activations @ 2-D weights: one GEMM for all parties
         z = _eps_times_weights(op, mx.eps, my, sess.holds_first)
-        if not mat.get("a_delta_done"):
+        if not mat.a_delta_folded:
             z = z + a_times_delta(op, mx.a, my)
         return z + mat.c
     rhs_b, rhs_delta = _right_operands(op, mx, my, sess.holds_first)
