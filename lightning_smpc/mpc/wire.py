@@ -33,10 +33,10 @@ import numpy as np
 import torch
 
 from .errors import WireError
-from .kinds import KINDS, OWNER_SEEDS, Layout, LayoutBuilder, Slot, kind_of, narrow
+from .kinds import KINDS, OWNER_SEEDS, Layout, LayoutBuilder, Slot, expand_seeded, kind_of, narrow
 from .kinds._schema import MAX_NUMEL
 from .material import DIGIT_BITS, Material, Request
-from .prg import SEED_BYTES, CSPRNG
+from .prg import SEED_BYTES
 
 __all__ = [
     "WireError", "encode_request", "decode_request", "validate_request", "request_digest", "Slot", "Layout",
@@ -189,16 +189,6 @@ def pack_bits(bits: torch.Tensor) -> torch.Tensor:
 def unpack_bits(packed: torch.Tensor, shape: tuple) -> torch.Tensor:
     n = math.prod(shape)
     return torch.from_numpy(np.unpackbits(packed.numpy(), count=n, bitorder="little")).reshape(shape)
-
-
-def expand_seeded(layout: Layout, seed: bytes) -> dict[tuple, torch.Tensor]:
-    """``{(key, index): tensor}`` of the layout's seeded slots, drawn from ``seed`` in slot order.
-
-    The one expansion both sides run: the dealer (to make this party's shares before it computes the first
-    party's corrections) and the party (to rebuild its material from the seed it received).
-    """
-    prg = CSPRNG.from_seed(seed)
-    return {(s.key, s.index): prg.draw(s.shape, s.dtype) for s in layout.slots if s.seeded}
 
 
 def owner_mask(layout: Layout, seeds: bytes) -> torch.Tensor:

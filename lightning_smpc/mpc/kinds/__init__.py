@@ -7,7 +7,7 @@ dispatch on; adding a kind is one module here plus its import below.
 - :mod:`.trunc`: probabilistic truncation.
 - :mod:`.cmp`: comparison tables, AND triples and daBits (bits, ReLU, argmax, thresholds).
 """
-from ._layout import OWNER_SEEDS, Layout, LayoutBuilder, Slot, narrow, narrow_dtype
+from ._layout import OWNER_SEEDS, Layout, LayoutBuilder, Slot, expand_seeded, narrow, narrow_dtype
 from .base import KINDS, MaterialKind, kind_of, register
 from .beaver import Beaver, BeaverParams
 from .cmp import Cmp, CmpParams
@@ -15,5 +15,5 @@ from .input_mask import InputMask, InputMaskParams
 from .trunc import Trunc, TruncParams
 
 __all__ = ["KINDS", "MaterialKind", "register", "kind_of", "Layout", "LayoutBuilder", "Slot", "OWNER_SEEDS",
-           "narrow", "narrow_dtype", "InputMask", "InputMaskParams", "Beaver", "BeaverParams", "Trunc", "TruncParams",
+           "narrow", "narrow_dtype", "expand_seeded", "InputMask", "InputMaskParams", "Beaver", "BeaverParams", "Trunc", "TruncParams",
            "Cmp", "CmpParams"]

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..prg import SEED_BYTES
+from ..prg import SEED_BYTES, CSPRNG
 from ._schema import check_numel
 
 OWNER_SEEDS = "owner_seeds"
@@ -105,3 +105,13 @@ class LayoutBuilder:
 
     def build(self, n_created: int = 0, mask_keys: tuple = ()) -> Layout:
         return Layout(n_created, tuple(mask_keys), tuple(self.slots))
+
+
+def expand_seeded(layout: Layout, seed: bytes) -> dict[tuple, torch.Tensor]:
+    """``{(key, index): tensor}`` of the layout's seeded slots, drawn from ``seed`` in slot order.
+
+    The one expansion both sides run: the dealer (to make this party's shares before it computes the first
+    party's corrections) and the party (to rebuild its material from the seed it received).
+    """
+    prg = CSPRNG.from_seed(seed)
+    return {(s.key, s.index): prg.draw(s.shape, s.dtype) for s in layout.slots if s.seeded}

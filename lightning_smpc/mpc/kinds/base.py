@@ -64,7 +64,7 @@ class MaterialKind:
 
     @classmethod
     def generate(cls, dealer, p, refs: tuple, sh) -> tuple[Material, dict]:
-        """The dealer's side: fill ``sh`` (the parties' seeded shares, see ``dealer._Shares``); returns the material
+        """The dealer's side: fill ``sh`` (a :class:`~._shares.DealtShares`: the parties' seeded shares); returns the material
         and the bytes sent to receivers outside the parties (``{name: bytes}``)."""
         raise NotImplementedError
 
