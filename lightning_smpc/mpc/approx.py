@@ -38,6 +38,8 @@ checks them against measured traffic. Each spec states its domain and the error 
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import math
 from dataclasses import dataclass
 from typing import Callable
@@ -47,6 +49,9 @@ import torch
 
 from . import protocols as P
 from .protocols import COSTS
+
+if TYPE_CHECKING:
+    from .runtime import PartyContext
 
 __all__ = ["PiecewisePoly", "SPECS", "SMOOTH_COSTS", "piecewise", "relu_minus", "normalized_power", "exp",
            "piecewise_cost", "relu_minus_cost", "power_cost", "exp_cost", "fit_piecewise"]
@@ -195,13 +200,13 @@ class _Operand:
         self.shares, self.mask = shares, None
 
 
-def _mul(sess, x, y) -> torch.Tensor:
+def _mul(sess: PartyContext, x, y) -> torch.Tensor:
     """Ring product of two share tensors or :class:`_Operand` (one Beaver product; opened masks are reused)."""
     wrap = lambda v: v if isinstance(v, _Operand) else _Operand(v)  # noqa: E731
     return P.beaver(sess, "mul", wrap(x), wrap(y))
 
 
-def _plus_public(sess, shares: torch.Tensor, pub: torch.Tensor) -> torch.Tensor:
+def _plus_public(sess: PartyContext, shares: torch.Tensor, pub: torch.Tensor) -> torch.Tensor:
     """``shares + pub`` (int64, broadcasting over the logical dims): the first party adds it."""
     out = shares.expand(torch.broadcast_shapes(shares.shape, (1,) + tuple(pub.shape))).clone()
     if sess.holds_first:
@@ -213,14 +218,14 @@ def _encode(v, bits: int, device) -> torch.Tensor:
     return torch.round(torch.as_tensor(v, dtype=torch.float64) * 2.0**bits).to(torch.int64).to(device)
 
 
-def _indicators(sess, x: torch.Tensor, thresholds: list[float], f: int) -> torch.Tensor:
+def _indicators(sess: PartyContext, x: torch.Tensor, thresholds: list[float], f: int) -> torch.Tensor:
     """Arithmetic shares (scale 0) of the interval indicators ``[P, *S, M + 1]`` of ``x`` (frac ``f``) for the sorted
     ``thresholds`` ``t_1 < ... < t_M``: interval 0 is ``x < t_1``, interval ``i`` is ``t_i <= x < t_(i+1)``, the
     last ``x >= t_M``. One comparison call for all thresholds."""
     return _intervals_of(sess, P.compare_thresholds(sess, x, _encode(thresholds, f, x.device)))  # [x >= t_i]
 
 
-def _intervals_of(sess, above: torch.Tensor) -> torch.Tensor:
+def _intervals_of(sess: PartyContext, above: torch.Tensor) -> torch.Tensor:
     """Interval indicators ``[P, *S, M + 1]`` from the bits ``[x >= t_i]`` of increasing thresholds (local)."""
     below = -above[..., :1]
     if sess.holds_first:
@@ -237,7 +242,7 @@ def _power_plan(degree: int) -> list[list[tuple[int, int]]]:
     return levels
 
 
-def _powers(sess, u: torch.Tensor, degree: int, f: int) -> dict[int, torch.Tensor]:
+def _powers(sess: PartyContext, u: torch.Tensor, degree: int, f: int) -> dict[int, torch.Tensor]:
     """``{k: u^k}`` for ``k = 1..degree`` at frac ``f``: per level of :func:`_power_plan`, its products (each factor
     is opened by its first product and reused after) and one truncation of the level's powers, stacked."""
     operands = {1: _Operand(u)}
@@ -251,7 +256,7 @@ def _powers(sess, u: torch.Tensor, degree: int, f: int) -> dict[int, torch.Tenso
     return pw
 
 
-def _polynomial(sess, pw: dict[int, torch.Tensor], coeffs, f: int, bits: int) -> torch.Tensor:
+def _polynomial(sess: PartyContext, pw: dict[int, torch.Tensor], coeffs, f: int, bits: int) -> torch.Tensor:
     """``sum_k a_k u^k`` at frac ``f + bits`` (not truncated); piece ``i``'s coefficients ``coeffs[i]`` along a new
     last axis (the powers are shared by the pieces)."""
     deg = max(len(c) for c in coeffs) - 1
@@ -266,7 +271,7 @@ def _polynomial(sess, pw: dict[int, torch.Tensor], coeffs, f: int, bits: int) ->
     return _plus_public(sess, out, _encode(a[:, 0], f + bits, device))
 
 
-def _single_poly(sess, u: torch.Tensor, spec: PiecewisePoly, f: int) -> torch.Tensor:
+def _single_poly(sess: PartyContext, u: torch.Tensor, spec: PiecewisePoly, f: int) -> torch.Tensor:
     """A one-piece spec's polynomial in ``u - center`` at frac ``f`` (powers, one truncation)."""
     v = _plus_public(sess, u, -_encode(spec.centers[0], f, u.device))
     bits = spec.coef_bits(f, shared=False)
@@ -274,7 +279,7 @@ def _single_poly(sess, u: torch.Tensor, spec: PiecewisePoly, f: int) -> torch.Te
 
 
 # ---------------------------------------------------------------------------------------------- protocols
-def piecewise(sess, x: torch.Tensor, spec: PiecewisePoly) -> torch.Tensor:
+def piecewise(sess: PartyContext, x: torch.Tensor, spec: PiecewisePoly) -> torch.Tensor:
     """Shares (frac ``f = precision_bits``) of ``spec(x)`` for shares ``x`` at frac ``f``.
 
     Protocol: 1. ``[x >= t_i]`` for the ``M`` thresholds (one comparison call); 2. the powers of ``x``
@@ -302,7 +307,7 @@ def piecewise(sess, x: torch.Tensor, spec: PiecewisePoly) -> torch.Tensor:
 RELU_MINUS = ("gelu", "gelu_tanh", "silu")  # specs of h in relu(x) - h(|x|)
 
 
-def relu_minus(sess, x: torch.Tensor, spec: PiecewisePoly) -> torch.Tensor:
+def relu_minus(sess: PartyContext, x: torch.Tensor, spec: PiecewisePoly) -> torch.Tensor:
     """Shares of ``relu(x) - h(|x|)`` (GELU, SiLU) for ``x`` at frac ``f``: one ReLU, ``|x| = 2 relu(x) - x`` (local),
     then ``h`` as :func:`piecewise` on ``|x|``. Cost: :func:`relu_minus_cost`."""
     r = P.relu(sess, x, None)
@@ -328,7 +333,7 @@ def _intervals(lo: int, hi: int, signed: bool) -> tuple[list[float], list[tuple[
     return neg + [0.0] + pos, [(-1, j) for j in range(hi, lo - 1, -1)] + [(1, j) for j in range(lo, hi + 1)]
 
 
-def _scale(sess, g: torch.Tensor, ind: torch.Tensor, factors: list[float], f: int) -> torch.Tensor:
+def _scale(sess: PartyContext, g: torch.Tensor, ind: torch.Tensor, factors: list[float], f: int) -> torch.Tensor:
     """``g * sum_i ind_i factors_i`` at frac ``f`` (``|g| < 2``): the factor is local (public constants times the
     indicators) at as many fractional bits as keep the product below 2^61; one Beaver product, one truncation."""
     top = max(abs(v) for v in factors)
@@ -337,7 +342,7 @@ def _scale(sess, g: torch.Tensor, ind: torch.Tensor, factors: list[float], f: in
     return P.truncate(sess, _mul(sess, g, d), bits)
 
 
-def normalized_power(sess, x: torch.Tensor, p, lo: int, hi: int, signed: bool = False,
+def normalized_power(sess: PartyContext, x: torch.Tensor, p, lo: int, hi: int, signed: bool = False,
                      fine: tuple[torch.Tensor, int, int] | None = None,
                      wide: tuple[int, torch.Tensor] | None = None) -> torch.Tensor:
     """Shares (frac ``f``) of ``x^p`` (``p`` in -1, -0.5, 0.5) or of ``ln x`` (``p="log"``), ``x`` at frac ``f``.
@@ -381,7 +386,7 @@ def normalized_power(sess, x: torch.Tensor, p, lo: int, hi: int, signed: bool = 
     return _scale(sess, g, ind, [s * 2.0 ** (p * j) for s, j in intervals], f)
 
 
-def _wide_indicators(sess, x: torch.Tensor, lo: int, hi: int, wide_coarse: tuple, f: int):
+def _wide_indicators(sess: PartyContext, x: torch.Tensor, lo: int, hi: int, wide_coarse: tuple, f: int):
     """Indicators of ``2^j <= x < 2^(j+1)`` for ``j = lo .. hi + wide`` (``x >= 0``), for ``x`` beyond the comparison
     range: ``x`` and ``coarse = x / 2^wide`` are compared with ``2^k`` (``k = lo+1 .. hi``) in one call; a bit of ``x``
     itself is right only while ``x < 2^(hi+1)``, so it is ORed with ``big = [coarse >= 2^(hi+1-wide)]``."""
@@ -396,7 +401,7 @@ def _wide_indicators(sess, x: torch.Tensor, lo: int, hi: int, wide_coarse: tuple
     return _intervals_of(sess, thermo), [(1, j) for j in range(lo, hi + wide + 1)]
 
 
-def exp(sess, x: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+def exp(sess: PartyContext, x: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
     """Shares (frac ``f``) of ``e^x`` for ``x`` at frac ``f``: ``x = j ln 2 + r`` with ``j`` in ``lo..hi`` (one
     comparison call against ``(lo + 1) ln 2 .. hi ln 2``), ``r = x - j ln 2`` local, ``e^r`` by one degree-6
     polynomial on ``[0, ln 2)``, times the local ``2^j`` (0 for the lowest interval: ``e^x < 2^(lo + 1)`` there).

@@ -14,7 +14,7 @@ import torch
 
 from .material import Material, Request
 
-__all__ = ["Transport", "DealerHandle", "Runtime", "SimulatedRuntime"]
+__all__ = ["Transport", "DealerHandle", "PartyContext", "Runtime", "SimulatedRuntime"]
 
 
 @runtime_checkable
@@ -76,6 +76,30 @@ class DealerHandle(Protocol):
     def take_ahead(self) -> None:
         """Take the material prepared for the next run now (offline, between batches), folding its data-independent
         products in then; a no-op where the prepared material is already in this process (the simulated dealer)."""
+
+
+@runtime_checkable
+class PartyContext(Protocol):
+    """What a protocol (``sess``) or an op (``x._session``) may use of its session: the seam's transport and dealer,
+    the ring's settings, where shares live and whether this process holds the first party's row. ``Session``
+    implements it; a test checks that protocols and ops use nothing else of it."""
+
+    comm: Transport
+    dealer: DealerHandle
+    parties: tuple
+    precision_bits: int
+    compare_bits: int
+    compare_digit_bits: int
+    device: Any
+    holds_first: bool  # this process holds row 0 (the first party's): it alone adds public constants
+    encoder: Any
+    op_seconds: dict  # wall time per protocol (the session's own accounting)
+
+    def from_shares(self, shares: Any, frac_bits: int) -> Any:
+        """Wrap shares (leading party axis) as a ShareTensor of this session."""
+
+    def reveal(self, x: Any, to: Any = None, name: Optional[str] = None, outside: Optional[str] = None) -> Any:
+        """Reveal ``x`` to the parties in ``to`` (recorded in the ledger)."""
 
 
 @runtime_checkable

@@ -118,3 +118,17 @@ def test_the_lightning_layer_uses_the_dealer_through_the_seam_too() -> None:
     assert any(f == "preprocessing.py" for _, f in used), "the scan found nothing in preprocessing.py"
     outside = sorted(u for u in used if u[0] not in allowed)
     assert not outside, f"code reaches past the dealer seam: {outside}"
+
+
+def test_protocols_and_ops_use_only_the_party_context() -> None:
+    """Issue 15.4: what a protocol (``sess``) or an op (``x._session``) uses of its session is declared on
+    ``PartyContext``, which the Session implements (they reached 10 attributes of an untyped ``sess``)."""
+    from lightning_smpc.mpc.runtime import PartyContext
+
+    assert isinstance(Session(seed=0), PartyContext)
+    declared = {name for name in vars(PartyContext) if not name.startswith("_")} | set(PartyContext.__annotations__)
+    files = [*MPC.glob("protocols/*.py"), *MPC.glob("ops/*.py"), MPC / "approx.py", MPC / "division.py", MPC / "tensor.py"]
+    used = {(m.group(1), f.name) for f in files for m in re.finditer(r"\b(?:sess|_session)\.(\w+)", f.read_text())}
+    assert len(used) > 10, "the scan found too little: the pattern is wrong"
+    outside = sorted(u for u in used if u[0] not in declared)
+    assert not outside, f"protocol or op code uses session attributes PartyContext does not declare: {outside}"

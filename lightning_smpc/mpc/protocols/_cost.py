@@ -1,11 +1,16 @@
 """Declared protocol costs (SPU style): online rounds and bytes sent per party, as code."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import functools
 import math
 import time
 from dataclasses import dataclass
 from typing import Callable
+
+if TYPE_CHECKING:
+    from ..runtime import PartyContext
 
 __all__ = ["Cost", "COSTS", "protocol", "nbytes", "tree_pairs"]
 
@@ -30,7 +35,7 @@ def protocol(name: str, rounds: Callable[..., int], bytes_sent: Callable[..., in
         COSTS[name] = Cost(rounds, bytes_sent, offline)
 
         @functools.wraps(fn)
-        def timed(sess, *args, **kwargs):
+        def timed(sess: PartyContext, *args, **kwargs):
             t0 = time.perf_counter()
             try:
                 return fn(sess, *args, **kwargs)

@@ -1,6 +1,8 @@
 """Beaver-triple products: elementwise mul, matmul, linear (x @ W^T) and conv2d, for n parties."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from ..kinds import Beaver
@@ -8,6 +10,9 @@ from ..mask import Mask, MaskHandle
 from ..transforms import align_party
 from ..ring import LimbOperand, ring_conv2d, ring_matmul
 from ._cost import COSTS, Cost, nbytes, protocol
+
+if TYPE_CHECKING:
+    from ..runtime import PartyContext
 
 
 def _apply(op: str, x, y, kwargs: dict):
@@ -54,7 +59,7 @@ for _op, _offline in (("mul", "[a], [b], [a*b]"), ("matmul", "[A], [B], [A@B]"),
 
 
 @protocol("beaver_conv2d", rounds=_rounds, bytes_sent=_unopened, offline="[A], [K], [conv(A,K)] (fresh masks only)")
-def beaver(sess, op: str, x, y, **kwargs) -> torch.Tensor:
+def beaver(sess: PartyContext, op: str, x, y, **kwargs) -> torch.Tensor:
     """Shares of ``op(x, y)`` for a bilinear ``op`` with a dealer triple ``c = op(a, b)``.
 
     Protocol: 1. operands that carry no opened mask open ``x - a`` / ``y - b`` (one round for both);

@@ -31,6 +31,8 @@ Correctness: exact for ``|y| < 2^j``; ties in argmax go to the first index (as `
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import itertools
 
 import torch
@@ -39,6 +41,9 @@ from ..kinds import Cmp
 from ..material import DIGIT_BITS
 from ._cost import nbytes, protocol, tree_pairs
 from .truncation import HALF, trunc_from_opened
+
+if TYPE_CHECKING:
+    from ..runtime import PartyContext
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -74,7 +79,7 @@ def _gen_prop(table: torch.Tensor, q: torch.Tensor, first: bool, digit_bits: int
     return gen, nxt ^ gen
 
 
-def _and(sess, x: torch.Tensor, y: torch.Tensor, triple, tag: str) -> torch.Tensor:
+def _and(sess: PartyContext, x: torch.Tensor, y: torch.Tensor, triple, tag: str) -> torch.Tensor:
     """XOR-shared AND with a dealer bit triple (one round, 2 bits per AND to each other party)."""
     a, b, c = triple
     e, f = sess.comm.open([(x ^ a, "xor", 1), (y ^ b, "xor", 1)], tag=tag)
@@ -84,13 +89,13 @@ def _and(sess, x: torch.Tensor, y: torch.Tensor, triple, tag: str) -> torch.Tens
     return z
 
 
-def _b2a(sess, bit: torch.Tensor, mat, tag: str) -> torch.Tensor:
+def _b2a(sess: PartyContext, bit: torch.Tensor, mat, tag: str) -> torch.Tensor:
     """Open ``e = bit xor rho`` (1 bit); return e (public int64). Arithmetic bit = e + rho - 2 e rho."""
     (e,) = sess.comm.open([(bit ^ mat.rho_x, "xor", 1)], tag=tag)
     return e.to(torch.int64)
 
 
-def _open_value(sess, shares: torch.Tensor, mat, m: int | None, tag: str):
+def _open_value(sess: PartyContext, shares: torch.Tensor, mat, m: int | None, tag: str):
     """First round: open the masked value. Returns (y shares, pub, coef) with y = pub + dealer offset."""
     if m:
         masked = shares + mat.r
@@ -102,7 +107,7 @@ def _open_value(sess, shares: torch.Tensor, mat, m: int | None, tag: str):
     return shares, c, None
 
 
-def sign_bits(sess, q: torch.Tensor, mat, tag: str, per_element: bool = False) -> torch.Tensor:
+def sign_bits(sess: PartyContext, q: torch.Tensor, mat, tag: str, per_element: bool = False) -> torch.Tensor:
     """XOR-shares of bit ``j`` of ``q + off`` (``q = pub + 2^j`` public, ``off`` as the dealer prepared).
     ``per_element``: ``q`` has one more (last) dim than the offsets (thresholds): the tables are read for each."""
     j, d = sess.compare_bits, sess.compare_digit_bits
@@ -152,7 +157,7 @@ def _cmp_bytes_sent(n: int, numel: int, j: int = 32, d: int = DIGIT_BITS, **size
     return (n - 1) * (nbytes(numel, 64) + _tree_bytes(numel, j, d) + nbytes(numel, 1))
 
 
-def _arith_bit(sess, e: torch.Tensor, mat) -> torch.Tensor:
+def _arith_bit(sess: PartyContext, e: torch.Tensor, mat) -> torch.Tensor:
     """Arithmetic shares of ``e xor rho`` from the opened ``e`` and the daBit: ``e + rho - 2 e rho``."""
     out = (1 - 2 * e) * mat.rho_a
     if sess.holds_first:
@@ -167,7 +172,7 @@ def _arith_bit(sess, e: torch.Tensor, mat) -> torch.Tensor:
     bytes_sent=_cmp_bytes_sent,
     offline="[r] (or truncation material), XOR greater-than digit tables, AND triples, daBit",
 )
-def compare_bit(sess, shares: torch.Tensor, m: int | None = None) -> torch.Tensor:
+def compare_bit(sess: PartyContext, shares: torch.Tensor, m: int | None = None) -> torch.Tensor:
     """Arithmetic shares of ``[y >= 0]`` (scale 0), ``y`` the value or its truncation by ``m`` bits.
 
     Protocol and cost as :func:`relu` without the final product: 4 rounds, 73 bits per element to each
@@ -190,7 +195,7 @@ def _thresholds_bytes_sent(n: int, numel: int, m: int, j: int = 32, d: int = DIG
     bytes_sent=_thresholds_bytes_sent,
     offline="[r] and the digit tables once per element; AND triples and a daBit per comparison",
 )
-def compare_thresholds(sess, shares: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
+def compare_thresholds(sess: PartyContext, shares: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
     """Arithmetic shares (scale 0) ``[P, *S, M]`` of ``[y >= t_i]`` for every element ``y`` and the ``M`` public raw
     (encoded) ``thresholds``: the breaks of a piecewise function or the powers of two of a normalisation.
 
@@ -217,7 +222,7 @@ def compare_thresholds(sess, shares: torch.Tensor, thresholds: torch.Tensor) -> 
     bytes_sent=_cmp_bytes_sent,
     offline="as compare_bit, plus [off * rho] products for the local final multiplication",
 )
-def relu(sess, shares: torch.Tensor, m: int | None = None) -> torch.Tensor:
+def relu(sess: PartyContext, shares: torch.Tensor, m: int | None = None) -> torch.Tensor:
     """Shares of ``max(y, 0)``; with ``m``, ``y`` is the truncation of the input by ``m`` bits (fused).
 
     Protocol: 1. open ``y + r`` (or the truncation's ``z + 2^62 + r``); 2. carry tree for the sign bit
@@ -255,7 +260,7 @@ def _pairs(n_cls: int) -> tuple[tuple[int, int], ...]:
     ),
     offline="as compare_bit for the C(C-1)/2 pairs, plus one-time equality tables (M entries per class)",
 )
-def argmax_onehot(sess, shares: torch.Tensor, m: int | None = None, want_max: bool = False):
+def argmax_onehot(sess: PartyContext, shares: torch.Tensor, m: int | None = None, want_max: bool = False):
     """One-hot shares (scale 0) of the argmax over the last dim, and optionally shares of the max.
 
     Protocol: 1. open every element masked (or truncation-opened); 2. all ``C(C-1)/2`` pairwise

@@ -1,10 +1,15 @@
 """Input sharing (SPDZ-style masked input) and revealing."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from ..kinds import InputMask
 from ._cost import nbytes, protocol
+
+if TYPE_CHECKING:
+    from ..runtime import PartyContext
 
 
 @protocol(
@@ -13,7 +18,7 @@ from ._cost import nbytes, protocol
     bytes_sent=lambda n, numel, **s: 0,  # compute parties send nothing; the owner sends n * 8 * numel
     offline="input_mask: A in clear to the owner, shares of A to the parties",
 )
-def share(sess, encoded: torch.Tensor, owner: str):
+def share(sess: PartyContext, encoded: torch.Tensor, owner: str):
     """Share an encoded input held by ``owner`` (a compute party or an outside input owner).
 
     Protocol: 1. the dealer gives the owner a uniform mask ``A`` and the parties shares ``[A]``;
@@ -43,7 +48,7 @@ def share(sess, encoded: torch.Tensor, owner: str):
     bytes_sent=lambda n, numel, receivers=1, **s: nbytes(numel, 64) * receivers,
     offline="none",
 )
-def reveal(sess, shares: torch.Tensor, to: tuple[str, ...], outside: str | None = None, tag: str = "reveal") -> torch.Tensor:
+def reveal(sess: PartyContext, shares: torch.Tensor, to: tuple[str, ...], outside: str | None = None, tag: str = "reveal") -> torch.Tensor:
     """Reveal to the parties in ``to`` (and/or an outside receiver): every other party sends its share.
 
     Cost: 1 round; each party sends ``8 * numel`` bytes to each receiver other than itself.

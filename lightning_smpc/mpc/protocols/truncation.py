@@ -1,10 +1,15 @@
 """Dealer-assisted probabilistic truncation (Escudero, Ghosh, Keller, Rachuri, Scholl 2020, §5.1)."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from ..kinds import Trunc
 from ._cost import nbytes, protocol
+
+if TYPE_CHECKING:
+    from ..runtime import PartyContext
 
 HALF = 1 << 62
 
@@ -32,7 +37,7 @@ def trunc_from_opened(c: torch.Tensor, mat, m: int, first: bool = True) -> tuple
     bytes_sent=lambda n, numel, **s: (n - 1) * nbytes(numel, 64),
     offline="[r], [(r mod 2^63) >> m], [r_63] (arithmetic)",
 )
-def truncate(sess, shares: torch.Tensor, m: int) -> torch.Tensor:
+def truncate(sess: PartyContext, shares: torch.Tensor, m: int) -> torch.Tensor:
     """Shares of ``floor(z / 2^m)`` or that plus one, for any number of parties.
 
     Protocol: 1. open ``c = z + 2^62 + r`` (uniform); 2. with ``b = c_63 xor r_63`` (the wrap of the low
