@@ -19,8 +19,7 @@ def link_stats(world) -> dict:
     """AEAD seconds, transfer seconds and bytes of this process's encrypted links (distributed runtime)."""
     if world is None:
         return {}
-    stats = world.links.stats
-    return dict(stats() if callable(stats) else stats)
+    return dict(world.links.stats)  # Links.stats: a property (a dict of the link costs)
 
 
 def party_report(run, role: str) -> dict:

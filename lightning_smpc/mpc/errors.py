@@ -48,3 +48,20 @@ class PartyProcessError(SmpcError, RuntimeError):
 
 class WireError(SmpcError, ValueError):
     """A message between processes is malformed or outside what the protocol allows."""
+
+
+class LinkError(SmpcError, RuntimeError):
+    """A secure link could not be set up or used."""
+
+
+class LinkAuthError(LinkError):
+    """A process did not prove the identity the roster assigns to its rank (wrong or missing key)."""
+
+
+class LinkIntegrityError(LinkError):
+    """A received message failed authentication: tampered, replayed, reordered, dropped or mislabelled."""
+
+
+class PeerLostError(PartyProcessError, LinkError):
+    """Another role's process closed its connection (it failed or stopped) or did not answer within the timeout:
+    raised in every surviving role, naming that role and what this process was exchanging with it."""

@@ -47,7 +47,7 @@ import torch.distributed as dist
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from .errors import PartyProcessError, SmpcError
+from .errors import LinkAuthError, LinkError, LinkIntegrityError, PeerLostError  # noqa: F401 (re-exported)
 
 __all__ = ["Links", "LinkError", "LinkAuthError", "LinkIntegrityError", "PeerLostError", "CHANNELS"]
 # (Identity, Roster, generate_identity, load_identity: .identities; handshake, roll_call: .handshake; both
@@ -59,23 +59,6 @@ HEADER_BYTES = 8  # the message counter, in clear (also bound into every segment
 SEGMENT_BYTES = 1 << 30  # AES-GCM in `cryptography` takes at most 2**31 - 1 bytes per call
 MAX_NAME_BYTES = 64
 _HAS_INTO = hasattr(AESGCM, "encrypt_into") and hasattr(AESGCM, "decrypt_into")  # newer cryptography; else allocate
-
-
-class LinkError(SmpcError, RuntimeError):
-    """A secure link could not be set up or used."""
-
-
-class LinkAuthError(LinkError):
-    """A process did not prove the identity the roster assigns to its rank (wrong or missing key)."""
-
-
-class LinkIntegrityError(LinkError):
-    """A received message failed authentication: tampered, replayed, reordered, dropped or mislabelled."""
-
-
-class PeerLostError(PartyProcessError, LinkError):
-    """Another role's process closed its connection (it failed or stopped) or did not answer within the timeout:
-    raised in every surviving role, naming that role and what this process was exchanging with it."""
 
 
 def _first_line(error: BaseException) -> str:
