@@ -10,6 +10,7 @@ batch's shapes from the client's header, see :class:`~lightning_smpc.batches.Pla
 """
 from __future__ import annotations
 
+import warnings
 from typing import Any, Iterator
 
 import lightning
@@ -46,24 +47,41 @@ def _skip(*args: Any, **kwargs: Any) -> None:
     return None
 
 
+def _overrides(module: Any, name: str) -> bool:
+    from lightning.pytorch import LightningModule
+
+    return getattr(type(module), name, None) is not getattr(LightningModule, name, None)
+
+
 def keep_data_with_client(trainer: Any, is_client: bool) -> None:
     """Called once every process knows its role, before Lightning's ``prepare_data``/``setup``/dataloader steps.
 
-    The client's process runs the datamodule's ``prepare_data`` itself (Lightning would run it on local rank 0
-    only, which is another role's process when ``predict`` spawns the roles); every other process skips
-    ``prepare_data``, ``setup`` and the predict dataloader (a datamodule's, the model's or a loader passed in)."""
+    The client's process runs the datamodule's and the model's ``prepare_data`` itself (Lightning would run them on
+    local rank 0 only, which is another role's process when ``predict`` spawns the roles); every other process
+    skips them, the datamodule's ``setup`` and the predict dataloader (a datamodule's, the model's or a loader
+    passed in). The model's own ``setup`` runs everywhere (it may build layers): a warning says so when the model
+    is its own data source."""
     datamodule = getattr(trainer, "datamodule", None)
+    module = getattr(trainer, "lightning_module", None)
+    preparers = [m for m in (datamodule, module) if m is not None]  # prepare_data is for data (downloads) only
     if is_client:
-        if datamodule is not None:
-            datamodule.prepare_data()
-            datamodule.prepare_data = _skip  # done: Lightning's own call (on local rank 0) must not repeat it
+        for m in preparers:
+            m.prepare_data()
+            m.prepare_data = _skip  # done: Lightning's own call (on local rank 0) must not repeat it
         return
+    for m in preparers:
+        m.prepare_data = _skip
     if datamodule is not None:
-        datamodule.prepare_data = _skip
         datamodule.setup = _skip
+    source = trainer.predict_loop._data_source
+    if module is not None and source.instance is module and _overrides(module, "setup"):
+        warnings.warn(
+            f"{type(module).__name__} defines its own predict_dataloader and setup: with parties as processes its "
+            "setup runs in every role's process (it may build the model), so data read there is read by every role. "
+            "Read the data in predict_dataloader, or in a LightningDataModule (run in the client's process only).",
+            stacklevel=2)
     # Lightning's predict loop asks its data source (a datamodule, the model's hook or the loader passed in) for
     # the dataloader; a plain object as the source is returned as the dataloader itself.
-    source = trainer.predict_loop._data_source
     if source.instance is not None and source.is_defined():
         source.instance, source.name = NotHere(), "predict_dataloader"
 

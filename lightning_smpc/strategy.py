@@ -459,9 +459,10 @@ class SecurePredictStrategy(ParallelStrategy):
         super().on_predict_end()
 
     def on_exception(self, exception: BaseException) -> None:
-        """This role stops: tell the others why, so that they name the first cause (not only the last peer lost)."""
+        """This role stops: tell the others (the error's class only: its message may hold data, such as the client's
+        label range; it is in this role's own output), so that they name the first cause, not only the last peer."""
         if self._world is not None:
-            self._world.links.say_goodbye(f"{type(exception).__name__}: {exception}")
+            self._world.links.say_goodbye(type(exception).__name__)  # the class only: its text may hold data
         super().on_exception(exception)
 
     def teardown(self) -> None:

@@ -1,7 +1,7 @@
 """Run by tests/test_data_locality.py in a fresh interpreter: one ``predict`` with parties as processes (forked, so
 every role inherits the audit hook installed here), recording which role opens which file under ``DIR``.
 
-Usage: python tests/locality_probe.py DIR {datamodule,loader}. Writes DIR/opens.txt: "<role rank or parent> <path>".
+Usage: python tests/locality_probe.py DIR {datamodule,loader,modhooks}. Writes DIR/opens.txt: "<role rank or parent> <path>".
 """
 from __future__ import annotations
 
@@ -32,6 +32,13 @@ class Net(LightningModule):
 
     def forward(self, x):
         return self.fc2(F.relu(self.fc1(x)))
+
+
+class HookNet(Net):
+    """A model whose own prepare_data writes a file (as a download would): the client's process only."""
+
+    def prepare_data(self) -> None:
+        open(os.path.join(DIR, "mod_prepared.txt"), "w").close()
 
 
 class FileRows(Dataset):
@@ -74,6 +81,10 @@ if __name__ == "__main__":
     torch.manual_seed(1)  # an untrained instance: the weights must come from the owner's checkpoint
     if MODE == "datamodule":
         out = trainer.predict(Net(), datamodule=Files(), ckpt_path=os.path.join(DIR, "model.ckpt"))
+    elif MODE == "modhooks":
+        hooked = HookNet()
+        hooked.load_state_dict(trained.state_dict())
+        out = trainer.predict(hooked, DataLoader(FileRows(24), batch_size=8))
     else:
         out = trainer.predict(trained, DataLoader(FileRows(24), batch_size=8))
     with torch.no_grad():

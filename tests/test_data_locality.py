@@ -37,3 +37,10 @@ def test_only_the_client_iterates_a_loader_passed_in(tmp_path: Path) -> None:
     opens, out = _opens(tmp_path, "loader")
     assert {who for who, f in opens if f == "data.pt"} == {CLIENT}, opens
     assert _agreement(out) >= 0.9 and "accuracy-total 24" in out
+
+
+def test_the_models_own_prepare_data_runs_in_the_clients_process_only(tmp_path: Path) -> None:
+    """Review finding: Lightning runs a LightningModule's prepare_data on local rank 0, the model owner's process."""
+    opens, out = _opens(tmp_path, "modhooks")
+    assert {who for who, f in opens if f == "mod_prepared.txt"} == {CLIENT}, opens
+    assert _agreement(out) >= 0.9

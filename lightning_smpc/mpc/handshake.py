@@ -45,10 +45,10 @@ def roll_call(rank: int, names: Sequence[str], problem: BaseException | None = N
 
     A role that failed before connecting would otherwise leave the others waiting for it, unnamed; here it still
     joins the group and tells them. Raises, on every rank when any failed: the failing rank's own ``problem``;
-    on the others a :class:`PeerLostError` naming each failed role and its error (unauthenticated text, shown
-    only: it decides nothing but that the run ends). When the roles' ``agree`` texts differ, every rank raises
+    on the others a :class:`PeerLostError` naming each failed role and its error's class (unauthenticated, shown
+    only: it decides nothing but that the run ends; the message stays with the role, it may name its files). When the roles' ``agree`` texts differ, every rank raises
     :class:`~.errors.PartyConfigError` listing each role's."""
-    note = b"" if problem is None else f"{type(problem).__name__}: {problem}".encode("utf-8", "replace")[:_ROLL_BYTES]
+    note = b"" if problem is None else type(problem).__name__.encode("utf-8", "replace")[:_ROLL_BYTES]  # not its text
     mine = agree.encode("utf-8", "replace")[:_AGREE_BYTES]
     notes, agreed = [], []
     for k, part in enumerate(_all_gather_bytes(_field(note, _ROLL_BYTES) + _field(mine, _AGREE_BYTES), len(names), group)):

@@ -96,11 +96,14 @@ _LOST = "PeerLostError"
 #   headers): a broadcast from the sender in the pair's group, which does not hold the sender until the
 #   receiver is ready (the dealer streaming over point-to-point sends took 12.3 s instead of 7.4 s).
 # * "control": the first party's messages to the dealer, a broadcast too. The dealer waits on it while the
-#   parties compute a whole streamed batch, which may last longer than the timeout: the first party then sends a
-#   keep-alive (see RemoteDealer.heartbeat), so that this wait too is bounded by the timeout.
+#   parties compute a whole streamed batch, which may last longer than the timeout: the first party sends a
+#   keep-alive before an exchange when a third of the timeout passed (RemoteDealer.heartbeat). Its longest
+#   silence is then that third plus one wait (each bounded by the timeout), so the dealer waits at most twice the
+#   timeout (CONTROL_TIMEOUT_FACTOR; it was 10x, without keep-alives) before it names the first party as hung.
 # * "notice": one last message per pair, a role's note on why it stops (see Links.say_goodbye): its receive is
 #   posted when the links are made, so that the note lands even while the receiver waits on another channel.
 CHANNELS = {"main": "p2p", "stream": "broadcast", "control": "broadcast", "notice": "p2p"}
+CONTROL_TIMEOUT_FACTOR = 2
 NOTE_BYTES = 1024
 _NOTE_TAG = "goodbye"
 
@@ -113,7 +116,8 @@ def pair_channels(world: int, group, timeout: datetime.timedelta) -> dict:
     for channel in CHANNELS:
         for i in range(world):
             for j in range(i + 1, world):
-                channels[(channel, i, j)] = dist.new_group([ranks[i], ranks[j]], timeout=timeout, backend="gloo")
+                wait = timeout * (CONTROL_TIMEOUT_FACTOR if channel == "control" else 1)
+                channels[(channel, i, j)] = dist.new_group([ranks[i], ranks[j]], timeout=wait, backend="gloo")
     return {"ranks": ranks, "groups": channels}
 
 
@@ -192,7 +196,8 @@ class Links:
                 self._notices[peer] = (buf, self._post(peer, self.rank, buf, "notice"))
 
     def say_goodbye(self, why: str) -> None:
-        """Tell every peer why this process stops (best effort: a peer that is gone is skipped). A surviving role
+        """Tell every peer why this process stops (best effort: a peer that is gone is skipped); callers send the
+        error's class only (a message may hold data). A surviving role
         then names the first cause, not only the peer whose connection closed last."""
         if self._channels is None:
             return

@@ -172,13 +172,16 @@ def test_a_partys_own_error_keeps_its_type_with_the_party_named():
 
 def job_first_party_hangs(sess):
     if sess.local_party == "alice":
-        time.sleep(60)  # hung before its first request: bob waits on alice, the dealer on alice's control channel
+        time.sleep(60)  # hung before its first request: the dealer waits on alice's control channel
+    else:
+        time.sleep(6)  # bob starts waiting on alice later: the dealer's wait must end first (2x the timeout)
     x = sess.share(torch.ones(3) if sess.local_party == "alice" else None, owner="alice", shape=(3,))
     return x.relu().reveal()
 
 
 def test_a_hung_first_party_keeps_no_one_waiting_longer_than_the_timeout():
-    """Issue 16.7: the crypto provider waited 10x the timeout on the first party's control channel."""
+    """Issue 16.7: the crypto provider waited 10x the timeout on the first party's control channel; now at most 2x
+    (the first party's keep-alive bounds its silence), so here it fails before bob does (with 10x it was stopped)."""
     with pytest.raises(PartyProcessError) as info:
         run_parties(job_first_party_hangs, parties=("alice", "bob"), timeout=4)
     msg = str(info.value)

@@ -52,7 +52,7 @@ def _worker(rank, results, progress, world, port, names, parties, crypto_provide
         dist.destroy_process_group()
     except BaseException as e:  # noqa: BLE001 - report, tell the peers why, tear the group down, exit
         if "links" in locals():
-            links.say_goodbye(f"{type(e).__name__}: {e}")
+            links.say_goodbye(type(e).__name__)  # the class only: its text may hold data
         results.put((rank, None, error_report(e, progress.value.decode("utf-8", "replace"))))
         _abort()
         sys.stdout.flush()
