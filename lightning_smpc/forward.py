@@ -12,7 +12,7 @@ from torchmetrics import Metric
 from .batches import split_batch
 from .mpc import ShareTensor, UnsupportedOpError
 
-__all__ = ["shared_weights", "run_forward", "layer_names"]
+__all__ = ["shared_weights", "run_forward", "forward_arguments", "layer_names"]
 
 Key = Union[int, str]
 
@@ -34,6 +34,15 @@ def shared_weights(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
     return [(name, t) for name, t in named if not _inside_metric(model, name)]
 
 
+def forward_arguments(inputs: Any) -> tuple[tuple, dict]:
+    """``forward``'s ``(args, kwargs)`` for a batch's inputs: one input as is; several by name (dict batches) or in
+    order (tuple batches)."""
+    if isinstance(inputs, dict):
+        named = all(isinstance(k, str) for k in inputs)
+        return ((), inputs) if named else (tuple(inputs.values()), {})
+    return (inputs,), {}
+
+
 def run_forward(model: LightningModule, params: dict[str, ShareTensor], args: tuple, kwargs: dict,
                 input_key: Optional[Key], target_key: Optional[Key], comm=None) -> ShareTensor:
     """The user's ``predict_step`` (or ``forward`` on the batch's inputs) with ``params`` in place of the
@@ -41,12 +50,7 @@ def run_forward(model: LightningModule, params: dict[str, ShareTensor], args: tu
     batch = kwargs.get("batch", args[0] if args else None)
     with layer_names(model, comm):
         if type(model).predict_step is LightningModule.predict_step:
-            inputs, _, _ = split_batch(batch, input_key, target_key)
-            if isinstance(inputs, dict):  # several inputs: by name (dict batches) or in order (tuple batches)
-                named = all(isinstance(k, str) for k in inputs)
-                call_args, call_kwargs = ((), inputs) if named else (tuple(inputs.values()), {})
-            else:
-                call_args, call_kwargs = (inputs,), {}
+            call_args, call_kwargs = forward_arguments(split_batch(batch, input_key, target_key)[0])
             out = torch.func.functional_call(model, params, call_args, call_kwargs, strict=False)
         else:
             inner = {f"inner.{k}": v for k, v in params.items()}

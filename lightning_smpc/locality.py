@@ -14,6 +14,7 @@ import warnings
 from typing import Any, Iterator
 
 import lightning
+from lightning.pytorch.utilities.model_helpers import is_overridden
 
 __all__ = ["placeholder_checkpoint", "is_placeholder", "keep_data_with_client", "NotHere"]
 
@@ -47,12 +48,6 @@ def _skip(*args: Any, **kwargs: Any) -> None:
     return None
 
 
-def _overrides(module: Any, name: str) -> bool:
-    from lightning.pytorch import LightningModule
-
-    return getattr(type(module), name, None) is not getattr(LightningModule, name, None)
-
-
 def keep_data_with_client(trainer: Any, is_client: bool) -> None:
     """Called once every process knows its role, before Lightning's ``prepare_data``/``setup``/dataloader steps.
 
@@ -74,7 +69,7 @@ def keep_data_with_client(trainer: Any, is_client: bool) -> None:
     if datamodule is not None:
         datamodule.setup = _skip
     source = trainer.predict_loop._data_source
-    if module is not None and source.instance is module and _overrides(module, "setup"):
+    if module is not None and source.instance is module and is_overridden("setup", module):
         warnings.warn(
             f"{type(module).__name__} defines its own predict_dataloader and setup: with parties as processes its "
             "setup runs in every role's process (it may build the model), so data read there is read by every role. "

@@ -36,6 +36,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode, resolve_name
 
 from .batches import split_batch
+from .forward import forward_arguments
 from .mpc.errors import SmpcError
 from .mpc.limits import LIMITS
 from .mpc.tensor import OP_LIMIT
@@ -261,11 +262,8 @@ def _call(model: nn.Module, batch: Any, input_key, target_key) -> torch.Tensor:
 
     if isinstance(model, LightningModule) and type(model).predict_step is not LightningModule.predict_step:
         return model.predict_step(batch, 0)
-    inputs, _, _ = split_batch(batch, input_key, target_key) if not isinstance(batch, torch.Tensor) else (batch, None, None)
-    if isinstance(inputs, dict):
-        named = all(isinstance(k, str) for k in inputs)
-        return model(**inputs) if named else model(*inputs.values())
-    return model(inputs)
+    args, kwargs = forward_arguments(split_batch(batch, input_key, target_key)[0])  # as the secure run calls it
+    return model(*args, **kwargs)
 
 
 def _encoding_rows(model: nn.Module, batches: list, input_key, target_key, f: int, c: int) -> list[PreflightRow]:
@@ -273,7 +271,7 @@ def _encoding_rows(model: nn.Module, batches: list, input_key, target_key, f: in
     weights = [p.detach().abs().max() for p in model.parameters() if p.numel()]
     inputs = []
     for b in batches:
-        x = b if isinstance(b, torch.Tensor) else split_batch(b, input_key, target_key)[0]
+        x = split_batch(b, input_key, target_key)[0]
         xs = x.values() if isinstance(x, dict) else [x]
         inputs += [t.detach().abs().max() for t in xs if isinstance(t, torch.Tensor) and t.is_floating_point() and t.numel()]
     for layer, values in (("(inputs)", inputs), ("(weights)", weights)):
