@@ -52,7 +52,8 @@ class PartyLauncher(_Launcher):
         if model is not None:  # once, here, before any process starts (each role checks again at its setup)
             validate_module(model)
             if strategy.preflight is not None:  # your process holds the model and the data: before any role starts
-                checked, first = _preflight_inputs(model, args, want_batch=strategy.preflight is True)
+                checked, first = _preflight_inputs(model, args, want_batch=strategy.preflight is True,
+                                                  checkpoint_io=strategy.checkpoint_io)
                 strategy.run_preflight(checked, first)
         os.environ["MASTER_PORT"] = str(strategy.cluster_environment.main_port)
         world = strategy.num_processes
@@ -81,7 +82,7 @@ class PartyLauncher(_Launcher):
                 os.kill(p.pid, signum)
 
 
-def _preflight_inputs(model: nn.Module, args: tuple, want_batch: bool) -> tuple:
+def _preflight_inputs(model: nn.Module, args: tuple, want_batch: bool, checkpoint_io) -> tuple:
     """``(model with the weights the run will use, first predict batch)`` from ``Trainer.predict``'s arguments
     ``(model, dataloaders, datamodule, return_predictions, ckpt_path, ...)``, in your process (it holds both)."""
     from lightning.pytorch import LightningDataModule
@@ -92,7 +93,7 @@ def _preflight_inputs(model: nn.Module, args: tuple, want_batch: bool) -> tuple:
         loader, datamodule = None, loader
     if ckpt_path:  # the roles restore it later; the check must see those weights (on a copy: yours stay as they are)
         model = copy.deepcopy(model)
-        model.load_state_dict(torch.load(ckpt_path, map_location="cpu", weights_only=False)["state_dict"])
+        model.load_state_dict(checkpoint_io.load_checkpoint(ckpt_path)["state_dict"])  # as the owner's role reads it
     if not want_batch:
         return model, None
     if datamodule is not None:

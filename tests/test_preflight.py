@@ -122,3 +122,21 @@ def test_every_op_that_compares_or_multiplies_declares_its_limit() -> None:
                if fam in needs and f not in OP_LIMIT and not any(e in getattr(f, "__name__", "") for e in exempt)]
     assert missing == [], missing
     assert set(OP_LIMIT.values()) <= set(LIMITS)
+
+
+def test_with_ckpt_path_the_check_sees_the_checkpoints_weights(tmp_path) -> None:
+    """predict spawning the roles: the check runs in your process before the roles restore ``ckpt_path``, on a copy
+    of the model with the checkpoint's weights (here the loud ones; the instance passed is all zeros)."""
+    import lightning
+
+    torch.save({"state_dict": Loud().state_dict(), "pytorch-lightning_version": lightning.__version__},
+               tmp_path / "loud.ckpt")
+    quiet = Loud()
+    with torch.no_grad():
+        for p in quiet.parameters():
+            p.zero_()
+    strategy = SecurePredictStrategy(runtime="distributed", reveal="labels", preflight=True)
+    with pytest.raises(PreflightError, match="fc1"):
+        Trainer(strategy=strategy, logger=False, enable_progress_bar=False).predict(
+            quiet, DataLoader(TensorDataset(X), batch_size=250), ckpt_path=str(tmp_path / "loud.ckpt"))
+    assert all(float(p.abs().sum()) == 0 for p in quiet.parameters())  # your instance is untouched
