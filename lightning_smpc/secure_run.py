@@ -18,6 +18,7 @@ from torchmetrics import Metric
 from . import folding, party_runtime
 from .batches import ClientLoader, PlaceholderBatch, PlaceholderInput, PlaceholderLoader, is_integer_input, split_batch
 from .forward import run_forward, shared_weights
+from .model_shares import load_model_shares
 from .mpc import Session, ShareTensor
 from .mpc.session import RevealRecord
 from .preprocessing import PreprocessSchedule, StreamSchedule
@@ -58,7 +59,9 @@ class SecureRun:
         self.session.comm.enter_scope("(share weights)")  # the cost profile's clock starts here
         with torch.no_grad():  # BatchNorms folded on the owner's plaintext weights, before sharing
             params, self.batchnorm_view = folding.secure_view(model, shared_weights(model))
-            if self.private == "data":  # the model is public to the compute parties: products with it are local
+            if getattr(config, "model_shares", None) is not None:  # kept shares: the model gives names and shapes
+                self.shared_params = self._kept_weights(model)
+            elif self.private == "data":  # the model is public to the compute parties: products with it are local
                 self.shared_params = self._public_weights(params)
             else:
                 self.shared_params = {name: self._share_weight(t) for name, t in params}
@@ -84,6 +87,18 @@ class SecureRun:
             return self.session.share(t.detach(), owner=self.owner)
         mine = self.session.local_party == self.owner  # only the model owner's process reads weights
         return self.session.share(t.detach() if mine else None, owner=self.owner, shape=tuple(t.shape))
+
+    def _kept_weights(self, model: LightningModule) -> dict[str, ShareTensor]:
+        """``model_shares``: this process's stored shares (all parties' rows when simulated), checked against the run,
+        each given a fresh opened mask; the model's own weights are not used."""
+        cfg, sess = self.config, self.session
+        roster, identity = cfg.share_file_keys(sess.local_party)
+        header, rows = load_model_shares(cfg.model_shares, cfg.parties, model, cfg.ring, local_party=sess.local_party,
+                                         owner=cfg.model_owner_party, roster=roster, identity=identity)
+        # bound into the next messages: parties whose files come from different sharings fail at the masked opening
+        # (before anything is revealed), naming the sharing
+        sess.comm.note_public("model shares of sharing", detail=header.sharing_id)
+        return dict(zip(rows, sess.adopt_shares(list(rows.values()), header.frac_bits)))
 
     def _public_weights(self, params: list) -> dict[str, torch.Tensor]:
         """``private="data"``: the model owner's (folded) weights in clear at every compute party (sent by the owner's

@@ -135,6 +135,15 @@ class SecurePredictStrategy(ParallelStrategy):
         max_material_bytes: parties as processes: the crypto provider's process refuses a request whose material
             exceeds this many bytes per party (default 4 GiB; LeNet-5 on a batch of 1000 asks for at most 0.47 GB),
             a bound on its memory against a malformed or hostile request. It is the crypto provider's own setting.
+        model_shares: predict with model shares the compute parties kept (see
+            :func:`lightning_smpc.save_model_shares`): the directory it wrote, a ``{party: path}`` mapping, or (one
+            launch per role) this party's own file. The model passed to ``predict`` then gives the architecture only:
+            its weights are never used (a fresh, untrained instance works) and the model owner need not be online.
+            Each party's process reads its own file only; each run gives the stored shares a fresh mask (``W - B``
+            opened once, one message of the weights' size). Files that do not fit (architecture, parties,
+            precision, a missing, swapped, damaged, forged or mixed file) raise ``ModelSharesError`` before anything
+            runs. Signed and encrypted files (saved with a roster) are checked against ``roster`` and decrypted with
+            ``identity``.
 
     Example:
         >>> from lightning.pytorch import Trainer
@@ -176,6 +185,7 @@ class SecurePredictStrategy(ParallelStrategy):
         max_material_bytes: int = MAX_MATERIAL_BYTES,
         preflight: Any = None,
         private: Literal["both", "data", "model"] = "both",
+        model_shares: Optional[Union[str, dict[str, str]]] = None,
     ) -> None:
         super().__init__()
         if reveal not in ("metrics", "labels", "logits"):
@@ -227,6 +237,14 @@ class SecurePredictStrategy(ParallelStrategy):
         if private not in ("both", "data", "model"):
             raise ValueError(f"Expected `private` to be 'both', 'data' or 'model', but got {private!r}.")
         self.private = private
+        if model_shares is not None and private == "data":
+            raise ValueError("`model_shares` keeps the weights secret, but private='data' makes them public to the "
+                             "compute parties: use private='both' (or 'model'), or share the weights in clear.")
+        if model_shares is not None and preflight is not None:
+            raise PartyConfigError("The pre-flight needs the plaintext model, which a run from `model_shares` never "
+                                   "reads: run lightning_smpc.preflight(model, data) where the model is, before "
+                                   "saving its shares.")
+        self.model_shares = model_shares
         self.preflight_report = None  # the pre-flight's report, in the process that ran it
         self._preflight_done = False
         self._num_nodes = 1
@@ -341,6 +359,15 @@ class SecurePredictStrategy(ParallelStrategy):
         if spawn_keys is not None:
             return party_runtime.spawn_identity(spawn_keys, name)
         return party_runtime.load_keys(self.roster, self.identity, name)
+
+    def share_file_keys(self, party: Optional[str]) -> tuple:
+        """(roster, identity) that check and decrypt model share files: the run's durable keys (``roster`` and
+        ``identity`` paths; a run's fresh spawn keys sign nothing), the identity only in ``party``'s process."""
+        if self.roster is None:
+            return None, None
+        if party is None:  # one process plays every party: it can check the seals, but holds no party's key
+            return party_runtime.load_keys(self.roster, self.identity, self.model_owner_party)[0], None
+        return party_runtime.load_keys(self.roster, self.identity, party)
 
     # ------------------------------------------------------------------ only the model owner's process reads weights
     def load_checkpoint(self, checkpoint_path: Any, weights_only: Optional[bool] = None) -> dict[str, Any]:

@@ -219,6 +219,22 @@ class Session:
             raise ValueError(f"Expected int64 shares with leading axis {self.n_parties}, got {shares.dtype} {tuple(shares.shape)}.")
         return ShareTensor(shares, self, frac_bits)
 
+    def adopt_shares(self, values: list[torch.Tensor], frac_bits: int) -> list[ShareTensor]:
+        """Shares the parties kept from an earlier sharing (model shares saved to files), as ShareTensors of this
+        session: each gets a fresh opened mask, ``W - B`` opened once for all (:func:`~.protocols.sharing.remask`),
+        so later products with them cost what products with freshly shared weights cost. ``values``: int64
+        shares with the leading party axis (this process's rows: all parties simulated, its own as a process)."""
+        rows = 1 if self.local_party is not None else self.n_parties
+        for v in values:
+            if v.dtype != torch.int64 or v.dim() < 1 or v.shape[0] != rows:
+                raise ValueError(f"Expected int64 shares with leading axis {rows}, got {v.dtype} {tuple(v.shape)}.")
+        out = []
+        for shares, eps, b, mask_id in P.remask(self, [v.to(self.device) for v in values]):
+            mask = Mask(eps, b, MaskHandle(self.dealer, mask_id))
+            self._opened_masks[mask_id] = mask
+            out.append(ShareTensor(shares, self, frac_bits, mask))
+        return out
+
     # ------------------------------------------------------------------ preprocessing
     def record_plan(self) -> None:
         """Start recording the dealer requests of the next computation (its plan)."""

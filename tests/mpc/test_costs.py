@@ -28,6 +28,7 @@ compare_bit, 1024 elements                             5       11 136         22
 argmax over 10 classes, 16 rows                        6       3 430          6 860         (1715 bits/row)
 truncation, 1024 elements                              1       8 192          16 384
 share, 32 elements (outside owner)                     1       0              0             (owner: n x 256)
+remask (kept shares), 40 elements                      1       320            640
 reveal, 32 elements, to one other receiver             1       256            256
 =====================================================  ======  =============  =============
 """
@@ -132,6 +133,12 @@ def _share(make, n, expect):
     assert sent["client"] == n * 8 * 32  # the input owner sends one masked copy to each party
 
 
+def _remask(make, n, expect):
+    s = make(seed=9)
+    kept = [s.share(torch.randn(4, 8)).shares, s.share(torch.randn(8)).shares]  # as if read from share files
+    expect(s, lambda: s.adopt_shares(kept, s.precision_bits), literal=(1, (n - 1) * 8 * 40), numel=40)
+
+
 def _reveal(make, n, expect):
     s = make(seed=9)
     X = s.share(torch.randn(4, 8))
@@ -221,6 +228,7 @@ SCENARIOS: dict[str, Callable] = {
     "beaver_linear": _beaver_bilinear("linear"),
     "beaver_conv2d": _beaver_conv2d,
     "share": _share,
+    "remask": _remask,
     "reveal": _reveal,
     "trunc": _trunc,
     "compare_bit": _compare_bit,

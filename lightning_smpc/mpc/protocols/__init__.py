@@ -5,5 +5,5 @@ from ._cost import COSTS, Cost, protocol  # noqa: F401
 from . import beaver as beaver_module  # noqa: F401
 from .beaver import beaver  # noqa: F401
 from .compare import argmax_onehot, compare_bit, compare_thresholds, relu  # noqa: F401
-from .sharing import reveal, share  # noqa: F401
+from .sharing import remask, reveal, share  # noqa: F401
 from .truncation import truncate  # noqa: F401

@@ -5,7 +5,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..kinds import InputMask
+from ..kinds import FreshMask, InputMask
 from ._cost import nbytes, protocol
 
 if TYPE_CHECKING:
@@ -40,6 +40,29 @@ def share(sess: PartyContext, encoded: torch.Tensor, owner: str):
     if sess.holds_first:
         shares[0] += eps
     return shares, eps, a, mat.created[0]
+
+
+@protocol(
+    "remask",
+    rounds=lambda n, **s: 1,
+    bytes_sent=lambda n, numel, **s: (n - 1) * nbytes(numel, 64),
+    offline="fresh_mask: shares of a uniform B per value (no owner sees it)",
+)
+def remask(sess: PartyContext, values: list[torch.Tensor]) -> list[tuple]:
+    """Give values the parties already hold as shares (model weights kept between runs) a fresh opened mask.
+
+    Protocol: 1. the dealer gives the parties shares ``[B]`` of a uniform mask per value (nobody gets ``B``);
+    2. the parties open ``eps = W - B`` for all values at once. The parties keep ``(eps, [B])`` as the operand's
+    opened mask, exactly what :func:`share` leaves: later products with it need no further opening. ``eps`` is
+    uniform, so it reveals nothing; the stored shares themselves are never opened, and a new run opens them
+    under a new ``B``.
+
+    Cost: 1 round for all values; each party sends ``8 * numel`` bytes to every other party.
+    Returns ``(shares, eps, b_shares, mask_id)`` per value.
+    """
+    mats = [sess.dealer.request(FreshMask.request(tuple(w.shape[1:]))) for w in values]
+    opened = sess.comm.open([(w - m.a, "arith", 64) for w, m in zip(values, mats)], tag="remask")
+    return [(w, eps, m.a, m.created[0]) for w, eps, m in zip(values, opened, mats)]
 
 
 @protocol(
