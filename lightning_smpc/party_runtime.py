@@ -98,8 +98,7 @@ def serve_dealer(world: World, crypto_provider: str, ring: RingConfig, seed: Opt
                  max_material_bytes: Optional[int] = None) -> dict:
     """Answer the parties' requests until the first party ends the run; returns the offline traffic per party."""
     limit = {} if max_material_bytes is None else {"max_material_bytes": max_material_bytes}
-    return mpc_dist.serve_dealer(world.links, world.parties, crypto_provider, ring.compare_bits, seed, ring.digit_bits,
-                                 **limit)
+    return mpc_dist.serve_dealer(world.links, world.parties, crypto_provider, ring, seed, **limit)
 
 
 def finish(world: World, session: Session) -> None:

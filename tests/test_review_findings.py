@@ -188,14 +188,14 @@ def test_malformed_or_huge_batch_headers_are_refused(raw) -> None:
 def test_a_dealer_request_larger_than_its_limit_is_refused_before_generation() -> None:
     """The reviewer's 53-byte request asked the dealer for ~96 GiB; now its size is computed from the request and
     refused before anything is allocated (here an 8 GiB mask of a valid request, against the 4 GiB default)."""
-    from lightning_smpc.mpc import wire
+    from lightning_smpc.mpc import RingConfig, wire
     from lightning_smpc.mpc.material import Request
 
     huge = Request("input_mask", ((1 << 15, 1 << 15), "alice"))
     assert len(wire.encode_request(huge, ("alice", "bob"))) < 100
     with pytest.raises(wire.WireError, match="8.00 GiB per party.*max_material_bytes"):
-        wire.check_material_size(huge, ("alice", "bob"), 32)
-    wire.check_material_size(Request("input_mask", ((1000, 784), "alice")), ("alice", "bob"), 32)
+        wire.check_material_size(huge, ("alice", "bob"), RingConfig())
+    wire.check_material_size(Request("input_mask", ((1000, 784), "alice")), ("alice", "bob"), RingConfig())
 
 
 def test_the_crypto_providers_limit_ends_a_run_by_name() -> None:

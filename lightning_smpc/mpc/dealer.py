@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import torch
 
 from . import transforms
+from .config import RingConfig
 from .errors import DealerStoreError
 from .kinds import KINDS
 from .kinds._shares import DealtShares
@@ -66,23 +67,20 @@ class TrustedDealer:
         parties: compute party names.
         prg: the cryptographically secure generator for masks and shares.
         comm: communicator used only for offline traffic accounting.
-        compare_bits: comparison range in bits (multiple of ``digit_bits``).
+        ring: the parties' :class:`~.config.RingConfig` (the comparison material follows its ``compare_bits`` and
+            ``digit_bits``).
         device: where the material is placed.
-        digit_bits: comparison digit size, one of :data:`DIGIT_CHOICES`.
     """
 
-    def __init__(self, name: str, parties: tuple[str, ...], prg: CSPRNG, comm, compare_bits: int, device,
-                 digit_bits: int = DIGIT_BITS) -> None:
-        gt_table_spec(digit_bits)  # validates
-        if compare_bits <= 0 or compare_bits % digit_bits:
-            raise ValueError(f"Expected compare_bits a positive multiple of the digit size {digit_bits}, got {compare_bits}.")
-        self.digit_bits = digit_bits
+    def __init__(self, name: str, parties: tuple[str, ...], prg: CSPRNG, comm, ring: RingConfig, device) -> None:
+        if not isinstance(ring, RingConfig):
+            raise TypeError(f"Expected `ring` to be a RingConfig, but got {type(ring).__name__}.")
+        self.ring = ring
         self.name = name
         self.parties = tuple(parties)
         self.n = len(self.parties)
         self.prg = prg
         self.comm = comm
-        self.compare_bits = compare_bits
         self.device = torch.device(device)
         self._masks: dict[int, torch.Tensor] = {}
         # a reused mask's operand of matmul/linear triples split into limbs once (the weights' masks: every batch)
@@ -208,7 +206,7 @@ class TrustedDealer:
     def _generate(self, req: Request) -> Material:
         """Draw each party's seed, expand the seeded shares, run the kind's generator, account the messages."""
 
-        layouts = [material_layout(req, p, self.parties, self.compare_bits, self.digit_bits, check=False)
+        layouts = [material_layout(req, p, self.parties, self.ring, check=False)
                    for p in range(self.n)]
         seeds = tuple(self.prg.seed() for _ in range(self.n))
         kind = KINDS[req.kind]

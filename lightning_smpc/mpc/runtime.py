@@ -12,6 +12,7 @@ from typing import Any, Callable, Optional, Protocol, runtime_checkable
 
 import torch
 
+from .config import RingConfig
 from .material import Material, Request
 
 __all__ = ["Transport", "DealerHandle", "PartyContext", "Runtime", "SimulatedRuntime"]
@@ -121,10 +122,9 @@ class SimulatedRuntime:
 
     rank = None
 
-    def __init__(self, parties: tuple[str, ...], crypto_provider: str, prg, compare_bits: int, device,
-                 digit_bits: int) -> None:
+    def __init__(self, parties: tuple[str, ...], crypto_provider: str, prg, ring: RingConfig, device) -> None:
         self.parties, self.crypto_provider, self.prg = tuple(parties), crypto_provider, prg
-        self.compare_bits, self.device, self.digit_bits = compare_bits, device, digit_bits
+        self.ring, self.device = ring, device
 
     def communicator(self, parties: tuple[str, ...], record_views: bool) -> Transport:
         from .comm import Communicator
@@ -134,5 +134,4 @@ class SimulatedRuntime:
     def dealer(self, comm: Transport) -> DealerHandle:
         from .dealer import TrustedDealer
 
-        return TrustedDealer(self.crypto_provider, self.parties, self.prg, comm, self.compare_bits, self.device,
-                             self.digit_bits)
+        return TrustedDealer(self.crypto_provider, self.parties, self.prg, comm, self.ring, self.device)

@@ -124,7 +124,7 @@ class Session:
         self.device = torch.device(device)
         self.prg = make_prg(seed)
         if runtime is None:  # all parties (and the dealer) in this process
-            runtime = SimulatedRuntime(parties, crypto_provider, self.prg, compare_bits, self.device, compare_digit_bits)
+            runtime = SimulatedRuntime(parties, crypto_provider, self.prg, self.ring, self.device)
         self.runtime: Runtime = runtime  # the seam (lightning_smpc.mpc.runtime): protocols cannot tell which
         self.comm: Transport = runtime.communicator(parties, record_views)
         self.dealer: DealerHandle = runtime.dealer(self.comm)

@@ -35,7 +35,8 @@ import torch
 from .errors import WireError
 from .kinds import KINDS, OWNER_SEEDS, Layout, LayoutBuilder, Slot, expand_seeded, kind_of, narrow
 from .kinds._schema import MAX_NUMEL
-from .material import DIGIT_BITS, Material, Request
+from .config import RingConfig
+from .material import Material, Request
 from .prg import SEED_BYTES
 
 __all__ = [
@@ -146,26 +147,26 @@ def request_digest(data: bytes) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- material
-def material_layout(req: Request, party: int, parties: Sequence[str], compare_bits: int, digit_bits: int = DIGIT_BITS,
-                    check: bool = True) -> Layout:
+def material_layout(req: Request, party: int, parties: Sequence[str], ring: RingConfig, check: bool = True) -> Layout:
     """The material party ``party`` (index into ``parties``) receives for ``req`` — a pure function.
 
     Shares keep a party axis of length 1 (``[1, *shape]``); the input owner's clear mask has none.
     Parties ``1..n-1`` expand every share from their seed. The first party expands the *uniform* shares
     (masks, Beaver operands, the AND triples' inputs, the daBit's XOR side: their value is defined as the sum
-    of the parties' seeded shares) and receives the correction of every correlated one. ``check=False``
+    of the parties' seeded shares) and receives the correction of every correlated one. ``ring``: the parties'
+    :class:`~.config.RingConfig` (the comparison material's digits follow it). ``check=False``
     skips the request validation (the in-process dealer, whose input owner may be outside the parties).
     """
     if check:
         validate_request(req, parties)
     fresh = tuple(r is None for r in req.refs)  # the only thing of the mask ids a layout depends on
-    return _layout(req.kind, req.params, fresh, party, tuple(parties), compare_bits, digit_bits)
+    return _layout(req.kind, req.params, fresh, party, tuple(parties), ring)
 
 
-def check_material_size(req: Request, parties: Sequence[str], compare_bits: int, digit_bits: int = DIGIT_BITS,
+def check_material_size(req: Request, parties: Sequence[str], ring: RingConfig,
                         limit: int = MAX_MATERIAL_BYTES) -> None:
     """Refuse (before anything is generated) a request whose material exceeds ``limit`` bytes per party."""
-    layout = material_layout(req, 0, parties, compare_bits, digit_bits)
+    layout = material_layout(req, 0, parties, ring)
     size = sum(math.prod(s.shape) * torch.empty((), dtype=s.dtype).element_size() for s in layout.slots)
     if size > limit:
         raise WireError(
@@ -175,10 +176,9 @@ def check_material_size(req: Request, parties: Sequence[str], compare_bits: int,
 
 
 @functools.lru_cache(maxsize=4096)  # every batch of a run asks for the same requests (a pure function)
-def _layout(kind: str, params: tuple, fresh: tuple, party: int, parties: tuple, compare_bits: int,
-            digit_bits: int) -> Layout:
+def _layout(kind: str, params: tuple, fresh: tuple, party: int, parties: tuple, ring: RingConfig) -> Layout:
     k = KINDS[kind]
-    return k.layout(k.Params(*params), fresh, LayoutBuilder(kind, party, parties, compare_bits, digit_bits))
+    return k.layout(k.Params(*params), fresh, LayoutBuilder(kind, party, parties, ring))
 
 
 def pack_bits(bits: torch.Tensor) -> torch.Tensor:

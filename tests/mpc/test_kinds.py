@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 
+from lightning_smpc.mpc import RingConfig
 from lightning_smpc.mpc.comm import Communicator
 from lightning_smpc.mpc.dealer import TrustedDealer
 from lightning_smpc.mpc.kinds import KINDS, MaterialKind, register
@@ -66,11 +67,11 @@ def _check_kind(kind, n: int) -> None:
     req = kind.example(parties)
     assert decode_request(encode_request(req, parties), parties) == req  # the wire: by field name, versioned
     comm = Communicator(parties)
-    dealer = TrustedDealer("cp", parties, make_prg(0), comm, 32, "cpu")
+    dealer = TrustedDealer("cp", parties, make_prg(0), comm, RingConfig(), "cpu")
     mat = dealer._generate(req)
     offline = comm.stats(offline=True)
     for i, party in enumerate(parties):
-        layout = material_layout(req, i, parties, 32)
+        layout = material_layout(req, i, parties, RingConfig())
         assert offline[party]["bytes_received"] == layout.nbytes  # the cost: exactly the layout's bytes
         got = material_from(layout, material_tensors(mat, layout, i, n))  # the layout carries the material
         for slot in layout.slots:
@@ -91,7 +92,7 @@ def test_every_kind_agrees_with_its_layout_and_declared_bytes(name: str, n: int)
 def test_a_new_kind_is_one_class(square_pair) -> None:
     _check_kind(square_pair, 3)
     parties = PARTIES[2]
-    dealer = TrustedDealer("cp", parties, make_prg(0), Communicator(parties), 32, "cpu")
+    dealer = TrustedDealer("cp", parties, make_prg(0), Communicator(parties), RingConfig(), "cpu")
     mat = dealer._generate(square_pair.example(parties))
     r, r2 = mat.r.sum(0), mat.r2.sum(0)  # the typed view: mat.r2, not mat["r2"]
     assert torch.equal(r2, r * r)
@@ -120,11 +121,14 @@ def test_an_unknown_kind_or_misnamed_field_is_refused_on_the_wire() -> None:
 def test_one_ring_configuration_travels_whole() -> None:
     """Issue 15.2: the settings every party and the dealer agree on are one validated value; a session takes it
     whole, or builds it from its flat arguments (the same value), and refuses the two when they differ."""
-    from lightning_smpc.mpc import RingConfig, Session
+    from lightning_smpc.mpc import Session
 
     ring = RingConfig(precision_bits=12, compare_bits=36, digit_bits=4)
     s = Session(ring=ring)
     assert s.ring is ring and (s.precision_bits, s.compare_bits, s.compare_digit_bits) == (12, 36, 4)
+    assert s.dealer.ring is ring  # the dealer side takes it whole too (no loose compare_bits / digit_bits)
+    with pytest.raises(TypeError, match="Expected `ring` to be a RingConfig"):
+        TrustedDealer("cp", PARTIES[2], make_prg(0), Communicator(PARTIES[2]), 32, "cpu")  # the old flat keyword
     assert Session(precision_bits=12, compare_bits=36).ring == ring
     assert Session().ring == RingConfig()  # the defaults live in RingConfig only
     with pytest.raises(ValueError, match="either in `ring` or flat"):

@@ -13,6 +13,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from lightning_smpc.mpc import RingConfig
 from lightning_smpc.mpc.comm import Communicator
 from lightning_smpc.mpc.dealer import Request, TrustedDealer
 from lightning_smpc.mpc.prg import make_prg
@@ -101,9 +102,15 @@ def test_request_round_trip(req):
     assert encode_request(decode_request(data, PARTIES), PARTIES) == data  # canonical: one encoding per request
 
 
+def _ring(compare_bits=16, digit_bits=8):
+    """The dealer's material does not depend on precision_bits (8 here, so that compare_bits=16 is valid)."""
+    return RingConfig(precision_bits=8, compare_bits=compare_bits, digit_bits=digit_bits)
+
+
 def _dealer(n=3, compare_bits=16, digit_bits=8):
     parties = PARTIES[:n]
-    return TrustedDealer("dealer", parties, make_prg(0), Communicator(parties), compare_bits, "cpu", digit_bits), parties
+    return TrustedDealer("dealer", parties, make_prg(0), Communicator(parties), _ring(compare_bits, digit_bits),
+                         "cpu"), parties
 
 
 FIXED = [  # every kind, op, mode and use at least once (hypothesis adds random ones below)
@@ -129,7 +136,7 @@ def _check_layout(req, n, cb=16, d=8):
     mat = dealer._generate(req)
     assert len(set(mat.seeds)) == n and all(len(x) == 16 for x in mat.seeds)
     for i, party in enumerate(parties):
-        layout = material_layout(req, i, parties, cb, d)
+        layout = material_layout(req, i, parties, _ring(cb, d))
         tensors = material_tensors(mat, layout, i, n)  # raises on any mismatch with the generated material
         assert [(tuple(t.shape), t.dtype) for t in tensors] == layout.specs()
         assert sum(t.numel() * t.element_size() for t in tensors) == layout.nbytes
@@ -187,7 +194,7 @@ def test_material_reconstructs_the_dealers_correlations(n, cb, d):
     assert torch.equal(u, (r & ((1 << 63) - 1)) >> m)
     assert torch.equal(r63 & ((1 << (m + 1)) - 1), (r >> 63) & 1)
     assert torch.equal((r63 << (63 - m)), ((r >> 63) & 1) << (63 - m))  # all the protocol uses
-    w0 = material_layout(Request("cmp", ((40, 7), "trunc", m, None, "relu")), 0, parties, cb, d)
+    w0 = material_layout(Request("cmp", ((40, 7), "trunc", m, None, "relu")), 0, parties, _ring(cb, d))
     assert {s.key: s.wire_spec()[1] for s in w0.wire_slots()}["r63"] == torch.int32
     for level in range(3 if d == 4 else 1):
         a, b, c = (xor(t) for t in mat[f"and{level}"])
@@ -224,7 +231,8 @@ def test_offline_accounting_is_the_bytes_of_the_messages(cb, d):
     for req in reqs:
         dealer._generate(req)
     got = {p: v["bytes_received"] for p, v in dealer.comm.stats(offline=True).items() if p in parties}
-    want = {p: sum(material_layout(req, i, parties, cb, d).nbytes for req in reqs) for i, p in enumerate(parties)}
+    ring = _ring(cb, d)
+    want = {p: sum(material_layout(req, i, parties, ring).nbytes for req in reqs) for i, p in enumerate(parties)}
     assert got == want
     assert got["bob"] == got["carol"] + 3 * 16  # bob owns an input: every party's seed of its mask
     assert got["carol"] < 32 * len(reqs) < got["alice"]
@@ -235,15 +243,15 @@ def test_digit_size_shrinks_the_first_partys_tables():
     req = Request("cmp", ((10, 100), "trunc", 16, None, "relu"))
     tables = {}
     for d in (8, 4):
-        lay = material_layout(req, 0, PARTIES, 32, d)
+        lay = material_layout(req, 0, PARTIES, RingConfig(digit_bits=d))
         (gt,) = [s for s in lay.slots if s.key == "gt_table"]
         tables[d] = gt
     assert tables[8].shape == (1, 10, 100, 4, 4) and tables[8].dtype == torch.int64
     assert tables[4].shape == (1, 10, 100, 8) and tables[4].dtype == torch.int16
-    with pytest.raises(WireError, match="multiple of the digit size"):
-        material_layout(req, 0, PARTIES, 20, 8)
-    with pytest.raises(WireError, match="digit size"):
-        material_layout(req, 0, PARTIES, 32, 2)
+    with pytest.raises(ValueError, match="digit size in \\(4, 8\\) dividing compare_bits=20"):
+        RingConfig(compare_bits=20, digit_bits=8)  # the ring a layout takes is valid by construction
+    with pytest.raises(ValueError, match="digit size"):
+        RingConfig(digit_bits=2)
 
 
 def test_layout_of_a_product_with_a_reused_mask():
@@ -251,7 +259,7 @@ def test_layout_of_a_product_with_a_reused_mask():
     mid = dealer._generate(Request("input_mask", ((4, 3), "bob"))).created[0]
     req = Request("beaver", ("linear", (), (5, 3), (4, 3), (), ()), (None, mid))
     mat = dealer._generate(req)
-    layout = material_layout(req, 0, parties, 16)
+    layout = material_layout(req, 0, parties, _ring())
     assert [s.key for s in layout.slots] == ["a", "c"] and layout.mask_keys == ("a",)
     assert material_from(layout, material_tensors(mat, layout, 0, 2)).created == mat.created
 
@@ -325,7 +333,7 @@ def test_encoding_refuses_what_json_cannot_carry_exactly():
     with pytest.raises(WireError, match="more than the limit"):
         encode_request(Request("input_mask", ((MAX_NUMEL, 2), "alice")))
     with pytest.raises(WireError, match="do not combine"):
-        material_layout(Request("beaver", ("linear", (), (2, 3), (2, 4), (), ()), (None, None)), 0, PARTIES, 32)
+        material_layout(Request("beaver", ("linear", (), (2, 3), (2, 4), (), ()), (None, None)), 0, PARTIES, RingConfig())
 
 
 def test_products_with_a_reused_mask_stay_correct_batch_after_batch():

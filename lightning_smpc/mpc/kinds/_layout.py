@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..config import RingConfig
 from ..prg import SEED_BYTES, CSPRNG
 from ._schema import check_numel
 
@@ -84,11 +85,11 @@ class LayoutBuilder:
 
     Shares keep a party axis of length 1. Parties ``1..n-1`` expand every share from their seed; the first party
     expands the *uniform* ones (their value is defined as the sum of the seeded shares) and receives the correction
-    of every correlated one, narrowed to ``mod_bits`` when it is needed modulo ``2**mod_bits`` only."""
+    of every correlated one, narrowed to ``mod_bits`` when it is needed modulo ``2**mod_bits`` only. ``ring``: the
+    parties' :class:`~..config.RingConfig` (what a kind's slots may depend on besides its request)."""
 
-    def __init__(self, kind: str, party: int, parties: tuple, compare_bits: int, digit_bits: int) -> None:
-        self.kind, self.party, self.parties = kind, party, parties
-        self.compare_bits, self.digit_bits = compare_bits, digit_bits
+    def __init__(self, kind: str, party: int, parties: tuple, ring: RingConfig) -> None:
+        self.kind, self.party, self.parties, self.ring = kind, party, parties, ring
         self.first = party == 0
         self.slots: list[Slot] = []
 

@@ -11,7 +11,7 @@ from typing import Any, Optional, Sequence
 import torch
 
 from ..errors import WireError
-from ..material import DIGIT_BITS, DIGIT_CHOICES, Material, gt_table_spec
+from ..material import Material, gt_table_spec
 from ._schema import check_choice, check_int, check_numel, check_shape, check_tuple
 from .base import MaterialKind, register
 from .trunc import declare_trunc, trunc_parts
@@ -33,7 +33,7 @@ class CmpParams:
 _GT_ROWS: dict = {}
 
 
-def gt_rows(device, digit_bits: int = DIGIT_BITS) -> torch.Tensor:
+def gt_rows(device, digit_bits: int) -> torch.Tensor:
     """Row ``t`` is the table ``G[u] = [u > t]`` (``u, t < 2^d``): for ``d = 8`` ``[256, 4]`` int64 (four 64-bit
     words), for ``d = 4`` ``[16]`` int16 (bit ``u`` of the word)."""
     key = (str(device), digit_bits)
@@ -91,9 +91,6 @@ class Cmp(MaterialKind):
     @classmethod
     def layout(cls, p, fresh, b):
         shape, u8 = tuple(p.shape), torch.uint8
-        if b.digit_bits not in DIGIT_CHOICES or b.compare_bits <= 0 or b.compare_bits % b.digit_bits:
-            raise WireError(f"compare_bits must be a positive multiple of the digit size {b.digit_bits} (one of "
-                            f"{DIGIT_CHOICES}), got compare_bits={b.compare_bits}.")
         if p.mode == "trunc":
             declare_trunc(b, shape, p.bits)
         else:
@@ -101,8 +98,8 @@ class Cmp(MaterialKind):
         # the tables follow the opened offsets (one per element; per pair for argmax); the carry tree's AND triples
         # and the daBits follow the comparisons (several per element against thresholds)
         table_shape, cmp_shape = _shapes(p)
-        n_digits = b.compare_bits // b.digit_bits
-        words, table_dtype = gt_table_spec(b.digit_bits)
+        n_digits = b.ring.compare_bits // b.ring.digit_bits
+        words, table_dtype = gt_table_spec(b.ring.digit_bits)
         b.share("gt_table", table_shape + (n_digits,) + words, table_dtype)
         b.share("rj", table_shape, u8)
         width, level = n_digits, 0
@@ -136,7 +133,7 @@ class Cmp(MaterialKind):
 
     @classmethod
     def generate(cls, dealer, p, refs, sh):
-        j, d = dealer.compare_bits, dealer.digit_bits
+        j, d = dealer.ring.compare_bits, dealer.ring.digit_bits
         data: dict[str, Any] = {}
         if p.mode == "trunc":
             r, u, r63 = trunc_parts(sh, data, p.bits)

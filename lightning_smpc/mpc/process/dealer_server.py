@@ -9,10 +9,10 @@ from typing import Sequence
 import torch
 
 from .. import wire
+from ..config import RingConfig
 from ..comm import Communicator
 from ..dealer import TrustedDealer, _PlanEntry
 from ..links import LinkError, Links
-from ..material import DIGIT_BITS
 from ..prg import make_prg
 from .remote_dealer import (_ALIVE, _CTRL_TAG, _END, _FORGET, _FORGET_TAG, _MATERIAL, _RECORD, _REQ_TAG, _STOP,
                             _STREAM, _STREAM_DEPTH, _material_tag)
@@ -23,11 +23,10 @@ __all__ = ["serve_dealer"]
 class _DealerProcess:
     """The crypto provider's side of :class:`RemoteDealer`: answers inline requests, records plans, streams."""
 
-    def __init__(self, links: Links, parties: tuple, dealer: TrustedDealer, compare_bits: int, digit_bits: int,
+    def __init__(self, links: Links, parties: tuple, dealer: TrustedDealer,
                  max_material_bytes: int = wire.MAX_MATERIAL_BYTES) -> None:
-        self.links, self.parties, self.dealer = links, parties, dealer
+        self.links, self.parties, self.dealer, self.ring = links, parties, dealer, dealer.ring
         self.max_material_bytes = max_material_bytes
-        self.compare_bits, self.digit_bits = compare_bits, digit_bits
         self.first = links.index(parties[0])
         self.peers = [links.index(p) for p in parties]
         self.recording: list[_PlanEntry] | None = None
@@ -56,7 +55,7 @@ class _DealerProcess:
             elif 0 < code <= wire.MAX_REQUEST_BYTES:
                 data = self.links.recv(self.first, (code,), torch.uint8, _REQ_TAG, channel="control")
                 req = wire.decode_request(data, self.parties)
-                wire.check_material_size(req, self.parties, self.compare_bits, self.digit_bits, self.max_material_bytes)
+                wire.check_material_size(req, self.parties, self.ring, self.max_material_bytes)
                 t0 = time.perf_counter()
                 mat = self.dealer._generate(req)
                 self.dealer.times.inline_seconds += time.perf_counter() - t0
@@ -99,10 +98,10 @@ class _DealerProcess:
                 self.dealer.forget(mid)
 
     def _post(self, req, mat, data: bytes) -> list:
-        tag = _material_tag(wire.request_digest(data), self.compare_bits, self.digit_bits)
+        tag = _material_tag(wire.request_digest(data), self.ring)
         n = len(self.parties)
         return [self.links.post_many(peer, wire.material_tensors(
-                    mat, wire.material_layout(req, i, self.parties, self.compare_bits, self.digit_bits), i, n), tag,
+                    mat, wire.material_layout(req, i, self.parties, self.ring), i, n), tag,
                     channel=_MATERIAL)
                 for i, peer in enumerate(self.peers)]
 
@@ -113,16 +112,15 @@ class _DealerProcess:
 
 
 def serve_dealer(
-    links: Links, parties: Sequence[str], crypto_provider: str, compare_bits: int = 32, seed: int | None = None,
-    compare_digit_bits: int = DIGIT_BITS, max_material_bytes: int = wire.MAX_MATERIAL_BYTES,
+    links: Links, parties: Sequence[str], crypto_provider: str, ring: RingConfig | None = None, seed: int | None = None,
+    max_material_bytes: int = wire.MAX_MATERIAL_BYTES,
 ) -> dict:
     """Run the crypto provider on this rank: answer requests until the first party sends the end marker.
 
     Args:
         links: this process's links (its name must be ``crypto_provider``).
         parties: the compute parties, in share-row order (the first one forwards the requests).
-        compare_bits: the parties' ``Session(compare_bits=...)``.
-        compare_digit_bits: the parties' ``Session(compare_digit_bits=...)``.
+        ring: the parties' :class:`~..config.RingConfig` (their ``session.ring``; ``None``: the defaults).
         seed: ``None`` for the cryptographically secure generator (an int only for tests).
         max_material_bytes: the most material one request may ask for, per party (see
             :data:`~.wire.MAX_MATERIAL_BYTES`); a larger request is refused before anything is generated.
@@ -137,7 +135,6 @@ def serve_dealer(
     if links.name != crypto_provider:
         raise LinkError(f"serve_dealer runs on the crypto provider's rank ({crypto_provider!r}), not on {links.name!r}.")
     accounting = Communicator(parties)
-    dealer = TrustedDealer(crypto_provider, parties, make_prg(seed), accounting, compare_bits, "cpu",
-                           compare_digit_bits)
-    _DealerProcess(links, parties, dealer, compare_bits, compare_digit_bits, max_material_bytes).serve()
+    dealer = TrustedDealer(crypto_provider, parties, make_prg(seed), accounting, ring or RingConfig(), "cpu")
+    _DealerProcess(links, parties, dealer, max_material_bytes).serve()
     return {**accounting.stats(offline=True), "masks_held": dealer.masks_held}

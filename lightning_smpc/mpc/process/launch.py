@@ -40,7 +40,7 @@ def _worker(rank, results, progress, world, port, names, parties, crypto_provide
         links = establish_links(rank, world, names, roster_text, identity, timeout=timeout)
         links.on_op = lambda what: _set_progress(progress, what)
         if name == crypto_provider:
-            result = serve_dealer(links, parties, crypto_provider, ring.compare_bits, seed, ring.digit_bits)
+            result = serve_dealer(links, parties, crypto_provider, ring, seed)
         else:
             sess = party_session(links, parties, crypto_provider, **session_kwargs)
             _set_progress(progress, "the job function")

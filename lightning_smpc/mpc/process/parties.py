@@ -9,10 +9,10 @@ from typing import Any, Sequence
 
 import torch.distributed as dist
 
+from ..config import RingConfig
 from ..handshake import handshake
 from ..identities import Identity, Roster
 from ..links import LinkError, Links
-from ..material import DIGIT_BITS
 from .remote_dealer import RemoteDealer
 from .transport import DistributedCommunicator
 
@@ -26,9 +26,8 @@ class _Runtime:
     links: Links
     parties: tuple
     crypto_provider: str
-    compare_bits: int
+    ring: RingConfig
     group: Any = None
-    digit_bits: int = DIGIT_BITS
 
     @property
     def rank(self) -> int:
@@ -38,7 +37,7 @@ class _Runtime:
         return DistributedCommunicator(parties, self.links, record_views)
 
     def dealer(self, comm=None):
-        dealer = RemoteDealer(self.links, self.parties, self.crypto_provider, self.compare_bits, self.digit_bits)
+        dealer = RemoteDealer(self.links, self.parties, self.crypto_provider, self.ring)
         if isinstance(comm, DistributedCommunicator):
             comm.heartbeat = dealer.heartbeat  # the dealer's wait for the next request stays within the timeout
         return dealer
@@ -90,7 +89,7 @@ def party_session(links: Links, parties: Sequence[str], crypto_provider: str, gr
     session_kwargs.pop("seed", None)  # parties draw nothing from a seed; only the dealer's generator matters
     ring = ring_config(session_kwargs.pop("ring", None), session_kwargs.pop("precision_bits", None),
                        session_kwargs.pop("compare_bits", None), session_kwargs.pop("compare_digit_bits", None))
-    runtime = _Runtime(links, parties, crypto_provider, ring.compare_bits, group, ring.digit_bits)
+    runtime = _Runtime(links, parties, crypto_provider, ring, group)
     session = Session(parties, crypto_provider, seed=None, runtime=runtime, ring=ring, **session_kwargs)
     # Bound into every later message between the parties: parties configured differently (each role launched with
     # its own settings) fail at their first exchange, naming the configuration, instead of computing garbage.

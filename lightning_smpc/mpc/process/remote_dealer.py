@@ -9,9 +9,10 @@ from collections import deque
 import torch
 
 from .. import wire
+from ..config import RingConfig
 from ..dealer import DealerStoreError, _DealerTimes, _PlanEntry
 from ..links import LinkError, Links
-from ..material import DIGIT_BITS, Material
+from ..material import Material
 
 __all__ = ["RemoteDealer", "finish"]
 
@@ -45,9 +46,10 @@ class RemoteDealer:
     (``times.store_discards``), or raise :class:`~.dealer.DealerStoreError` unless :attr:`fallback_inline`.
     """
 
-    def __init__(self, links: Links, parties: tuple[str, ...], dealer: str, compare_bits: int,
-                 digit_bits: int = DIGIT_BITS) -> None:
-        self.links, self.parties, self.compare_bits, self.digit_bits = links, tuple(parties), compare_bits, digit_bits
+    def __init__(self, links: Links, parties: tuple[str, ...], dealer: str, ring: RingConfig) -> None:
+        if not isinstance(ring, RingConfig):
+            raise TypeError(f"Expected `ring` to be a RingConfig, but got {type(ring).__name__}.")
+        self.links, self.parties, self.ring = links, tuple(parties), ring
         self.party = self.parties.index(links.name)
         self.dealer_rank = links.index(dealer)
         self.times = _DealerTimes()
@@ -100,10 +102,10 @@ class RemoteDealer:
         self.clear_store()
 
     def _layout(self, req):
-        return wire.material_layout(req, self.party, self.parties, self.compare_bits, self.digit_bits)
+        return wire.material_layout(req, self.party, self.parties, self.ring)
 
     def _tag(self, data: bytes) -> str:
-        return _material_tag(wire.request_digest(data), self.compare_bits, self.digit_bits)
+        return _material_tag(wire.request_digest(data), self.ring)
 
     def _receive(self, req, data: bytes) -> Material:
         layout = self._layout(req)
@@ -229,10 +231,10 @@ class RemoteDealer:
         self._tell(torch.tensor(dropped, dtype=torch.int64), _FORGET_TAG)
 
 
-def _material_tag(digest: str, compare_bits: int, digit_bits: int) -> str:
+def _material_tag(digest: str, ring: RingConfig) -> str:
     """Bound into each material message's associated data: a party configured with another comparison range or
     digit size fails authentication at once (with seeds only, its layout would otherwise go unchecked)."""
-    return f"material:{digest}:cb{compare_bits}:d{digit_bits}"
+    return f"material:{digest}:cb{ring.compare_bits}:d{ring.digit_bits}"
 
 
 def finish(session) -> None:

@@ -47,7 +47,7 @@ if TYPE_CHECKING:
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-def _gen_prop(table: torch.Tensor, q: torch.Tensor, first: bool, digit_bits: int = DIGIT_BITS) -> tuple[torch.Tensor, torch.Tensor]:
+def _gen_prop(table: torch.Tensor, q: torch.Tensor, first: bool, digit_bits: int) -> tuple[torch.Tensor, torch.Tensor]:
     """XOR shares of ``g = G[q]`` and ``p = G[q + 1] xor G[q]`` from each party's table share (``G[2^d] = 1`` is
     public). 8-bit digits: 256-bit tables as 4 int64 words; one gather: ``G[q + 1]`` sits in the same word
     unless ``q mod 64 = 63``, and those few elements are fetched separately. 4-bit digits: one 16-bit word per
