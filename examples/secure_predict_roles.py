@@ -13,6 +13,14 @@ every machine, each private key only to its own)::
     NODE_RANK=1 python examples/secure_predict_roles.py predict --keys keys --data-dir ../shared/data  # bob: client
     NODE_RANK=2 python examples/secure_predict_roles.py predict --keys keys                     # crypto provider
 
+Model shares kept by the compute parties (the model owner shares once, hands each party its file over any channel,
+and need not be online for later runs; the files are encrypted to each party's key and signed by the owner's)::
+
+    python examples/secure_predict_roles.py share-model --keys keys --ckpt out/mnist_mlp_10ep_all_seed0.ckpt --out shares
+    NODE_RANK=0 python examples/secure_predict_roles.py predict --keys keys --model-shares shares/alice.shares
+    NODE_RANK=1 python examples/secure_predict_roles.py predict --keys keys --model-shares shares/bob.shares --data-dir ../shared/data
+    NODE_RANK=2 python examples/secure_predict_roles.py predict --keys keys
+
 The model owner prints the revealed accuracy; the client prints its revealed labels (how many, the first ones, and
 how many match its own targets; it never sees the model); the crypto provider prints what it sent each party.
 """
@@ -27,7 +35,7 @@ from typing import Optional
 import torch
 from lightning.pytorch import Trainer
 
-from lightning_smpc import SecureAccuracy, SecurePredictStrategy
+from lightning_smpc import SecureAccuracy, SecurePredictStrategy, save_model_shares
 from lightning_smpc.mnist import MNISTClassifier, MNISTDataModule
 from lightning_smpc.mpc.identities import Roster, generate_identity
 
@@ -39,6 +47,13 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     keys.add_argument("--out", default="keys")
     keys.add_argument("--parties", default="alice,bob")
     keys.add_argument("--crypto-provider", default="crypto_provider")
+    share = sub.add_parser("share-model", help="the model owner: one model shares file per compute party")
+    share.add_argument("--keys", default=None, help="directory with roster.json and the owner's <role>.pem: the files "
+                       "are encrypted to each party and signed (omit: a digest only)")
+    share.add_argument("--ckpt", required=True, help="the model owner's checkpoint")
+    share.add_argument("--out", default="shares")
+    share.add_argument("--parties", default="alice,bob")
+    share.add_argument("--precision-bits", type=int, default=16)
     run = sub.add_parser("predict", help="play the role of this process's rank (NODE_RANK / RANK)")
     run.add_argument("--keys", default=None, help="directory with roster.json and <role>.pem (omit on one machine)")
     run.add_argument("--parties", default="alice,bob")
@@ -51,6 +66,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     run.add_argument("--start-timeout", type=float, default=600.0,
                      help="seconds a role waits for the others to start (roles started by hand, minutes apart)")
     run.add_argument("--precision-bits", type=int, default=16, help="fixed-point fractional bits (the same on every role)")
+    run.add_argument("--model-shares", default=None, help="this party's model shares file (share-model wrote it): "
+                     "the model owner's checkpoint is then not needed")
     run.add_argument("--report", default=None, help="write this role's results as JSON here")
     return p.parse_args(argv)
 
@@ -62,6 +79,14 @@ def make_keys(args: argparse.Namespace) -> None:
     identities = [generate_identity(name, out / f"{name}.pem") for name in names]
     Roster.from_identities(identities).save(out / "roster.json")
     print(f"wrote {out / 'roster.json'} and {', '.join(f'{n}.pem' for n in names)}")
+
+
+def share_model(args: argparse.Namespace) -> None:
+    parties = tuple(args.parties.split(","))
+    keys = dict(roster=Path(args.keys) / "roster.json", identity=Path(args.keys) / f"{parties[0]}.pem") if args.keys else {}
+    paths = save_model_shares(args.ckpt, args.out, parties=parties, precision_bits=args.precision_bits,
+                              model_class=MNISTClassifier, owner=parties[0], **keys)
+    print("wrote " + ", ".join(f"{p}: {path} ({path.stat().st_size} bytes)" for p, path in paths.items()))
 
 
 def predict(args: argparse.Namespace) -> dict:
@@ -78,7 +103,7 @@ def predict(args: argparse.Namespace) -> dict:
     strategy = SecurePredictStrategy(parties=parties, crypto_provider=args.crypto_provider, runtime="distributed",
                                      reveal="labels", metrics={"accuracy": SecureAccuracy(num_classes=10)},
                                      precision_bits=args.precision_bits, timeout=args.timeout,
-                                     start_timeout=args.start_timeout, **keys)
+                                     start_timeout=args.start_timeout, model_shares=args.model_shares, **keys)
     trainer = Trainer(strategy=strategy, num_nodes=len(parties) + 1, devices=1, accelerator="cpu", logger=False,
                       enable_progress_bar=role in parties, enable_model_summary=False)
     out = trainer.predict(MNISTClassifier(), datamodule=dm, ckpt_path=args.ckpt if role == parties[0] else None)
@@ -109,7 +134,7 @@ def _report(args: argparse.Namespace, role: str, strategy: SecurePredictStrategy
 
 def main(argv: Optional[list[str]] = None) -> None:
     args = parse_args(argv)
-    make_keys(args) if args.command == "make-keys" else predict(args)
+    {"make-keys": make_keys, "share-model": share_model, "predict": predict}[args.command](args)
 
 
 if __name__ == "__main__":

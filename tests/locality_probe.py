@@ -1,7 +1,7 @@
 """Run by tests/test_data_locality.py in a fresh interpreter: one ``predict`` with parties as processes (forked, so
 every role inherits the audit hook installed here), recording which role opens which file under ``DIR``.
 
-Usage: python tests/locality_probe.py DIR {datamodule,loader,modhooks}. Writes DIR/opens.txt: "<role rank or parent> <path>".
+Usage: python tests/locality_probe.py DIR {datamodule,loader,modhooks,shares}. Writes DIR/opens.txt: "<role rank or parent> <path>".
 """
 from __future__ import annotations
 
@@ -74,9 +74,14 @@ if __name__ == "__main__":
     torch.save({"state_dict": trained.state_dict(), "pytorch-lightning_version": "2.6.0"}, os.path.join(DIR, "model.ckpt"))
     x = torch.randn(24, 8)
     torch.save((x, torch.randint(0, 4, (24,))), os.path.join(DIR, "data.pt"))
+    if MODE == "shares":  # the owner shares once; the run reads the files with an untrained instance
+        from lightning_smpc import save_model_shares
+
+        save_model_shares(trained, os.path.join(DIR, "shares"))
     sys.addaudithook(_audit)
     strategy = SecurePredictStrategy(runtime="distributed", reveal="labels", start_method="fork", preprocess=False,
-                                     metrics={"accuracy": SecureAccuracy(num_classes=4)})
+                                     metrics={"accuracy": SecureAccuracy(num_classes=4)},
+                                     model_shares=os.path.join(DIR, "shares") if MODE == "shares" else None)
     trainer = Trainer(strategy=strategy, logger=False, enable_progress_bar=False, enable_model_summary=False)
     torch.manual_seed(1)  # an untrained instance: the weights must come from the owner's checkpoint
     if MODE == "datamodule":
@@ -85,6 +90,8 @@ if __name__ == "__main__":
         hooked = HookNet()
         hooked.load_state_dict(trained.state_dict())
         out = trainer.predict(hooked, DataLoader(FileRows(24), batch_size=8))
+    elif MODE == "shares":
+        out = trainer.predict(Net(), DataLoader(FileRows(24), batch_size=8))
     else:
         out = trainer.predict(trained, DataLoader(FileRows(24), batch_size=8))
     with torch.no_grad():

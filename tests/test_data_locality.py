@@ -44,3 +44,11 @@ def test_the_models_own_prepare_data_runs_in_the_clients_process_only(tmp_path: 
     opens, out = _opens(tmp_path, "modhooks")
     assert {who for who, f in opens if f == "mod_prepared.txt"} == {CLIENT}, opens
     assert _agreement(out) >= 0.9
+
+
+def test_each_party_reads_its_own_model_shares_file_only(tmp_path: Path) -> None:
+    """Issue 18.2: a run from model share files; the model instance is untrained (its weights never used)."""
+    opens, out = _opens(tmp_path, "shares")
+    shares = {(who, f) for who, f in opens if f.endswith(".shares")}
+    assert shares == {(OWNER, "alice.shares"), (CLIENT, "bob.shares")}, opens
+    assert _agreement(out) >= 0.9

@@ -92,6 +92,32 @@ def test_one_launch_per_role_with_data_locality(setup) -> None:
     assert owner["comm"]["alice"]["bytes_sent"] > 0 and client["comm"]["bob"]["bytes_sent"] > 0
 
 
+def test_one_launch_per_role_from_model_shares_files(setup) -> None:
+    """Issue 18.2: the owner shares once (encrypted to each party, signed); no role gets the checkpoint."""
+    tmp, model = setup
+    share = subprocess.run([sys.executable, str(SCRIPT), "share-model", "--keys", str(tmp / "keys"), "--ckpt",
+                            str(tmp / "owner.ckpt"), "--out", str(tmp / "shares")], capture_output=True, text=True)
+    assert share.returncode == 0, share.stderr[-3000:]
+    runs = _launch(tmp, tmp / "keys", {0: ["--model-shares", str(tmp / "shares" / "alice.shares")],
+                                       1: ["--model-shares", str(tmp / "shares" / "bob.shares"), "--data-dir", DATA_DIR]})
+    for r in runs:
+        assert r.returncode == 0, r.stderr[-3000:]
+    owner, client = (json.loads((tmp / f"report{i}.json").read_text()) for i in range(2))
+    dm = MNISTDataModule(DATA_DIR, test_subset=N_TEST, download=False)
+    dm.setup("predict")
+    x, y = next(iter(DataLoader64(dm)))
+    with torch.no_grad():
+        plain = model(x).argmax(-1)
+    assert (torch.tensor(client["labels"]) == plain).float().mean() >= 0.98
+    assert owner["total"] == N_TEST and client["labels_correct"] == owner["correct"]
+    # the files went to the wrong parties: refused by the role that reads one, named to the others
+    runs = _launch(tmp, tmp / "keys", {0: ["--model-shares", str(tmp / "shares" / "bob.shares")],
+                                       1: ["--model-shares", str(tmp / "shares" / "alice.shares"), "--data-dir", DATA_DIR]},
+                   timeout=10)
+    assert all(r.returncode != 0 for r in runs)
+    assert "ModelSharesError" in runs[0].stderr and "holds bob's shares, not alice's" in runs[0].stderr
+
+
 def test_roles_started_far_apart_within_the_start_window(setup) -> None:
     """Issue 16.8: `timeout` bounds the waits once every role started, `--start-timeout` (default 600 s) how far
     apart they may start: here 12 s apart with a 5 s timeout (this failed with one timeout for both)."""
