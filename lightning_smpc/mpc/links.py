@@ -21,147 +21,47 @@ crosses between processes is protected here, at the application layer, on top of
   decrypting: a replayed, reordered or dropped message raises :class:`LinkIntegrityError`, and so does
   any flipped bit (the GCM tag) or a disagreement about the operation, dtype or shape.
 
-Collectives (:meth:`Links.all_gather`, :meth:`Links.gather_to`, :meth:`Links.broadcast`) are built from
-pairwise messages posted as non-blocking sends/receives (``n - 1`` messages per process; for 2-3 parties
-this costs no extra round). Nothing is ever serialized with a general object serializer: only raw tensor
-bytes whose dtype and shape the receiver already knows.
+Collectives (:meth:`Links.all_gather`, :meth:`Links.gather_to`, :meth:`Links.broadcast`, in
+:mod:`.link_collectives`) are built from pairwise messages posted as non-blocking sends/receives (``n - 1``
+messages per process; for 2-3 parties this costs no extra round). Nothing is ever serialized with a general
+object serializer: only raw tensor bytes whose dtype and shape the receiver already knows.
 
 Without a roster (:func:`handshake` with ``roster=None``, the one-machine spawn case) every process makes
 a fresh identity and the roster is built from the exchanged public keys: the traffic is still encrypted
 and authenticated against a passive observer or a late intruder on the store, but nothing pins who the
 processes are. Give a roster and identities whenever the processes run on different hosts.
+
+This module holds :class:`Links` (keys, counters, sealing and opening, waiting on transfers); by job, the message
+format is in :mod:`.link_framing`, the channels in :mod:`.link_channels`, the goodbye notes and the lost-peer error
+in :mod:`.link_notices`, the collectives in :mod:`.link_collectives`.
 """
 from __future__ import annotations
 
-import datetime
-import math
-import re
 import struct
 import time
-from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from .errors import LinkAuthError, LinkError, LinkIntegrityError, PeerLostError  # noqa: F401 (re-exported)
+from .link_channels import CHANNELS, post
+from .link_collectives import Collectives
+from .link_framing import HEADER_BYTES, TAG_BYTES, LinkStats, byte_view, nonce, segment_aad, segments, wire_size
+from .link_notices import NOTE_BYTES, NOTE_TAG, lost_peer, pack_note, unpack_note
 
 __all__ = ["Links", "LinkError", "LinkAuthError", "LinkIntegrityError", "PeerLostError", "CHANNELS"]
-# (Identity, Roster, generate_identity, load_identity: .identities; handshake, roll_call: .handshake; both
-# importable from here too, see __getattr__ at the end)
+# (Identity, Roster, generate_identity, load_identity: .identities; handshake, roll_call: .handshake; the format's
+# and the channels' constants: .link_framing, .link_channels; all importable from here too, see __getattr__ at the end)
 
-PROTOCOL = b"lightning_smpc/link/v1"
-TAG_BYTES = 16
-HEADER_BYTES = 8  # the message counter, in clear (also bound into every segment's nonce and AAD)
+# Module globals read at each call (the tests switch them): the size of one AEAD segment and the AES-GCM call used.
 SEGMENT_BYTES = 1 << 30  # AES-GCM in `cryptography` takes at most 2**31 - 1 bytes per call
-MAX_NAME_BYTES = 64
 _HAS_INTO = hasattr(AESGCM, "encrypt_into") and hasattr(AESGCM, "decrypt_into")  # newer cryptography; else allocate
 
 
-def _first_line(error: BaseException) -> str:
-    """The first line of a gloo error (the rest is a C++ stack trace that names no role)."""
-    text = str(error).strip()
-    line = re.sub(r"^\[[^\]]*\]\s*", "", text.splitlines()[0]) if text else type(error).__name__  # [pair.cc:561]
-    return line.split(". ")[0][:200]
-
-
-def lost_peer(name: str, peer: str, rank: int, doing: str, error: BaseException,
-              notes: dict[str, str] | None = None) -> PeerLostError:
-    """The error of a surviving role: which peer it lost, what it was doing, and the first cause, from the notes of
-    the roles that stopped (their own errors before their peers' losses)."""
-    first = _first_line(error)
-    if "timed out" in first.lower() or "timeout" in first.lower():
-        what = "did not answer within the timeout (it hung, or is still busy elsewhere)"
-    else:
-        what = "closed its connection: it failed or stopped"
-    text = f"{peer} (rank {rank}) {what}, while {name} was {doing}."
-    own = {who: why for who, why in (notes or {}).items() if not why.startswith(_LOST)}
-    if own:
-        text += " First cause: " + "; ".join(f"{who} stopped with {why}" for who, why in own.items())
-    elif notes:
-        text += " " + "; ".join(f"{who} stopped with {why}" for who, why in notes.items())
-    return PeerLostError(f"{text} [gloo: {first}]")
-
-
-_LOST = "PeerLostError"
-
-
-# How each channel moves a message. Measured on a 2-core machine (gloo, torch 2.14, three processes), one
-# encrypted exchange between two parties: 0.4-0.7 ms point-to-point, 0.65-1.1 ms as two broadcasts (noisy VM).
-# * "main": exchanges between compute parties; both ends post at once: point-to-point send/recv.
-# * "stream": one-way messages posted long before their receive (the dealer's material, the client's batch
-#   headers): a broadcast from the sender in the pair's group, which does not hold the sender until the
-#   receiver is ready (the dealer streaming over point-to-point sends took 12.3 s instead of 7.4 s).
-# * "control": the first party's messages to the dealer, a broadcast too. The dealer waits on it while the
-#   parties compute a whole streamed batch, which may last longer than the timeout: the first party sends a
-#   keep-alive before an exchange when a third of the timeout passed (RemoteDealer.heartbeat). Its longest
-#   silence is then that third plus one wait (each bounded by the timeout), so the dealer waits at most twice the
-#   timeout (CONTROL_TIMEOUT_FACTOR; it was 10x, without keep-alives) before it names the first party as hung.
-# * "notice": one last message per pair, a role's note on why it stops (see Links.say_goodbye): its receive is
-#   posted when the links are made, so that the note lands even while the receiver waits on another channel.
-CHANNELS = {"main": "p2p", "stream": "broadcast", "control": "broadcast", "notice": "p2p"}
-CONTROL_TIMEOUT_FACTOR = 2
-NOTE_BYTES = 1024
-_NOTE_TAG = "goodbye"
-
-
-def pair_channels(world: int, group, timeout: datetime.timedelta) -> dict:
-    """One two-process gloo group per pair of processes and channel (see :data:`CHANNELS`). Every rank creates
-    every group, in the same order (torch's rule for new_group)."""
-    ranks = [dist.get_global_rank(group, k) if group is not None else k for k in range(world)]
-    channels = {}
-    for channel in CHANNELS:
-        for i in range(world):
-            for j in range(i + 1, world):
-                wait = timeout * (CONTROL_TIMEOUT_FACTOR if channel == "control" else 1)
-                channels[(channel, i, j)] = dist.new_group([ranks[i], ranks[j]], timeout=wait, backend="gloo")
-    return {"ranks": ranks, "groups": channels}
-
-
-# ---------------------------------------------------------------------------------------------- links
-def _spec_bytes(shape, dtype: torch.dtype) -> int:
-    return math.prod(shape) * torch.empty((), dtype=dtype).element_size()
-
-
-def _segments(nbytes: int) -> list[tuple[int, int]]:
-    """(offset, length) of the AEAD segments of one tensor's bytes (at least one, possibly empty)."""
-    if nbytes <= SEGMENT_BYTES:  # the common case, without building a range (this runs for every tensor of a round)
-        return [(0, nbytes)]
-    return [(o, min(SEGMENT_BYTES, nbytes - o)) for o in range(0, nbytes, SEGMENT_BYTES)]
-
-
-def _byte_view(t: torch.Tensor):
-    """A writable numpy uint8 view of a contiguous CPU tensor's memory."""
-    return t.reshape(-1).view(torch.uint8).numpy()
-
-
-@dataclass
-class LinkStats:
-    """Cost of the secure links in this process (not part of the protocol's counted traffic)."""
-
-    aead_seconds: float = 0.0  # encrypting + decrypting
-    transfer_seconds: float = 0.0  # waiting on gloo send/recv
-    messages_sent: int = 0
-    messages_received: int = 0
-    plain_bytes_sent: int = 0
-    wire_bytes_sent: int = 0  # plaintext + counter header + GCM tags
-    plain_bytes_received: int = 0
-    wire_bytes_received: int = 0
-
-    @property
-    def overhead_bytes_sent(self) -> int:
-        return self.wire_bytes_sent - self.plain_bytes_sent
-
-    def as_dict(self) -> dict:
-        d = {k: getattr(self, k) for k in self.__dataclass_fields__}
-        d["overhead_bytes_sent"] = self.overhead_bytes_sent
-        return d
-
-
-class Links:
+class Links(Collectives):
     """This process's encrypted links to every other process of the run (made by :func:`handshake`).
 
     Peers are addressed by index in :attr:`names` or by name. Every call must be matched by the peer's
@@ -201,13 +101,10 @@ class Links:
         then names the first cause, not only the peer whose connection closed last."""
         if self._channels is None:
             return
-        note = torch.zeros(NOTE_BYTES, dtype=torch.uint8)
-        data = why.encode("utf-8", "replace")[: NOTE_BYTES - 2]
-        note[:2] = torch.tensor(list(struct.pack(">H", len(data))), dtype=torch.uint8)
-        note[2 : 2 + len(data)] = torch.frombuffer(bytearray(data), dtype=torch.uint8) if data else note[2:2]
+        note = pack_note(why)
         for peer in self._notices:
             try:
-                self._post(self.rank, peer, self._seal(peer, [note], _NOTE_TAG), "notice").wait()
+                self._post(self.rank, peer, self._seal(peer, [note], NOTE_TAG), "notice").wait()
             except RuntimeError:
                 pass
 
@@ -221,13 +118,11 @@ class Links:
             if got < self._recv_ctr[peer]:
                 continue  # an old counter: a replay
             try:  # its counter may be ahead of ours (messages lost in the failure): accepted for this note only
-                aad = self._aad(peer, self.rank, got, _NOTE_TAG, torch.uint8, (NOTE_BYTES,), (0, 0, 0))
-                plain = self._recv_aead[peer].decrypt(self._nonce(got), bytes(buf[HEADER_BYTES:].numpy()), aad)
+                aad = self._aad(peer, self.rank, got, NOTE_TAG, torch.uint8, (NOTE_BYTES,), (0, 0, 0))
+                plain = self._recv_aead[peer].decrypt(nonce(got), bytes(buf[HEADER_BYTES:].numpy()), aad)
             except InvalidTag:
                 continue
-            n = min(struct.unpack(">H", plain[:2])[0], NOTE_BYTES - 2)
-            text = plain[2 : 2 + n].decode("utf-8", "replace")
-            notes[self.names[peer]] = "".join(c if c.isprintable() else " " for c in text)
+            notes[self.names[peer]] = unpack_note(plain)
         return notes
 
     @property
@@ -251,14 +146,7 @@ class Links:
 
     # ---------------------------------------------------------------------------------- crypto
     def _aad(self, src: int, dst: int, ctr: int, tag: str, dtype: torch.dtype, shape, seg: tuple[int, int, int]) -> bytes:
-        tb, db = tag.encode(), str(dtype).encode()
-        return (PROTOCOL + self.session_id + struct.pack(">HHQ", src, dst, ctr) + struct.pack(">H", len(tb)) + tb
-                + struct.pack(">B", len(db)) + db + struct.pack(">B", len(shape)) + struct.pack(f">{len(shape)}Q", *shape)
-                + struct.pack(">IIQ", *seg))
-
-    @staticmethod
-    def _nonce(ctr: int) -> bytes:
-        return b"\0\0\0\0" + struct.pack(">Q", ctr)
+        return segment_aad(self.session_id, src, dst, ctr, tag, dtype, shape, seg)
 
     def _seal(self, dst: int, tensors: Sequence[torch.Tensor], tag: str) -> torch.Tensor:
         aead = self._send_aead[dst]
@@ -269,7 +157,7 @@ class Links:
             if t.device.type != "cpu":
                 t = t.cpu()
             t = t.contiguous()
-            segs = _segments(t.numel() * t.element_size())
+            segs = segments(t.numel() * t.element_size(), SEGMENT_BYTES)
             plans.append((t, segs))
             total += sum(n + TAG_BYTES for _, n in segs)
         out = torch.empty(total, dtype=torch.uint8)
@@ -278,14 +166,14 @@ class Links:
         pos, plain = HEADER_BYTES, 0
         t0 = time.perf_counter()
         for ti, (t, segs) in enumerate(plans):
-            src = _byte_view(t) if t.numel() else None
+            src = byte_view(t) if t.numel() else None
             for si, (off, n) in enumerate(segs):
                 aad = self._aad(self.rank, dst, ctr, tag, t.dtype, tuple(t.shape), (ti, si, off))
                 data = src[off:off + n] if src is not None else b""
                 if _HAS_INTO:
-                    aead.encrypt_into(self._nonce(ctr), data, aad, out_np[pos:pos + n + TAG_BYTES])
+                    aead.encrypt_into(nonce(ctr), data, aad, out_np[pos:pos + n + TAG_BYTES])
                 else:
-                    ct = aead.encrypt(self._nonce(ctr), bytes(data), aad)
+                    ct = aead.encrypt(nonce(ctr), bytes(data), aad)
                     out_np[pos:pos + n + TAG_BYTES] = np.frombuffer(ct, dtype=np.uint8)
                 pos += n + TAG_BYTES
                 plain += n
@@ -300,7 +188,7 @@ class Links:
         return out
 
     def _wire_size(self, specs) -> int:
-        return HEADER_BYTES + sum(sum(n + TAG_BYTES for _, n in _segments(_spec_bytes(s, d))) for s, d in specs)
+        return wire_size(specs, SEGMENT_BYTES)
 
     def _open(self, src: int, buf: torch.Tensor, specs, tag: str) -> list[torch.Tensor]:
         aead = self._recv_aead[src]
@@ -317,15 +205,15 @@ class Links:
         for ti, (shape, dtype) in enumerate(specs):
             shape = tuple(int(d) for d in shape)
             out = torch.empty(shape, dtype=dtype)
-            dst_np = _byte_view(out) if out.numel() else None
-            for si, (off, n) in enumerate(_segments(out.numel() * out.element_size())):
+            dst_np = byte_view(out) if out.numel() else None
+            for si, (off, n) in enumerate(segments(out.numel() * out.element_size(), SEGMENT_BYTES)):
                 aad = self._aad(src, self.rank, ctr, tag, dtype, shape, (ti, si, off))
                 ct = buf_np[pos:pos + n + TAG_BYTES]
                 try:
                     if _HAS_INTO:
-                        aead.decrypt_into(self._nonce(ctr), ct, aad, dst_np[off:off + n] if dst_np is not None else bytearray())
+                        aead.decrypt_into(nonce(ctr), ct, aad, dst_np[off:off + n] if dst_np is not None else bytearray())
                     else:
-                        pt = aead.decrypt(self._nonce(ctr), bytes(ct), aad)
+                        pt = aead.decrypt(nonce(ctr), bytes(ct), aad)
                         if n:
                             dst_np[off:off + n] = np.frombuffer(pt, dtype=np.uint8)
                 except InvalidTag:
@@ -352,18 +240,7 @@ class Links:
 
     def _post(self, src: int, dst: int, buf: torch.Tensor, channel: str = "main"):
         """Start moving ``buf`` from ``src`` to ``dst`` (one of them is this process); returns the work."""
-        if self._channels is None:
-            if src == self.rank:
-                return dist.isend(buf, group=self.group, group_dst=dst)
-            return dist.irecv(buf, group=self.group, group_src=src)
-        if channel not in CHANNELS:
-            raise LinkError(f"Unknown channel {channel!r}; expected one of {tuple(CHANNELS)}.")
-        group = self._channels["groups"][(channel, min(src, dst), max(src, dst))]
-        if CHANNELS[channel] == "p2p":  # in the pair's group, the lower rank is 0
-            if src == self.rank:
-                return dist.isend(buf, group=group, group_dst=int(dst > src))
-            return dist.irecv(buf, group=group, group_src=int(src > dst))
-        return dist.broadcast(buf, src=self._channels["ranks"][src], group=group, async_op=True)
+        return post(self._channels, self.group, self.rank, src, dst, buf, channel)
 
     def _transfer(self, sends: list[tuple[int, torch.Tensor]], recvs: list[tuple[int, torch.Tensor]], tag: str,
                   channel: str = "main") -> None:
@@ -450,54 +327,18 @@ class Links:
     def recv(self, src: int | str, shape: tuple, dtype: torch.dtype, tag: str, channel: str = "main") -> torch.Tensor:
         return self.recv_many(src, [(tuple(shape), dtype)], tag, channel)[0]
 
-    def _members(self, ranks) -> list[int]:
-        members = list(range(self.world_size)) if ranks is None else [self.index(r) for r in ranks]
-        if self.rank not in members:
-            raise LinkError(f"{self.name!r} is not among the members {[self.names[m] for m in members]} of this collective.")
-        return members
 
-    def all_gather(self, tensor: torch.Tensor, tag: str, ranks: Sequence[int | str] | None = None) -> list[torch.Tensor]:
-        """Every member's tensor (same shape and dtype everywhere), in ``ranks`` order (default: all)."""
-        return [row[0] for row in self.all_gather_many([tensor], tag, ranks)]
-
-    def all_gather_many(self, tensors: Sequence[torch.Tensor], tag: str,
-                        ranks: Sequence[int | str] | None = None) -> list[list[torch.Tensor]]:
-        """Every member's tensors (same shapes and dtypes everywhere) as ONE message per pair, in ``ranks``
-        order (default: all)."""
-        members = self._members(ranks)
-        others = [m for m in members if m != self.rank]
-        tensors = list(tensors)
-        specs = [(tuple(t.shape), t.dtype) for t in tensors]
-        got = self._exchange({m: tensors for m in others}, {m: specs for m in others}, tag)
-        return [tensors if m == self.rank else got[m] for m in members]
-
-    def gather_to(self, dst: int | str, tensor: torch.Tensor, tag: str, ranks: Sequence[int | str] | None = None):
-        """Every member's tensor at ``dst`` (in ``ranks`` order); None at the other members."""
-        members, dst = self._members(ranks), self.index(dst)
-        if self.rank != dst:
-            self._exchange({dst: [tensor]}, {}, tag)
-            return None
-        others = [m for m in members if m != dst]
-        got = self._exchange({}, {m: [(tuple(tensor.shape), tensor.dtype)] for m in others}, tag)
-        return [tensor if m == dst else got[m][0] for m in members]
-
-    def broadcast(self, tensor: torch.Tensor, src: int | str, tag: str, ranks: Sequence[int | str] | None = None,
-                  channel: str = "main") -> torch.Tensor:
-        """``src``'s tensor at every member (the others pass a tensor of the right shape and dtype)."""
-        members, src = self._members(ranks), self.index(src)
-        if self.rank == src:
-            self._exchange({m: [tensor] for m in members if m != src}, {}, tag, channel)
-            return tensor
-        return self._exchange({}, {src: [(tuple(tensor.shape), tensor.dtype)]}, tag, channel)[src][0]
-
-
+# names that live in the modules links.py was split into (or that import it), still importable from here
 _MOVED = {"Identity": "identities", "Roster": "identities", "generate_identity": "identities",
-          "load_identity": "identities", "handshake": "handshake", "roll_call": "handshake"}
+          "load_identity": "identities", "MAX_NAME_BYTES": "identities", "handshake": "handshake",
+          "roll_call": "handshake", "PROTOCOL": "link_framing", "pair_channels": "link_channels",
+          "CONTROL_TIMEOUT_FACTOR": "link_channels"}
 
 
 def __getattr__(name: str):
     """``from lightning_smpc.mpc.links import Roster, handshake`` still works: they live in :mod:`.identities` and
-    :mod:`.handshake` (which import this module, so they are looked up on first use)."""
+    :mod:`.handshake` (which import this module, so they are looked up on first use), and so do the names that
+    moved to :mod:`.link_framing` and :mod:`.link_channels`."""
     if name in _MOVED:
         import importlib
 

@@ -5,7 +5,7 @@ Importing this package registers every op (``implements`` in :mod:`..tensor`). E
 :mod:`._common`; :mod:`.arithmetic` is the one family the others build on (``_add``, ``_divide_public``).
 The max-pooling protocol switch lives in :mod:`.pooling`: set ``pooling.MAXPOOL_DEFAULT`` there, not here.
 """
-from . import arithmetic, bilinear, layers, nonlinear, pooling, reduction, shape, smooth  # noqa: F401  (registers the ops)
+from . import arithmetic, bilinear, layers, nonlinear, pooling, reduction, shape, smooth, transformer  # noqa: F401  (registers the ops)
 from ._common import _fixed, to_precision  # noqa: F401
 from .arithmetic import _divide_public  # noqa: F401
 from .nonlinear import argmax_onehot
