@@ -172,11 +172,11 @@ def run_config(model, x, y, n: int, batch: int, args) -> dict:
         if args.runtime == "distributed":  # processes: no preprocessing store yet, the dealer works inline
             reports = st.process_reports
             party0 = reports[0]
-            in_party.append(party0["timings"]["in_party_seconds"])
+            in_party.append(party0.timings["in_party_seconds"])
             # as the client sees it: from its batch in hand to the result (the first batch records the plan, inline)
-            batch_online.extend(reports[len(args.parties) - 1]["batch_seconds"][1:])
-            aead.append(max(r.get("links", {}).get("aead_seconds", 0.0) for r in reports.values()))
-            off = party0["timings"]["share_weights_seconds"]
+            batch_online.extend(reports[len(args.parties) - 1].batch_seconds[1:])
+            aead.append(max(r.links.get("aead_seconds", 0.0) for r in reports.values()))
+            off = party0.timings["share_weights_seconds"]
             dealer_bytes = {p: v["bytes_received"] for p, v in st.comm_stats(offline=True).items()}
         else:
             dealer = st.session.stats()["dealer"]
@@ -306,7 +306,7 @@ def breakdown(strategy) -> list[dict]:
         by_tag, op_seconds, party = sess.comm.stats_by_tag(), sess.op_seconds, sess.parties[0]
     else:  # distributed runtime: the first party's own report
         report = strategy.process_reports[0]
-        by_tag, op_seconds, party = report["by_protocol"], report["op_seconds"], strategy.parties[0]
+        by_tag, op_seconds, party = report.by_protocol, report.op_seconds, strategy.parties[0]
     rows = []
     for tag in sorted(set(by_tag) | set(op_seconds)):
         t = by_tag.get(tag, {"rounds": 0, "parties": {}})

@@ -2,8 +2,10 @@
 
 Lightning's ``_MultiProcessingLauncher`` returns the results of process 0 only and forbids returning predictions;
 the roles here differ (the client's process holds the revealed labels, the model owner's the revealed metrics),
-so this launcher collects a small report from EVERY process (as ``torch.save`` bytes, which Lightning also uses
-"to avoid issues with memory sharing") and hands it to the strategy in the main process. A process that fails
+so this launcher collects a small report from EVERY process (a :class:`~.reports.PartyReport`, the crypto
+provider's a :class:`~.reports.DealerReport`; as ``torch.save`` bytes through a queue between your own processes on
+this machine, which Lightning also uses "to avoid issues with memory sharing") and hands them to the strategy in
+the main process. A process that fails
 ends the run: the others are terminated (no orphans) and the error names the role that failed.
 """
 from __future__ import annotations

@@ -29,7 +29,7 @@ from .mpc.material import DIGIT_BITS
 from .mpc.wire import MAX_MATERIAL_BYTES
 from .costs import CostReport
 from .preflight import preflight as run_preflight
-from .reports import RunReports, link_stats, party_report
+from .reports import ProcessReport, RunReports, dealer_report, link_stats, party_report
 from .secure_run import SecureRun
 from .validate import validate_module
 
@@ -480,7 +480,8 @@ class SecurePredictStrategy(ParallelStrategy):
         if not self.is_dealer:
             self.revealed_metrics, self.revealed_counts = self.secure_run.finish()
             self.timings["in_party_seconds"] = time.perf_counter() - self._t_setup
-            self._own = party_report(self.secure_run, self.role)
+            self._own = party_report(self.secure_run, self.role, self.global_rank, self.timings, self.revealed_metrics,
+                                     self.revealed_counts)
             if not getattr(self, "_spawn_here", False):  # spawned roles: your process logs the merged results
                 self.log_results(self.lightning_module.trainer.logger)
         super().on_predict_end()
@@ -507,29 +508,29 @@ class SecurePredictStrategy(ParallelStrategy):
         process when the parties ran as processes: their results then come from :attr:`process_reports`)."""
         return self.secure_run.session if self.secure_run is not None else None
 
-    def _report(self, predictions: Any) -> dict:
+    def _report(self, predictions: Any) -> ProcessReport:
         """This process's report to the launcher in the user's process (distributed runtime, spawned locally)."""
-        report = dict(getattr(self, "_own", {"role": self.role}), rank=self.global_rank, timings=dict(self.timings))
-        report["revealed_metrics"], report["revealed_counts"] = dict(self.revealed_metrics), dict(self.revealed_counts)
         if self.is_dealer:
-            report["dealer"] = getattr(self, "_dealer_stats", {})
-            report["links"] = link_stats(self._world)
-        elif self.session.local_party == self.client_party:
-            report["predictions"] = predictions
-        return report
+            return dealer_report(self.role, self.global_rank, self.timings, getattr(self, "_dealer_stats", {}),
+                                 link_stats(self._world))
+        if self.session.local_party == self.client_party:
+            return self._own.with_predictions(predictions)
+        return self._own
 
-    def _receive_reports(self, reports: dict[int, dict]) -> None:
+    def _receive_reports(self, reports: dict[int, ProcessReport]) -> None:
         """In the user's process: fill the results from the report of the process that holds each of them."""
         self._reports = RunReports(reports, self.parties, self.model_owner_party, self.client_party)
         self.revealed_metrics, self.revealed_counts = self._reports.revealed_metrics, self._reports.revealed_counts
         self.timings = self._reports.timings
 
-    def _predictions_from(self, reports: dict[int, dict]) -> Any:
+    def _predictions_from(self, reports: dict[int, ProcessReport]) -> Any:
         return self._reports.predictions
 
     @property
-    def process_reports(self) -> dict[int, dict]:
-        """Distributed runtime spawned here: each process's report by rank (role, timings, traffic, link stats)."""
+    def process_reports(self) -> dict[int, ProcessReport]:
+        """Distributed runtime spawned here: each process's report by rank, a :class:`~.reports.PartyReport` per
+        compute party (role, timings, traffic, link stats, ...) and the crypto provider's
+        :class:`~.reports.DealerReport` last (``report.to_dict()`` or ``report["key"]``: the dicts they were)."""
         return dict(self._reports.by_rank) if self._reports is not None else {}
 
     @property

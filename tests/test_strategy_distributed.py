@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from lightning_smpc import SecureAccuracy, SecurePredictStrategy
 from lightning_smpc.launcher import resolve_start_method
 from lightning_smpc.mpc.distributed import PartyProcessError
+from lightning_smpc.reports import DealerReport, PartyReport
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 PARTIES = {2: ("alice", "bob"), 3: ("alice", "bob", "carol")}
@@ -136,7 +137,7 @@ class Uneven(Tiny):
 
 
 def _dealer_requests(strategy) -> dict:
-    return strategy.process_reports[0]["dealer_requests"]
+    return strategy.process_reports[0].dealer_requests
 
 
 def _labels_in_both_runtimes(make_model, make_loader, **distributed) -> dict:
@@ -168,7 +169,13 @@ def test_streamed_dealer_material_gives_the_same_results_as_the_simulated_runtim
     # batch 2's material was taken between batches, with [a] @ (W - B) of both layers folded in (offline)
     assert requests["taken_ahead"] == requests["requests_from_store"] and requests["folded_ahead"] == 2, requests
     for rank in range(n):  # each party's online seconds per batch
-        assert len(dist_strategy.process_reports[rank]["batch_seconds"]) == 3
+        assert len(dist_strategy.process_reports[rank].batch_seconds) == 3
+    reports = dist_strategy.process_reports  # typed, by rank; the crypto provider's last
+    assert [type(reports[r]) for r in range(n + 1)] == [PartyReport] * n + [DealerReport]
+    assert [reports[r].role for r in range(n + 1)] == list(PARTIES[n]) + ["crypto_provider"]
+    assert reports[0]["dealer_requests"] == reports[0].to_dict()["dealer_requests"] == requests  # the dicts they were
+    assert "predictions" in reports[n - 1] and "predictions" not in reports[0]  # the client's only
+    assert reports[n]["dealer"]["masks_held"] == reports[n].masks_held > 0
 
 
 def test_a_batch_that_leaves_the_plan_drops_the_stream_and_goes_inline() -> None:
@@ -233,7 +240,7 @@ def test_the_dealer_process_forgets_the_masks_of_finished_batches(overlap: bool)
         strategy = SecurePredictStrategy(runtime="distributed", dealer_overlap=overlap)
         trainer = Trainer(strategy=strategy, logger=False, enable_progress_bar=False, enable_model_summary=False)
         trainer.predict(Tiny(), DataLoader(TensorDataset(X[:4 * n_batches]), batch_size=4))
-        held.append(strategy.process_reports[2]["dealer"]["masks_held"])
+        held.append(strategy.process_reports[2].masks_held)
     assert held[0] == held[1] > 0, held
 
 
