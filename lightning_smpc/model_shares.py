@@ -28,8 +28,10 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import os
+import secrets
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, Union
@@ -67,19 +69,27 @@ def _architecture(params: Sequence[tuple[str, Any]]) -> str:
     return hashlib.sha256(json.dumps(layout, separators=(",", ":")).encode()).hexdigest()
 
 
-def _weights_fingerprint(encoded: Sequence[tuple[str, torch.Tensor]]) -> str:
-    h = hashlib.sha256(b"lightning_smpc/model-shares/weights/v1")
+def _weights_fingerprint(encoded: Sequence[tuple[str, torch.Tensor]], key: bytes) -> str:
+    """HMAC-SHA256 of the encoded weights under the owner's key: without the key, nobody can test a guessed model
+    (a public checkpoint, a retrain with a known recipe) against the files."""
+    h = hmac.new(key, b"lightning_smpc/model-shares/weights/v1", hashlib.sha256)
     for name, t in encoded:
         h.update(name.encode() + b"\0" + t.contiguous().numpy().astype("<i8").tobytes())
     return h.hexdigest()
 
 
-def model_fingerprints(model: nn.Module, precision_bits: int = 16, compare_bits: int = 32) -> tuple[str, str]:
-    """``(architecture, weights)``: the fingerprints :func:`save_model_shares` writes into every file, for the owner
-    to check which model a set of files holds (the weights' one needs the weights: the parties cannot compute it)."""
+RECEIPT = "owner.receipt.json"  # the model owner's: its fingerprint key (not for the parties)
+
+
+def model_fingerprints(model: nn.Module, receipt: Union[str, os.PathLike], precision_bits: int = 16,
+                       compare_bits: int = 32) -> tuple[str, str]:
+    """``(architecture, weights)`` of ``model`` as :func:`save_model_shares` writes them into every file, for the
+    owner to check which model a set of files holds; ``receipt``: the owner's receipt (``owner.receipt.json``,
+    holding the weights fingerprint's key)."""
+    key = bytes.fromhex(json.loads(Path(receipt).read_text())["weights_key"])
     params = _folded(model)
     encoder = FixedPointEncoder(precision_bits, compare_bits)
-    return _architecture(params), _weights_fingerprint([(n, encoder.encode(t)) for n, t in params])
+    return _architecture(params), _weights_fingerprint([(n, encoder.encode(t)) for n, t in params], key)
 
 
 def save_model_shares(
@@ -103,8 +113,9 @@ def save_model_shares(
         owner: the owner's name in the roster (default: ``identity``'s name, else the first party).
         seed: only for tests (deterministic, insecure shares).
 
-    Returns the path of each party's file. Raises ``ValueError`` (NaN/inf or out-of-range weights) before anything
-    is written.
+    Returns the path of each party's file; the owner's receipt (``owner.receipt.json``: the sharing id and the key
+    of the weights' fingerprint, for :func:`model_fingerprints`) is written beside them and stays with the owner.
+    Raises ``ValueError`` (NaN/inf or out-of-range weights) before anything is written.
     """
     if not isinstance(model, nn.Module):
         if model_class is None:
@@ -137,13 +148,19 @@ def save_model_shares(
             shares[p][name] = prg.int64(tuple(x.shape))
             rest -= shares[p][name]
         shares[parties[-1]][name] = rest
+    weights_key = secrets.token_bytes(32)
     common = dict(parties=parties, ring=asdict(ring), frac_bits=ring.precision_bits,
-                  architecture=_architecture(params), weights=_weights_fingerprint(encoded),
+                  architecture=_architecture(params), weights=_weights_fingerprint(encoded, weights_key),
                   tensors=[(name, tuple(t.shape)) for name, t in params], sealed_by=signer,
-                  encrypted=roster is not None, model_class=type(model).__qualname__)
+                  encrypted=roster is not None, model_class=type(model).__qualname__, test_seed=seed is not None)
     sharing_id = ShareFileHeader.new(parties[0], **common).sharing_id
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    receipt = json.dumps({"sharing_id": sharing_id, "weights": common["weights"], "weights_key": weights_key.hex(),
+                          "note": "the model owner's receipt: keep it, do not hand it to the parties"})
+    fd = os.open(directory / RECEIPT, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(receipt)
     paths = {}
     for p in parties:
         header = ShareFileHeader.new(p, sharing_id=sharing_id, **common)
@@ -165,19 +182,24 @@ def _path_of(source: Source, party: str) -> Path:
 def load_model_shares(
     source: Source, parties: Sequence[str], model: nn.Module, ring: RingConfig, local_party: Optional[str] = None,
     owner: Optional[str] = None, roster: Optional[Roster] = None, identity: Optional[Identity] = None,
+    allow_test_seed: bool = False,
 ) -> tuple[ShareFileHeader, dict[str, torch.Tensor]]:
     """The stored shares for a run, checked against it: ``{name: int64 rows}`` with the leading party axis (every
     party's rows when ``local_party`` is None, one process playing all; else that party's own file only).
 
     ``source``: the directory :func:`save_model_shares` wrote, a ``{party: path}`` mapping, or one party's file.
     Raises :class:`ModelSharesError` when the files do not fit the model's architecture, the parties, the ring's
-    precision, or each other (a missing, swapped, damaged, forged or mixed file), before anything runs."""
+    precision, or each other (a missing, swapped, damaged, forged or mixed file), before anything runs. Files saved
+    with a test ``seed`` (predictable shares) are refused unless ``allow_test_seed`` (a run with a test seed)."""
     parties = tuple(parties)
     readers = parties if local_party is None else (local_party,)
     files = []
     for p in readers:  # each checked against the run as it is read (a party set that differs names itself first)
         files.append(read_share_file(_path_of(source, p), p, roster=roster, identity=identity, owner=owner))
         _check_run(files[-1][0], parties, ring)
+        if files[-1][0].test_seed and not allow_test_seed:
+            raise ModelSharesError(f"The model shares of {p!r} were saved with a test seed (predictable shares: "
+                                   "insecure); save them again without `seed`.")
     header = files[0][0]
     mixed = {h.sharing_id for h, _ in files}
     if len(mixed) > 1:
@@ -185,7 +207,8 @@ def load_model_shares(
                                "of different sharings do not add up to the weights. Use the files of one "
                                "save_model_shares call.")
     params = _folded(model)  # the architecture only: names and shapes
-    if _architecture(params) != header.architecture:
+    layout = [(name, tuple(t.shape)) for name, t in params]
+    if _architecture(params) != header.architecture or layout != list(header.tensors):
         expected = dict(header.tensors)
         diff = [f"{name} {tuple(t.shape)} (saved: {expected.get(name, 'absent')})" for name, t in params
                 if expected.get(name) != tuple(t.shape)]

@@ -136,10 +136,56 @@ def test_parties_whose_files_come_from_different_sharings_fail_at_the_masked_ope
         _predict(_blank(), "distributed", model_shares=mapping)
 
 
-def test_the_fingerprints_name_the_model_the_files_hold(share_dir: Path) -> None:
+def test_the_weights_fingerprint_needs_the_owners_receipt(share_dir: Path, tmp_path: Path) -> None:
+    """Review: an unkeyed hash of the weights would let a party test a guessed model (a public checkpoint)."""
     header, _ = read_share_file(share_dir / "alice.shares", "alice")
-    assert (header.architecture, header.weights) == model_fingerprints(_trained())
-    assert model_fingerprints(MNISTClassifier())[1] != header.weights
+    receipt = share_dir / "owner.receipt.json"
+    assert (header.architecture, header.weights) == model_fingerprints(_trained(), receipt)
+    assert model_fingerprints(MNISTClassifier(), receipt)[1] != header.weights
+    again = tmp_path / "again"
+    save_model_shares(_trained(), again)  # the same model, shared again: a new key, nothing to link the two
+    assert read_share_file(again / "alice.shares", "alice")[0].weights != header.weights
+    assert os.stat(receipt).st_mode & 0o077 == 0
+
+
+def test_malformed_headers_and_sizes_are_refused_before_reading_the_body(share_dir: Path, tmp_path: Path,
+                                                                         monkeypatch) -> None:
+    import json
+    import struct
+
+    from lightning_smpc.mpc.share_files import MAGIC, ShareFileHeader, write_share_file
+
+    good, _ = read_share_file(share_dir / "alice.shares", "alice")
+    for bad in ({"tensors": [["w", [-2, -4]]]}, {"tensors": [["w", [2.7]]]}, {"tensors": [["w", [True]]]},
+                {"tensors": [["w", [1e300]]]}, {"tensors": [["w", [1]], ["w", [1]]]}, {"frac_bits": 0},
+                {"ring": 5}, {"tensors": [["w", [1 << 50, 1 << 50]]]}):
+        raw = {**json.loads(good.to_bytes()), **bad}
+        data = json.dumps(raw).encode()
+        path = tmp_path / "alice.shares"
+        path.write_bytes(MAGIC + struct.pack(">I", len(data)) + data + bytes(64))
+        with pytest.raises(ModelSharesError, match="not a valid model-shares header|header says"):
+            read_share_file(path, "alice")
+    short = ShareFileHeader.new("alice", ("alice", "bob"), {"precision_bits": 16}, 16, "a", "b", [("w", (1 << 30,))])
+    path = tmp_path / "short.shares"
+    path.write_bytes(MAGIC + struct.pack(">I", len(short.to_bytes())) + short.to_bytes() + bytes(64))
+    with pytest.raises(ModelSharesError, match="header says"):  # 8 GiB announced, nothing allocated
+        read_share_file(path, "alice")
+    header = ShareFileHeader.new("alice", ("alice", "bob"), {"precision_bits": 16}, 16, "a", "b", [("w", (2,))])
+
+    def disk_full(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", disk_full)
+    with pytest.raises(OSError, match="No space"):  # a failed write leaves nothing behind, not even a part
+        write_share_file(tmp_path / "x.shares", header, {"w": torch.zeros(2, dtype=torch.int64)})
+    assert not list(tmp_path.glob("x.shares*"))
+
+
+def test_files_saved_with_a_test_seed_are_refused_outside_tests(tmp_path: Path) -> None:
+    save_model_shares(_trained(), tmp_path, seed=0)
+    with pytest.raises(ModelSharesError, match="test seed"):
+        load_model_shares(tmp_path, ("alice", "bob"), _blank(), RingConfig())
+    assert load_model_shares(tmp_path, ("alice", "bob"), _blank(), RingConfig(), allow_test_seed=True)
 
 
 # ---------------------------------------------------------------------------------------------- signed and encrypted

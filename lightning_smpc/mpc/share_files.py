@@ -4,8 +4,9 @@ A file is ``MAGIC || header length (4 bytes, big-endian) || header (canonical JS
 
 * **header**: the format version, the party the file is for, every party of the sharing, the ring it was encoded
   for (:class:`~.config.RingConfig`), the fractional bits, a random sharing id (the files of one sharing carry the
-  same id: shares of two sharings do not add up to the weights), fingerprints of the architecture (parameter names
-  and shapes) and of the plaintext weights, each tensor's name and shape, who sealed the file and how.
+  same id: shares of two sharings do not add up to the weights), a fingerprint of the architecture (parameter names
+  and shapes), a fingerprint of the weights keyed by a secret only the model owner keeps (the parties cannot test a
+  guessed model against it), each tensor's name and shape, who sealed the file and how.
 * **body**: the party's int64 shares (little-endian, in the header's order). With a recipient key it is encrypted
   to that party: an ephemeral X25519 key agreed with the party's key (its Ed25519 identity's birational X25519
   form, as libsodium and age do), HKDF-SHA256 bound to the header, AES-256-GCM with the header as associated data.
@@ -54,6 +55,7 @@ __all__ = ["FORMAT", "ModelSharesError", "ShareFileHeader", "write_share_file", 
 FORMAT = "lightning_smpc/model-shares/v1"
 MAGIC = b"LSMPC model shares\n"
 MAX_HEADER_BYTES = 1 << 24
+MAX_DIM = 1 << 40
 _SIG_BYTES, _DIGEST_BYTES, _EPH_BYTES, _TAG_BYTES = 64, 32, 32, 16
 _P = 2**255 - 19
 
@@ -79,37 +81,68 @@ class ShareFileHeader:
     frac_bits: int
     sharing_id: str  # random, one per sharing: the files of one sharing carry the same
     architecture: str  # SHA-256 of the parameter names and shapes
-    weights: str  # SHA-256 of the encoded plaintext weights (lets a holder of a candidate model check it)
+    weights: str  # HMAC-SHA256 of the encoded weights under a key only the owner keeps (its receipt)
     tensors: tuple  # ((name, shape), ...)
     sealed_by: Optional[str] = None  # the signer's roster name; None: a digest only
     encrypted: bool = False
     model_class: str = ""
+    test_seed: bool = False  # shares drawn from the deterministic test generator: insecure, refused outside tests
 
     @classmethod
     def new(cls, party: str, parties: Sequence[str], ring: dict, frac_bits: int, architecture: str, weights: str,
             tensors: Sequence, sharing_id: Optional[str] = None, sealed_by: Optional[str] = None,
-            encrypted: bool = False, model_class: str = "") -> "ShareFileHeader":
+            encrypted: bool = False, model_class: str = "", test_seed: bool = False) -> "ShareFileHeader":
         return cls(FORMAT, party, tuple(parties), dict(ring), frac_bits, sharing_id or secrets.token_hex(16),
-                   architecture, weights, tuple((n, tuple(s)) for n, s in tensors), sealed_by, encrypted, model_class)
+                   architecture, weights, tuple((n, tuple(s)) for n, s in tensors), sealed_by, encrypted, model_class,
+                   test_seed)
 
     def to_bytes(self) -> bytes:
         return json.dumps(asdict(self), sort_keys=True, separators=(",", ":")).encode()
 
     @classmethod
     def from_bytes(cls, data: bytes, where: str) -> "ShareFileHeader":
+        """Parse and validate a header (anyone can write one when there is no roster): every field's type, shapes of
+        non-negative bounded integers, distinct names; any defect is a :class:`ModelSharesError`."""
         try:
             raw = json.loads(data.decode())
+            if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+                raise ValueError(f"format {raw.get('format') if isinstance(raw, dict) else None!r}, this version reads "
+                                 f"{FORMAT!r}")
             header = cls(**{**raw, "parties": tuple(raw["parties"]),
-                            "tensors": tuple((str(n), tuple(int(d) for d in s)) for n, s in raw["tensors"])})
-        except (ValueError, TypeError, KeyError) as e:
-            raise ModelSharesError(f"{where}: the header is not a model-shares header ({e}).") from None
-        if header.format != FORMAT:
-            raise ModelSharesError(f"{where}: format {header.format!r}, this version reads {FORMAT!r}.")
+                            "tensors": tuple((n, tuple(s)) for n, s in raw["tensors"])})
+            header._validate()
+        except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as e:
+            raise ModelSharesError(f"{where}: not a valid model-shares header ({e}).") from None
         return header
+
+    def _validate(self) -> None:
+        for name in ("party", "sharing_id", "architecture", "weights", "model_class"):
+            if not isinstance(getattr(self, name), str):
+                raise TypeError(f"{name} must be a string")
+        if not all(isinstance(p, str) and p for p in self.parties) or self.party not in self.parties:
+            raise ValueError("parties must be names, among them the file's party")
+        if not isinstance(self.ring, dict) or not all(_is_int(v) for v in self.ring.values()):
+            raise TypeError("ring must map settings to integers")
+        if not _is_int(self.frac_bits) or self.frac_bits != self.ring.get("precision_bits"):
+            raise ValueError("frac_bits must be the ring's precision_bits")
+        if self.sealed_by is not None and not isinstance(self.sealed_by, str):
+            raise TypeError("sealed_by must be a name or null")
+        if not isinstance(self.encrypted, bool) or not isinstance(self.test_seed, bool):
+            raise TypeError("encrypted and test_seed must be booleans")
+        names = [n for n, _ in self.tensors]
+        if len(set(names)) != len(names) or not all(isinstance(n, str) for n in names):
+            raise ValueError("tensor names must be distinct strings")
+        for _, shape in self.tensors:
+            if len(shape) > 8 or not all(_is_int(d) and 0 <= d <= MAX_DIM for d in shape):
+                raise ValueError(f"shape {shape!r}: at most 8 dimensions of integers in [0, {MAX_DIM}]")
 
     @property
     def numel(self) -> int:
         return sum(_numel(s) for _, s in self.tensors)
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
 
 
 def _numel(shape) -> int:
@@ -156,6 +189,10 @@ def write_share_file(path: str | os.PathLike, header: ShareFileHeader, tensors: 
     if header.encrypted:
         if recipient_key is None:
             raise ValueError("An encrypted file needs the recipient's public key.")
+        if len(body) >= 1 << 31:  # one AES-GCM call (the `cryptography` package) takes less than 2 GiB
+            raise ValueError(f"An encrypted file holds less than 2 GiB of shares (about 268M parameters); this model "
+                             f"needs {len(body)} bytes. Save it without a roster (a digest only) and move the files "
+                             "over channels you trust.")
         eph = X25519PrivateKey.generate()
         eph_public, recipient = _raw(eph.public_key()), x25519_public_of(recipient_key)
         key = _file_key(eph.exchange(X25519PublicKey.from_public_bytes(recipient)), eph_public, recipient, header_bytes)
@@ -163,10 +200,17 @@ def write_share_file(path: str | os.PathLike, header: ShareFileHeader, tensors: 
     content = prefix + body
     seal = signer.sign(content) if header.sealed_by is not None else hashlib.sha256(content).digest()
     tmp = f"{path}.tmp-{secrets.token_hex(4)}"
-    with open(tmp, "wb") as f:  # a party's shares: readable by its owner only
-        os.chmod(tmp, 0o600)
-        f.write(content + seal)
-    os.replace(tmp, path)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # a party's shares: its owner's only, from birth
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(content + seal)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)  # whole or not at all
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
 
 
 def read_share_file(path: str | os.PathLike, party: str, roster=None, identity=None,
@@ -175,35 +219,39 @@ def read_share_file(path: str | os.PathLike, party: str, roster=None, identity=N
     given, and decrypted with ``identity`` (the party's own key) when encrypted. Raises :class:`ModelSharesError`."""
     where = f"The model shares file {str(path)!r}"
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        f = open(path, "rb")
     except FileNotFoundError:
         raise ModelSharesError(f"{where} of {party!r} is missing: every compute party needs its own file "
                                f"({file_name(party)} in the directory save_model_shares wrote).") from None
-    if not data.startswith(MAGIC) or len(data) < len(MAGIC) + 4:
-        raise ModelSharesError(f"{where} is not a model shares file.")
-    (n,) = struct.unpack(">I", data[len(MAGIC):len(MAGIC) + 4])
-    start = len(MAGIC) + 4
-    if n > MAX_HEADER_BYTES or start + n > len(data):
-        raise ModelSharesError(f"{where} is truncated or damaged (header length {n}).")
-    header = ShareFileHeader.from_bytes(data[start:start + n], where)
-    if header.party != party:
-        raise ModelSharesError(f"{where} holds {header.party}'s shares, not {party}'s: each party reads its own file "
-                               "(were the files swapped or renamed?).")
-    seal_bytes = _SIG_BYTES if header.sealed_by is not None else _DIGEST_BYTES
-    content, seal = data[:-seal_bytes], data[-seal_bytes:]
+    with f:
+        start = len(MAGIC) + 4
+        head = f.read(start)
+        if len(head) < start or not head.startswith(MAGIC):
+            raise ModelSharesError(f"{where} is not a model shares file.")
+        (n,) = struct.unpack(">I", head[len(MAGIC):])
+        size = os.fstat(f.fileno()).st_size
+        if n > MAX_HEADER_BYTES or start + n > size:
+            raise ModelSharesError(f"{where} is truncated or damaged (header length {n}).")
+        header = ShareFileHeader.from_bytes(f.read(n), where)
+        if header.party != party:
+            raise ModelSharesError(f"{where} holds {header.party}'s shares, not {party}'s: each party reads its own "
+                                   "file (were the files swapped or renamed?).")
+        seal_bytes = _SIG_BYTES if header.sealed_by is not None else _DIGEST_BYTES
+        expected = start + n + 8 * header.numel + (_EPH_BYTES + _TAG_BYTES if header.encrypted else 0) + seal_bytes
+        if size != expected:  # before the body is read: a header cannot make this process allocate what is not there
+            raise ModelSharesError(f"{where} has {size} bytes, its header says {expected} (truncated or damaged).")
+        f.seek(0)
+        data = memoryview(f.read())
+    content, seal = data[:-seal_bytes], bytes(data[-seal_bytes:])
     _check_seal(header, content, seal, roster, owner, where)
     body = content[start + n:]
     if header.encrypted:
-        body = _decrypt(header, content[:start + n], body, identity, where)
-    if len(body) != 8 * header.numel:
-        raise ModelSharesError(f"{where} holds {len(body)} bytes of shares, its header says {8 * header.numel}.")
+        body = memoryview(_decrypt(header, content[:start + n], body, identity, where))
     tensors, offset = {}, 0
     for name, shape in header.tensors:
         k = _numel(shape)
-        chunk = bytearray(body[offset:offset + 8 * k])
-        tensors[name] = torch.frombuffer(chunk, dtype=torch.int64).reshape(shape) if k else \
-            torch.zeros(shape, dtype=torch.int64)
+        tensors[name] = torch.frombuffer(bytearray(body[offset:offset + 8 * k]), dtype=torch.int64).reshape(shape) \
+            if k else torch.zeros(shape, dtype=torch.int64)
         offset += 8 * k
     return header, tensors
 
@@ -234,11 +282,11 @@ def _decrypt(header, prefix: bytes, body: bytes, identity, where: str) -> bytes:
     if len(body) < _EPH_BYTES + _TAG_BYTES:
         raise ModelSharesError(f"{where} is truncated.")
     private = _x25519_private_of(identity)
-    eph_public, recipient = body[:_EPH_BYTES], _raw(private.public_key())
+    eph_public, recipient = bytes(body[:_EPH_BYTES]), _raw(private.public_key())
     key = _file_key(private.exchange(X25519PublicKey.from_public_bytes(eph_public)), eph_public, recipient,
-                    prefix[len(MAGIC) + 4:])
+                    bytes(prefix[len(MAGIC) + 4:]))
     try:
-        return AESGCM(key).decrypt(bytes(12), body[_EPH_BYTES:], prefix)
+        return AESGCM(key).decrypt(bytes(12), body[_EPH_BYTES:], bytes(prefix))
     except InvalidTag:
         raise ModelSharesError(f"{where} does not decrypt with {identity.name!r}'s key (encrypted to another key, "
                                "or damaged).") from None
