@@ -215,7 +215,7 @@ def _links_are_pinned(session) -> bool:
 def test_run_parties_without_a_roster_is_pinned_all_the_same() -> None:
     from lightning_smpc.mpc.distributed import run_parties
 
-    assert [r["result"] for r in run_parties(_links_are_pinned)[:2]] == [True, True]
+    assert [r.result for r in run_parties(_links_are_pinned)[:2]] == [True, True]
 
 
 def test_predict_hands_every_spawned_role_the_roster_it_made(monkeypatch) -> None:
@@ -283,4 +283,4 @@ def test_parties_that_agree_on_public_values_run() -> None:
     from lightning_smpc.mpc.distributed import run_parties
 
     out = run_parties(_same_public_values)
-    assert torch.allclose(out[0]["result"], torch.tensor([6.0, 4.0, 2.0], dtype=torch.float64))
+    assert torch.allclose(out[0].result, torch.tensor([6.0, 4.0, 2.0], dtype=torch.float64))

@@ -33,7 +33,7 @@ Example (each party's function gets its Session; only the owner passes the value
         x = sess.share(torch.randn(4, 3) if sess.local_party == "alice" else None, owner="alice", shape=(4, 3))
         return x.relu().reveal(to="bob")          # tensor in bob's process, None in alice's
 
-    results = run_parties(job, parties=("alice", "bob"))   # [{"result": None, ...}, {"result": tensor(...), ...}, dealer]
+    results = run_parties(job, parties=("alice", "bob"))   # [PartyResult(result=None, ...), PartyResult(result=tensor(...), ...), dealer]
 
 **Faults.** Every operation has the process group's timeout (``run_parties(timeout=60)``). A process that
 fails tears its process group down at once, so its peers fail within milliseconds instead of waiting for
@@ -44,7 +44,7 @@ from __future__ import annotations
 
 from .errors import PartyProcessError
 from .process.dealer_server import serve_dealer
-from .process.launch import run_parties
+from .process.launch import PartyResult, run_parties
 from .process.parties import DEFAULT_TIMEOUT, _Runtime, establish_links, party_session
 from .process.remote_dealer import RemoteDealer, finish
 from .process.supervisor import (PEER_FAILURES, SPAWN_HINT, START_METHODS, check_start_method, is_peer_failure,
@@ -52,7 +52,7 @@ from .process.supervisor import (PEER_FAILURES, SPAWN_HINT, START_METHODS, check
 from .process.transport import DistributedCommunicator
 
 __all__ = [
-    "run_parties", "establish_links", "party_session", "serve_dealer", "finish", "DistributedCommunicator",
+    "run_parties", "PartyResult", "establish_links", "party_session", "serve_dealer", "finish", "DistributedCommunicator",
     "RemoteDealer", "PartyProcessError", "DEFAULT_TIMEOUT", "START_METHODS", "check_start_method", "resolve_start_method",
     "PEER_FAILURES", "is_peer_failure", "user_error", "SPAWN_HINT", "main_is_a_file", "_Runtime",
 ]

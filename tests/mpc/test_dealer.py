@@ -149,7 +149,7 @@ def test_distributed_parties_after_the_first_receive_only_seeds(d):
     correlations; the dealer's accounting is exactly what crossed the links; results equal the simulated runtime's."""
     parties = ("alice", "bob")
     alice, bob, dealer = run_parties(material_then_compute, parties=parties, timeout=60, compare_digit_bits=d)
-    A, B = alice["result"], bob["result"]
+    A, B = alice.result, bob.result
     both = lambda k: A[k] + B[k]  # noqa: E731  (each process holds its own row)
     assert torch.equal(both("a") * both("b"), both("c"))
     assert torch.equal(both("u"), (both("r") & ((1 << 63) - 1)) >> 16)
@@ -167,6 +167,6 @@ def test_distributed_parties_after_the_first_receive_only_seeds(d):
     assert dealer["bob"]["bytes_received"] == sim.comm.stats(offline=True)["bob"]["bytes_received"] < 1024
     assert dealer["alice"]["bytes_received"] == sim.comm.stats(offline=True)["alice"]["bytes_received"]
     for run in (alice, bob):
-        assert run["rounds"] == sim.comm.rounds
-        assert (run["result"]["h"] - want["h"]).abs().max() < 1e-3
-        assert torch.equal(run["result"]["argmax"], want["argmax"])
+        assert run.rounds == sim.comm.rounds
+        assert (run.result["h"] - want["h"]).abs().max() < 1e-3
+        assert torch.equal(run.result["argmax"], want["argmax"])

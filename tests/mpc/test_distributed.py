@@ -49,20 +49,21 @@ def test_gloo_runtime_matches_plaintext_and_simulated_traffic(parties, pinned):
     runs = run_parties(job, parties=parties, timeout=60, **kw)
     by_party = dict(zip(parties, runs[: len(parties)]))
     for p, run in by_party.items():
-        assert (run["result"]["h"] - H).abs().max() < 1e-3
-        assert (run["result"]["sumsq"] is not None) == (p == "alice")  # only the receiver learns it
-        assert (run["result"]["argmax"] is not None) == (p == "bob")
-    assert torch.allclose(by_party["alice"]["result"]["sumsq"], (H * H).sum(1), atol=1e-2)
-    assert torch.equal(by_party["bob"]["result"]["argmax"], H.argmax(1).double())
+        assert (run.result["h"] - H).abs().max() < 1e-3
+        assert (run.result["sumsq"] is not None) == (p == "alice")  # only the receiver learns it
+        assert (run.result["argmax"] is not None) == (p == "bob")
+    assert torch.allclose(by_party["alice"].result["sumsq"], (H * H).sum(1), atol=1e-2)
+    assert torch.equal(by_party["bob"].result["argmax"], H.argmax(1).double())
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         sim = Session(parties=parties, seed=0)
     job(sim)
     for p, run in by_party.items():  # the same protocol sends the same bytes in the same rounds
-        assert run["rounds"] == sim.comm.rounds
-        assert run["stats"][p] == sim.comm.stats()[p]
-        cost = run["links"]  # the encryption's own cost is reported apart from the protocol's traffic
+        assert run.rounds == sim.comm.rounds
+        assert run.stats[p] == sim.comm.stats()[p]
+        assert run["rounds"] == run.to_dict()["rounds"] == run.rounds  # the dict it was, still readable
+        cost = run.links  # the encryption's own cost is reported apart from the protocol's traffic
         assert cost["aead_seconds"] > 0 and cost["wire_bytes_sent"] > cost["plain_bytes_sent"] > 0
         assert cost["overhead_bytes_sent"] <= 24 * 4 * cost["messages_sent"]  # counter + GCM tag per tensor
     assert runs[-1][parties[0]]["bytes_received"] > 0  # the dealer process sent material
@@ -199,4 +200,4 @@ def job_long_batch(sess):
 
 def test_the_first_partys_keep_alive_holds_the_dealer_through_a_long_stretch_without_requests():
     out = run_parties(job_long_batch, parties=("alice", "bob"), timeout=5)  # (3 s was tight on a loaded 2-core box)
-    assert torch.allclose(out[0]["result"], torch.ones(8, dtype=torch.float64))
+    assert torch.allclose(out[0].result, torch.ones(8, dtype=torch.float64))

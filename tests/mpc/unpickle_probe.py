@@ -30,4 +30,4 @@ if __name__ == "__main__":
 
     sys.addaudithook(_audit)
     out = run_parties(job, parties=("alice", "bob", "carol"), start_method="fork", timeout=30)
-    print("ok", out[0]["result"].tolist())
+    print("ok", out[0].result.tolist())

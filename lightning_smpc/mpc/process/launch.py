@@ -4,7 +4,8 @@ from __future__ import annotations
 import datetime
 import os
 import sys
-from typing import Callable
+from dataclasses import dataclass, fields
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
@@ -17,7 +18,24 @@ from .parties import DEFAULT_TIMEOUT, establish_links, party_session
 from .remote_dealer import finish
 from .supervisor import Supervisor, _abort, _free_port, _set_progress, _to_bytes, error_report, resolve_start_method
 
-__all__ = ["run_parties"]
+__all__ = ["run_parties", "PartyResult"]
+
+
+@dataclass(frozen=True)
+class PartyResult:
+    """What a compute party's process of :func:`run_parties` sends back (to your process, on this machine)."""
+
+    result: Any  # fn's return value in that party's process
+    stats: dict[str, dict[str, int]]  # online traffic per party, as counted in that process
+    rounds: int
+    links: dict[str, Any]  # the links' cost: AEAD seconds, plain/wire bytes, ...
+
+    def to_dict(self) -> dict[str, Any]:
+        """The dict it was: ``{"result", "stats", "rounds", "links"}`` (``run["result"]`` reads it too)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def __getitem__(self, key: str) -> Any:
+        return self.to_dict()[key]
 
 
 def _worker(rank, results, progress, world, port, names, parties, crypto_provider, seed, timeout, roster_text,
@@ -46,7 +64,7 @@ def _worker(rank, results, progress, world, port, names, parties, crypto_provide
             _set_progress(progress, "the job function")
             out = fn(sess)
             finish(sess)
-            result = {"result": out, "stats": sess.stats()["online"], "rounds": sess.comm.rounds, "links": links.stats}
+            result = PartyResult(out, sess.stats()["online"], sess.comm.rounds, links.stats)
         _set_progress(progress, "done")
         results.put((rank, _to_bytes(result), None))
         dist.destroy_process_group()
@@ -75,9 +93,9 @@ def run_parties(
     ``timeout`` (seconds) bounds every single operation. ``start_method``: see :func:`resolve_start_method`
     (``None``: ``fork`` where each process would get one core anyway, else ``spawn``).
 
-    Returns, per party, ``{"result": fn's return value, "stats": online traffic per party as counted in that
-    process, "rounds": int, "links": the links' cost (AEAD seconds, bytes)}``; the dealer's offline
-    accounting is appended last.
+    Returns, per party, a :class:`PartyResult` (``.result``: fn's return value, ``.stats``: online traffic per
+    party as counted in that process, ``.rounds``, ``.links``: the links' cost (AEAD seconds, bytes)); the
+    dealer's offline accounting (``serve_dealer``'s dict) is appended last.
 
     Raises :class:`PartyProcessError` naming the party that failed (or died) and what it was doing; no
     process of the run is left running. A party's own error of this package or a plain value/type/key error is
