@@ -32,6 +32,7 @@ from .config import RingConfig
 from .errors import DealerStoreError
 from .kinds import KINDS
 from .kinds._shares import DealtShares
+from .kinds.outside_input import OWNER_KEY_BYTES, advance, outside_counts
 from .material import DIGIT_BITS, DIGIT_CHOICES, Material, Request, gt_table_spec
 from .prg import CSPRNG
 from .ring import LimbOperand
@@ -86,6 +87,8 @@ class TrustedDealer:
         # a reused mask's operand of matmul/linear triples split into limbs once (the weights' masks: every batch)
         self._limb_operands: dict[tuple, LimbOperand] = {}
         self._next_id = 0
+        self._owner_keys: dict[str, bytes] = {}  # per outside input owner: the key its masks derive from
+        self.replays = 0  # repeats of the current plan replayed so far (reset when a plan is recorded)
         self._store: deque[tuple[Request, Material]] = deque()
         self._recording: list[_PlanEntry] | None = None
         self.fallback_inline = False  # on a store mismatch: raise (False) or drop the store and go inline
@@ -127,6 +130,13 @@ class TrustedDealer:
     def record(self) -> None:
         """Start recording the request sequence (the plan) of the next computation."""
         self._recording = []
+        self.replays = 0
+
+    def owner_key(self, owner: str) -> bytes:
+        """The key an outside input owner's masks derive from (drawn once per run; handed to that owner only)."""
+        if owner not in self._owner_keys:
+            self._owner_keys[owner] = self.prg.random_bytes(OWNER_KEY_BYTES).tobytes()
+        return self._owner_keys[owner]
 
     def stop_recording(self) -> list[_PlanEntry]:
         plan, self._recording = self._recording or [], None
@@ -153,10 +163,12 @@ class TrustedDealer:
         """Generate the material of ``plan`` ``repeats`` times, yielding ``(index in plan, request, material)``
         one request at a time: each repeat's requests refer to the masks that repeat created (ids remapped),
         masks created before the plan keep their ids."""
+        counts = outside_counts([entry.request for entry in plan])
         for _ in range(repeats):
             idmap: dict[int, int] = {}
+            self.replays += 1  # the k-th repeat since the plan: an outside owner's inputs move on (see advance)
             for i, entry in enumerate(plan):
-                req = entry.request.remap(idmap)
+                req = advance(entry.request.remap(idmap), self.replays, counts)
                 mat = self._generate(req)
                 idmap.update(zip(entry.created, mat.created))
                 yield i, req, mat
@@ -208,9 +220,10 @@ class TrustedDealer:
 
         layouts = [material_layout(req, p, self.parties, self.ring, check=False)
                    for p in range(self.n)]
-        seeds = tuple(self.prg.seed() for _ in range(self.n))
         kind = KINDS[req.kind]
-        mat, extra = kind.generate(self, kind.Params(*req.params), req.refs, DealtShares(self, layouts, seeds))
+        params = kind.Params(*req.params)
+        seeds = kind.seeds(self, params) or tuple(self.prg.seed() for _ in range(self.n))
+        mat, extra = kind.generate(self, params, req.refs, DealtShares(self, layouts, seeds))
         mat.seeds = seeds
         sizes = {p: layouts[i].nbytes for i, p in enumerate(self.parties)}
         for k, v in extra.items():

@@ -44,6 +44,9 @@ class Transport(Protocol):
         """A public value an op used (a constant, an index, a mask): parties as processes bind it into their next
         messages, so parties that disagree on it fail authentication instead of computing garbage."""
 
+    def note_reveal(self, name: str, frac_bits: int) -> None:
+        """What the next reveal to an outside receiver is (public; the process runtime announces it)."""
+
 
 @runtime_checkable
 class DealerHandle(Protocol):
@@ -98,6 +101,9 @@ class PartyContext(Protocol):
 
     def from_shares(self, shares: Any, frac_bits: int) -> Any:
         """Wrap shares (leading party axis) as a ShareTensor of this session."""
+
+    def input_index(self, owner: str) -> int:
+        """The next input index of an owner outside the parties (its masks derive from it)."""
 
     def reveal(self, x: Any, to: Any = None, name: Optional[str] = None, outside: Optional[str] = None) -> Any:
         """Reveal ``x`` to the parties in ``to`` (recorded in the ledger)."""

@@ -134,6 +134,7 @@ class Session:
         # In the simulated runtime all rows are here; in a per-process runtime only that party's process says True.
         self.holds_first = runtime.rank in (None, 0)
         self.op_seconds: dict[str, float] = {}
+        self._outside_inputs: dict[str, int] = {}  # inputs shared so far per owner outside the parties
         self._opened_masks: weakref.WeakValueDictionary = weakref.WeakValueDictionary()  # id -> Mask (parties' view)  # wall time per protocol (dealer work included when inline)
 
     @property
@@ -154,8 +155,6 @@ class Session:
         if owner == self.crypto_provider:
             raise PartyConfigError("The crypto provider never holds data; share from a client or a party.")
         frac = self.precision_bits if frac_bits is None else frac_bits
-        if self.local_party is not None and owner not in self.parties:
-            raise PartyConfigError(f"In the multi-process runtime the input owner must be a compute party {self.parties}.")
         if value is None:
             if self.local_party is None or self.local_party == owner or shape is None:
                 raise ValueError("Expected the owner's value (or `shape` in a non-owner party's process).")
@@ -166,6 +165,13 @@ class Session:
         mask = Mask(eps, a, MaskHandle(self.dealer, mask_id))
         self._opened_masks[mask_id] = mask
         return ShareTensor(shares, self, frac, mask)
+
+    def input_index(self, owner: str) -> int:
+        """The next input of ``owner`` (outside the parties): its count so far in this session, public (the parties and
+        the owner count the same shares), which its mask derives from."""
+        index = self._outside_inputs.get(owner, 0)
+        self._outside_inputs[owner] = index + 1
+        return index
 
     def reveal(
         self, x: ShareTensor, to: str | tuple[str, ...] | None = None, name: str | None = None, outside: str | None = None
@@ -196,6 +202,8 @@ class Session:
             raise ValueError("Expected at least one receiver: a party in `to` or an `outside` receiver.")
         if x.frac_bits > self.precision_bits:
             x = _ops.to_precision(x)
+        if outside:
+            self.comm.note_reveal(name or "value", x.frac_bits)
         plain = P.reveal(self, x.shares, receivers, outside)
         shown = receivers + ((outside,) if outside else ())
         self.ledger.append(RevealRecord(name or "value", tuple(x.shape), shown))

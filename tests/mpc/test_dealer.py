@@ -61,7 +61,7 @@ def test_preprocessed_batches_need_no_inline_dealer_work(make_session, n, d):
     check_batch(*secure_batch(s, params, x), x, plain)
     plan = s.dealer.stop_recording()
     kinds = [e.request.kind for e in plan]
-    assert kinds[0] == "input_mask" and "beaver" in kinds and "cmp" in kinds
+    assert kinds[0] == "outside_input_mask" and "beaver" in kinds and "cmp" in kinds  # the client: outside
 
     s.preprocess(plan, 3)
     assert s.dealer.store_size == 3 * len(plan)

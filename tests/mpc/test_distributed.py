@@ -69,6 +69,51 @@ def test_gloo_runtime_matches_plaintext_and_simulated_traffic(parties, pinned):
     assert runs[-1][parties[0]]["bytes_received"] > 0  # the dealer process sent material
 
 
+def outside_job(role):
+    """Issue 18.1: the model owner's server and the client outside the compute parties, each in its own process: the
+    server shares W and b, the client two inputs; the client learns the argmax, the server the sum."""
+    warnings.simplefilter("ignore")
+    X, W, b = _data()
+    if not isinstance(role, Session):  # an outside role: it shares its inputs, then receives what is revealed to it
+        for v in ((W, b) if role.name == "server" else (X, X * 2)):
+            role.share(v)
+        return role.receive_all()
+    sess = role
+    w, bb = sess.share(None, owner="server", shape=tuple(W.shape)), sess.share(None, owner="server", shape=(5,))
+    x, x2 = (sess.share(None, owner="client", shape=tuple(X.shape)) for _ in range(2))
+    h = F.relu(F.linear(x, w, bb)) + F.linear(x2, w)
+    sess.reveal(h.argmax(dim=1), to=(), outside="client", name="labels")
+    sess.reveal(h.sum(), to=(), outside="server", name="sum")
+    return None
+
+
+def outside_sim():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sim = Session(("alice", "bob"), seed=0)
+    X, W, b = _data()
+    w, bb = sim.share(W, owner="server"), sim.share(b, owner="server")
+    x, x2 = sim.share(X, owner="client"), sim.share(X * 2, owner="client")
+    h = F.relu(F.linear(x, w, bb)) + F.linear(x2, w)
+    return (sim, sim.reveal(h.argmax(dim=1), to=(), outside="client", name="labels"),
+            sim.reveal(h.sum(), to=(), outside="server", name="sum"))
+
+
+def test_outside_owners_and_receivers_as_processes_match_the_simulated_runtime():
+    runs = run_parties(outside_job, parties=("alice", "bob"), outside=("server", "client"), timeout=60)
+    alice, bob, server, client = runs[:4]
+    sim, labels, total = outside_sim()
+    X, W, b = _data()
+    plain = F.relu(F.linear(X, W, b)) + F.linear(2 * X, W)
+    assert torch.equal(client.result["labels"], labels) and torch.equal(labels, plain.argmax(1).double())
+    assert set(client.result) == {"labels"} and set(server.result) == {"sum"}  # each learns only its own release
+    assert abs(float(server.result["sum"]) - float(total)) < 1e-3
+    for p, run in (("alice", alice), ("bob", bob)):  # the parties' traffic is the simulated runtime's
+        assert run.rounds == sim.comm.rounds and run.stats[p] == sim.comm.stats()[p]
+    assert client.stats["client"]["bytes_sent"] == sim.comm.stats()["client"]["bytes_sent"] == 2 * 2 * 8 * X.numel()
+    assert runs[-1]["alice"]["bytes_received"] > 0
+
+
 def test_processes_without_their_roster_keys_are_refused_by_name():
     names = ("alice", "bob", "crypto_provider")
     ids = {n: Identity.generate(n) for n in names}

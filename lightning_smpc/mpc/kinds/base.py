@@ -69,6 +69,12 @@ class MaterialKind:
         raise NotImplementedError
 
     @classmethod
+    def seeds(cls, dealer, p) -> tuple[bytes, ...] | None:
+        """Each party's seed of this request, where the kind derives them (an outside owner's mask); ``None``: fresh
+        seeds from the crypto provider's generator (every other kind)."""
+        return None
+
+    @classmethod
     def example(cls, parties: Sequence[str]) -> Request:
         """A typical request (the tests' scenario for this kind)."""
         raise NotImplementedError

@@ -4,7 +4,7 @@ from __future__ import annotations
 import datetime
 import os
 import sys
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from typing import Any, Callable
 
 import torch
@@ -14,6 +14,7 @@ from ..handshake import roll_call
 from ..identities import Identity, Roster
 from ..session import ring_config
 from .dealer_server import serve_dealer
+from .outside import OutsideRole
 from .parties import DEFAULT_TIMEOUT, establish_links, party_session
 from .remote_dealer import finish
 from .supervisor import Supervisor, _abort, _free_port, _set_progress, _to_bytes, error_report, resolve_start_method
@@ -59,6 +60,11 @@ def _worker(rank, results, progress, world, port, names, parties, crypto_provide
         links.on_op = lambda what: _set_progress(progress, what)
         if name == crypto_provider:
             result = serve_dealer(links, parties, crypto_provider, ring, seed)
+        elif name not in parties:  # an outside input owner / receiver: fn gets its OutsideRole
+            role = OutsideRole(links, parties, crypto_provider, ring)
+            _set_progress(progress, "the job function")
+            out = fn(role)
+            result = PartyResult(out, {name: asdict(role.stats)}, 0, links.stats)
         else:
             sess = party_session(links, parties, crypto_provider, **session_kwargs)
             _set_progress(progress, "the job function")
@@ -81,9 +87,15 @@ def _worker(rank, results, progress, world, port, names, parties, crypto_provide
 def run_parties(
     fn: Callable, parties: tuple[str, ...] = ("alice", "bob"), crypto_provider: str = "crypto_provider",
     seed: int | None = None, timeout: float = DEFAULT_TIMEOUT, roster: Roster | str | None = None,
-    identities: dict[str, Identity] | None = None, start_method: str | None = None, **session_kwargs,
+    identities: dict[str, Identity] | None = None, start_method: str | None = None, outside: tuple[str, ...] = (),
+    **session_kwargs,
 ) -> list:
     """Run ``fn(session)`` in one process per party (plus the dealer's) over gloo on 127.0.0.1.
+
+    ``outside``: roles outside the compute parties (an input owner such as the model owner's server or the client,
+    a receiver of what is revealed to it), each in a process of its own, ranked after the parties: there ``fn`` gets
+    that role's :class:`~.outside.OutsideRole` (``share(value)``, ``receive()``) instead of a session, and its result
+    carries the role's own traffic (``rounds`` 0).
 
     ``fn`` must be importable (a module-level function). All traffic between the processes goes over
     authenticated, encrypted links (:mod:`.links`); with ``roster`` and ``identities`` (name ->
@@ -101,8 +113,10 @@ def run_parties(
     process of the run is left running. A party's own error of this package or a plain value/type/key error is
     raised with its own type instead (the party named in its message; the failure report is its ``__cause__``).
     """
-    parties = tuple(parties)
-    names = parties + (crypto_provider,)
+    parties, outside = tuple(parties), tuple(outside)
+    if set(outside) & (set(parties) | {crypto_provider}) or len(set(outside)) != len(outside):
+        raise ValueError(f"Expected outside roles distinct from the parties and the crypto provider, got {outside}.")
+    names = parties + outside + (crypto_provider,)
     world = len(names)
     if roster is None and not identities:  # pinned all the same: fresh keys made here, each process gets its own
         identities = {n: Identity.generate(n) for n in names}

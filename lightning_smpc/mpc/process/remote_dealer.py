@@ -11,6 +11,7 @@ import torch
 from .. import wire
 from ..config import RingConfig
 from ..dealer import DealerStoreError, _DealerTimes, _PlanEntry
+from ..kinds.outside_input import advance, outside_counts
 from ..links import LinkError, Links
 from ..material import Material
 
@@ -56,7 +57,9 @@ class RemoteDealer:
         self.finished = False
         self.fallback_inline = False
         self._recording: list[_PlanEntry] | None = None
-        self._streamed: deque[tuple[int, list[_PlanEntry]]] = deque()  # (repeat's next index, plan) per repeat
+        # per streamed repeat: (its next index, the plan, (which repeat of the plan, outside owners' inputs in it))
+        self._streamed: deque[tuple[int, list[_PlanEntry], tuple]] = deque()
+        self.replays = 0  # repeats of the current plan streamed so far (the crypto provider counts the same)
         self._posted: deque = deque()  # the receives of the streamed messages, posted when they were asked for
         self._idmap: dict[int, int] = {}  # plan's mask ids -> the current repeat's
         self._ready: deque = deque()  # (request, material) of a repeat taken ahead (take_ahead)
@@ -112,15 +115,15 @@ class RemoteDealer:
         return wire.material_from(layout, self.links.recv_many(self.dealer_rank, layout.specs(), self._tag(data), channel=_MATERIAL))
 
     def _predicted(self):
-        index, plan = self._streamed[0]
-        return plan[index].request.remap(self._idmap)
+        index, plan, step = self._streamed[0]
+        return advance(plan[index].request.remap(self._idmap), *step)
 
     def _take_streamed(self, req, data: bytes) -> Material:
-        index, plan = self._streamed[0]
+        index, plan, step = self._streamed[0]
         mat = wire.material_from(self._layout(req), self.links.take(self._posted.popleft(), self._tag(data)))
         self._idmap.update(zip(plan[index].created, mat.created))
         if index + 1 < len(plan):
-            self._streamed[0] = (index + 1, plan)
+            self._streamed[0] = (index + 1, plan, step)
         else:  # this repeat is complete: the next one remaps from scratch
             self._streamed.popleft()
             self._idmap = {}
@@ -131,6 +134,7 @@ class RemoteDealer:
         """Start recording the plan (the dealer process records the same requests)."""
         self._tell(_control(_RECORD), _CTRL_TAG)
         self._recording = []
+        self.replays = 0
 
     def stop_recording(self) -> list[_PlanEntry]:
         """Stop recording (the dealer process stops at the same request); returns the plan."""
@@ -148,7 +152,10 @@ class RemoteDealer:
         self._precompute = party_precompute
         self._tell_dropped()
         self._tell(_control(_STREAM, len(plan), repeats), _CTRL_TAG)
-        self._streamed.extend((0, plan) for _ in range(repeats))
+        counts = outside_counts([entry.request for entry in plan])
+        for _ in range(repeats):
+            self.replays += 1
+            self._streamed.append((0, plan, (self.replays, counts)))
         # the receives are posted now (message sizes follow from the plan's shapes): the dealer's sends complete
         # as soon as it generated them, and no send waits for the parties' compute
         specs = [self._layout(entry.request).specs() for entry in plan]
@@ -162,7 +169,7 @@ class RemoteDealer:
             return
         created: dict = {}
         while True:
-            index, plan = self._streamed[0]
+            index, plan, _ = self._streamed[0]
             req = self._predicted()
             mat = self._take_streamed(req, wire.encode_request(req, self.parties))
             created.update((cid, mat) for cid in mat.created)
@@ -177,7 +184,7 @@ class RemoteDealer:
     @property
     def store_size(self) -> int:
         """Streamed messages not used yet (taken ahead or still on their way)."""
-        return len(self._ready) + sum(len(plan) - index for index, plan in self._streamed)
+        return len(self._ready) + sum(len(plan) - index for index, plan, _ in self._streamed)
 
     def clear_store(self) -> None:
         """Receive and discard everything streamed and not used (its masks are never used: nothing leaks)."""
@@ -237,9 +244,11 @@ def _material_tag(digest: str, ring: RingConfig) -> str:
     return f"material:{digest}:cb{ring.compare_bits}:d{ring.digit_bits}"
 
 
-def finish(session) -> None:
-    """End the run for the dealer: the first party sends the end marker (a no-op on the other parties)."""
+def finish(session, public: dict | None = None) -> None:
+    """End the run for the dealer and the outside roles: the first party sends the end markers (a no-op on the other
+    parties); ``public``: facts every outside role may learn at the end (the number of examples, ...)."""
     dealer = session.dealer
     if not isinstance(dealer, RemoteDealer):
         raise TypeError("finish() is for sessions made by party_session().")
+    session.comm.end_outside(public or {})
     dealer.finish()

@@ -3,14 +3,41 @@ input broadcasts over the encrypted links (:mod:`..links`), with the public valu
 from __future__ import annotations
 
 import hashlib
+import json
 
 import torch
 
 from .. import wire
+from ..errors import WireError
 from ..comm import Communicator
 from ..links import LinkIntegrityError, Links
 
-__all__ = ["DistributedCommunicator"]
+__all__ = ["DistributedCommunicator", "outside_header", "read_outside_header", "OUTSIDE_HEADER_TAG"]
+
+OUTSIDE_HEADER_TAG = "outside/announce"
+_OUTSIDE_HEADER_BYTES = 512
+
+
+def outside_header(note: dict) -> torch.Tensor:
+    """A reveal's (or the end's) public note to an outside role, as a fixed-size message."""
+    data = json.dumps(note, sort_keys=True, separators=(",", ":")).encode()
+    if len(data) > _OUTSIDE_HEADER_BYTES - 4:
+        raise ValueError(f"An outside role's note of {len(data)} bytes is too long.")
+    buf = torch.zeros(_OUTSIDE_HEADER_BYTES, dtype=torch.uint8)
+    buf[:4] = torch.tensor(list(len(data).to_bytes(4, "big")), dtype=torch.uint8)
+    buf[4:4 + len(data)] = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+    return buf
+
+
+def read_outside_header(buf: torch.Tensor) -> dict:
+    raw = bytes(buf.tolist())
+    n = int.from_bytes(raw[:4], "big")
+    if n > _OUTSIDE_HEADER_BYTES - 4:
+        raise WireError(f"Malformed note to an outside role (length {n}).")
+    note = json.loads(raw[4:4 + n].decode())
+    if not isinstance(note, dict):
+        raise WireError("Malformed note to an outside role.")
+    return note
 
 
 def _opening_wire(mine: torch.Tensor, kind: str, bits: int) -> torch.Tensor:
@@ -111,18 +138,52 @@ class DistributedCommunicator(Communicator):
                 for i, (shares, kind, bits) in enumerate(items)]
 
     def _exchange_to(self, shares: torch.Tensor, receivers: list[str]):
-        outside = [r for r in receivers if r not in self.parties]
-        if outside:
-            raise ValueError(f"The multi-process runtime reveals to compute parties only, not to {outside}.")
         mine, out = shares[0].contiguous(), None
         for r in receivers:
+            if r not in self.parties:  # a role in a process of its own (the client, the model owner's server)
+                self._reveal_outside(r, mine)
+                continue
             parts = self._authenticated(lambda r=r: self.links.gather_to(
                 self._peers[self.parties.index(r)], mine, self._bound(f"reveal:{self._tag}"), ranks=self._peers))
             if parts is not None:
                 out = torch.stack(parts)
         return out
 
+    # An outside role knows none of the parties' public values: its messages carry the plain protocol tag (the
+    # parties' own messages keep binding them). The first party announces each reveal (name, fixed-point bits,
+    # shape: public) before every party sends its share, so the outside role needs no copy of the parties' program.
+    def note_reveal(self, name: str, frac_bits: int) -> None:
+        self._reveal_note = {"name": name, "frac_bits": frac_bits}
+
+    def _reveal_outside(self, receiver: str, mine: torch.Tensor) -> None:
+        dst = self.links.index(receiver)
+        note = {**getattr(self, "_reveal_note", {"name": "value", "frac_bits": 0}), "shape": list(mine.shape),
+                "tag": self._tag}
+        self._reveal_note = None
+        self._authenticated(lambda: self._announce(receiver, note))
+        self._authenticated(lambda: self.links.gather_to(dst, mine, f"reveal:{self._tag}", ranks=self._peers + [dst]))
+
+    def _announce(self, receiver: str, note: dict) -> None:
+        if self.rank == 0:
+            self.links.send(receiver, outside_header(note), OUTSIDE_HEADER_TAG)
+
+    def end_outside(self, public: dict) -> None:
+        """The end of the run for every outside role (sent by the first party), with public facts it may need (the
+        number of examples, for a metric revealed as a count)."""
+        for name in self.outside:
+            self._announce(name, {"end": True, **public})
+
+    @property
+    def outside(self) -> tuple[str, ...]:
+        """The roles in processes of their own: neither compute parties nor the crypto provider (the last rank)."""
+        names = self.links.names
+        return tuple(n for n in names[:-1] if n not in self.parties)
+
     def _broadcast(self, value: torch.Tensor, sender: str) -> torch.Tensor:
+        if sender not in self.parties:  # an outside input owner's masked input
+            src = self.links.index(sender)
+            return self._authenticated(lambda: self.links.broadcast(
+                value.contiguous(), src, f"input:{self._tag}", ranks=self._peers + [src]))
         src = self._peers[self.parties.index(sender)]
         return self._authenticated(
             lambda: self.links.broadcast(value.contiguous(), src, self._bound(f"input:{self._tag}"), ranks=self._peers))

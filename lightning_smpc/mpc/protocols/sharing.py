@@ -5,7 +5,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..kinds import FreshMask, InputMask
+from ..kinds import FreshMask, InputMask, OutsideInputMask
 from ._cost import nbytes, protocol
 
 if TYPE_CHECKING:
@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     "share",
     rounds=lambda n, **s: 1,
     bytes_sent=lambda n, numel, **s: 0,  # compute parties send nothing; the owner sends n * 8 * numel
-    offline="input_mask: A in clear to the owner, shares of A to the parties",
+    offline="input_mask: A in clear to the owner, shares of A to the parties (an outside owner derives A from its key)",
 )
 def share(sess: PartyContext, encoded: torch.Tensor, owner: str):
     """Share an encoded input held by ``owner`` (a compute party or an outside input owner).
@@ -29,7 +29,11 @@ def share(sess: PartyContext, encoded: torch.Tensor, owner: str):
     Cost: 1 round; the owner sends ``8 * numel`` bytes to each party; the parties send nothing.
     Returns ``(shares, eps, a_shares, mask_id)``.
     """
-    mat = sess.dealer.request(InputMask.request(tuple(encoded.shape), owner))
+    if owner in sess.parties:
+        req = InputMask.request(tuple(encoded.shape), owner)
+    else:  # an owner outside the parties derives its mask from its key: its inputs are counted (public)
+        req = OutsideInputMask.request(tuple(encoded.shape), owner, sess.input_index(owner))
+    mat = sess.dealer.request(req)
     if "owner_mask" in mat.data:  # only the owner's process holds the mask and the value
         eps = encoded.to(sess.device) - mat.owner_mask
     else:
