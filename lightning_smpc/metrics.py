@@ -227,6 +227,28 @@ class SecureAccuracy(Metric):
         return _reduce(tp, pc, tc, total, "macro")
 
 
+def accuracy_from_revealed(metric: SecureAccuracy, revealed: dict[str, torch.Tensor],
+                           total: int) -> Optional[torch.Tensor]:
+    """What :meth:`SecureAccuracy.compute` returns, in the process of a receiver outside the compute parties (the
+    model owner's server): from the values revealed to it under the metric's name and the number of examples
+    (public). None when nothing was revealed (no batch carried targets)."""
+    name = metric.name
+    if metric.average == "micro" or metric.reveal_per_class:
+        if metric.average == "micro":
+            if name not in revealed:
+                return None
+            correct = revealed[name].round().to(torch.int64)
+            metric.correct = int(correct)
+            return _reduce(correct.reshape(1), correct.reshape(1), torch.full((1,), total), total, "micro")
+        keys = [f"{name}.true_positives", f"{name}.predicted_per_class", f"{name}.targets_per_class"]
+        if not all(k in revealed for k in keys):
+            return None
+        tp, pc, tc = (revealed[k].round().to(torch.int64) for k in keys)
+        metric.correct = int(tp.sum())
+        return _reduce(tp, pc, tc, total, "macro")
+    return revealed[name].to(torch.float32) if name in revealed else None
+
+
 def secure_accuracy(preds: ShareTensor, target: ShareTensor, num_classes: int, average: Literal["micro", "macro"] = "micro",
                     reveal_to: str = "model owner", reveal_per_class: bool = False) -> torch.Tensor:
     """Functional form of :class:`SecureAccuracy` (one batch, revealed at once; the same arguments)."""

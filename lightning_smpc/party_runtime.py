@@ -34,19 +34,30 @@ _PUBLIC_TAG = "public_input"
 
 @dataclass
 class World:
-    """This process's place in the run: its rank, the compute parties and its authenticated links."""
+    """This process's place in the run: its rank, the compute parties and its authenticated links (every role's: the
+    parties first, then any outside role, the crypto provider last); ``client``: the role whose process reads the
+    data."""
 
     rank: int
     parties: tuple
     links: Links
+    client: Optional[str] = None
 
     @property
     def party_ranks(self) -> list[int]:
         return list(range(len(self.parties)))
 
+    @property
+    def batch_ranks(self) -> list[int]:
+        """Who the client's batch headers go to: the parties, and the client's own process when it is outside them."""
+        if self.client is None or self.client in self.parties:
+            return self.party_ranks
+        return self.party_ranks + [self.links.index(self.client)]
+
 
 def join(cluster_environment, rank: int, parties: tuple[str, ...], crypto_provider: str, timeout: float,
-         keys: Callable[[], tuple], start_timeout: Optional[float] = None, ring: Optional[RingConfig] = None) -> World:
+         keys: Callable[[], tuple], start_timeout: Optional[float] = None, ring: Optional[RingConfig] = None,
+         outside: tuple[str, ...] = (), client: Optional[str] = None) -> World:
     """Start (or join) the process group of one run and authenticate every role; every rank calls this once.
 
     ``keys()`` gives this role's ``(roster, identity)``; it runs once the process group is joined, so that a role
@@ -54,7 +65,7 @@ def join(cluster_environment, rank: int, parties: tuple[str, ...], crypto_provid
     :func:`~lightning_smpc.mpc.links.roll_call`) instead of leaving them waiting for it. ``start_timeout`` bounds how
     long a role waits for the others to start (roles started by hand minutes apart); ``timeout`` bounds every
     operation after that (the links' own groups)."""
-    names = tuple(parties) + (crypto_provider,)
+    names = tuple(parties) + tuple(outside) + (crypto_provider,)
     start = max(timeout, start_timeout or timeout)
     _init_dist_connection(cluster_environment, "gloo", rank, len(names), timeout=timedelta(seconds=start))
     roster = identity = problem = None
@@ -66,7 +77,7 @@ def join(cluster_environment, rank: int, parties: tuple[str, ...], crypto_provid
     links = mpc_dist.establish_links(rank, len(names), names, roster=roster, identity=identity, timeout=timeout)
     if PROGRESS is not None:  # a role spawned by predict: what it is doing goes into its failure report
         links.on_op = lambda what: set_progress(PROGRESS, what)
-    return World(rank, tuple(parties), links)
+    return World(rank, tuple(parties), links, client)
 
 
 def fresh_keys(names: tuple[str, ...]) -> tuple[str, dict[str, bytes]]:
@@ -101,9 +112,10 @@ def serve_dealer(world: World, crypto_provider: str, ring: RingConfig, seed: Opt
     return mpc_dist.serve_dealer(world.links, world.parties, crypto_provider, ring, seed, **limit)
 
 
-def finish(world: World, session: Session) -> None:
-    """Called by every party at the end of the run: the first one releases the crypto provider."""
-    mpc_dist.finish(session)
+def finish(world: World, session: Session, public: Optional[dict] = None) -> None:
+    """Called by every party at the end of the run: the first one releases the crypto provider and ends the outside
+    roles (``public``: what they may learn then, e.g. the number of examples)."""
+    mpc_dist.finish(session, public)
 
 
 def announce(world: World, data: bytes) -> None:
@@ -113,13 +125,13 @@ def announce(world: World, data: bytes) -> None:
     buf = torch.zeros(_HEADER_BYTES + 8, dtype=torch.uint8)
     buf[:8] = torch.tensor([len(data)], dtype=torch.int64).view(torch.uint8)
     buf[8 : 8 + len(data)] = torch.frombuffer(bytearray(data), dtype=torch.uint8)
-    world.links.broadcast(buf, world.rank, _HEADER_TAG, ranks=world.party_ranks, channel="stream")
+    world.links.broadcast(buf, world.rank, _HEADER_TAG, ranks=world.batch_ranks, channel="stream")
 
 
 def receive(world: World, src: int) -> bytes:
     """Another compute party's process receives the client's (rank ``src``) next batch header."""
     buf = torch.empty(_HEADER_BYTES + 8, dtype=torch.uint8)
-    buf = world.links.broadcast(buf, src, _HEADER_TAG, ranks=world.party_ranks, channel="stream")
+    buf = world.links.broadcast(buf, src, _HEADER_TAG, ranks=world.batch_ranks, channel="stream")
     n = int(buf[:8].view(torch.int64))
     if not 0 <= n <= _HEADER_BYTES:
         raise ValueError(f"Malformed batch header length {n} from rank {src}.")
@@ -128,12 +140,12 @@ def receive(world: World, src: int) -> bytes:
 
 def announce_tensor(world: World, t: torch.Tensor) -> None:
     """The client's process sends a public input (announced in the batch header) to the other compute parties."""
-    world.links.broadcast(t, world.rank, _PUBLIC_TAG, ranks=world.party_ranks, channel="stream")
+    world.links.broadcast(t, world.rank, _PUBLIC_TAG, ranks=world.batch_ranks, channel="stream")
 
 
 def receive_tensor(world: World, src: int, shape: tuple, dtype: torch.dtype) -> torch.Tensor:
     """Another compute party's process receives a public input of the announced shape and dtype."""
-    return world.links.broadcast(torch.empty(shape, dtype=dtype), src, _PUBLIC_TAG, ranks=world.party_ranks,
+    return world.links.broadcast(torch.empty(shape, dtype=dtype), src, _PUBLIC_TAG, ranks=world.batch_ranks,
                                  channel="stream")
 
 

@@ -9,13 +9,13 @@ between parties.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Optional, Union
 
 from .mpc.session import RevealRecord
 
 __all__ = ["DEALER_COUNTS", "link_stats", "party_report", "dealer_report", "PartyReport", "DealerReport",
-           "ProcessReport", "RunReports"]
+           "OutsideReport", "outside_report", "ProcessReport", "RunReports"]
 
 DEALER_COUNTS = ("requests_inline", "requests_from_store", "store_discards", "taken_ahead", "folded_ahead")
 
@@ -96,7 +96,30 @@ class DealerReport(_KeyAccess):
                 "revealed_counts": {}, "dealer": {**self.offline, "masks_held": self.masks_held}, "links": self.links}
 
 
-ProcessReport = Union[PartyReport, DealerReport]
+@dataclass(frozen=True)
+class OutsideReport(_KeyAccess):
+    """The report of a role outside the compute parties (the model owner's server, the client): its own traffic, what
+    was revealed to it (the model owner: the metrics; the client: its predictions) and its link statistics."""
+
+    role: str
+    rank: int
+    timings: dict[str, float]
+    revealed_metrics: dict[str, Any]
+    revealed_counts: dict[str, tuple[int, int]]
+    traffic: dict[str, int]  # messages, bytes sent (its masked inputs) and received (its reveals)
+    learned: tuple  # RevealRecord of each value revealed to it
+    batch_seconds: tuple = ()
+    links: dict[str, Any] = field(default_factory=dict)
+    predictions: Optional[Any] = None
+
+    def with_predictions(self, predictions: Any) -> "OutsideReport":
+        return replace(self, predictions=predictions)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+ProcessReport = Union[PartyReport, DealerReport, OutsideReport]
 
 
 def party_report(run, role: str, rank: int, timings: dict, revealed_metrics: dict,
@@ -119,6 +142,15 @@ def party_report(run, role: str, rank: int, timings: dict, revealed_metrics: dic
     )
 
 
+def outside_report(run, role: str, rank: int, timings: dict, revealed_metrics: dict,
+                   revealed_counts: dict) -> OutsideReport:
+    """An outside role's own report (``run`` is its :class:`~lightning_smpc.outside_run.OutsideRun`)."""
+    return OutsideReport(role=role, rank=rank, timings=dict(timings), revealed_metrics=dict(revealed_metrics),
+                         revealed_counts=dict(revealed_counts), traffic=asdict(run.role.stats),
+                         learned=tuple(run.role.learned), batch_seconds=tuple(run.batch_seconds),
+                         links=link_stats(run.world))
+
+
 def dealer_report(role: str, rank: int, timings: dict, accounting: dict, links: dict) -> DealerReport:
     """The crypto provider's report from ``serve_dealer``'s accounting (``{party: stats, "masks_held": n}``)."""
     offline = {k: v for k, v in accounting.items() if k != "masks_held"}
@@ -127,15 +159,17 @@ def dealer_report(role: str, rank: int, timings: dict, accounting: dict, links: 
 
 
 class RunReports:
-    """In the user's process: the report of every role's process, by rank (rank ``len(parties)`` is the crypto
-    provider's :class:`DealerReport`, the others :class:`PartyReport`), and the results each of them holds."""
+    """In the user's process: the report of every role's process, by rank (the compute parties' :class:`PartyReport`
+    first, then any outside role's :class:`OutsideReport`, the crypto provider's :class:`DealerReport` last), and the
+    results each of them holds."""
 
     def __init__(self, reports: dict[int, ProcessReport], parties: tuple, model_owner_party: str,
                  client_party: str) -> None:
         self.by_rank, self.parties = dict(reports), tuple(parties)
-        self._owner: PartyReport = reports[self.parties.index(model_owner_party)]
-        self._client: PartyReport = reports[self.parties.index(client_party)]
-        self.dealer: DealerReport = reports[len(self.parties)]
+        by_role = {r.role: r for r in reports.values()}
+        self._owner: Union[PartyReport, OutsideReport] = by_role[model_owner_party]
+        self._client: Union[PartyReport, OutsideReport] = by_role[client_party]
+        self.dealer: DealerReport = reports[max(reports)]
 
     @property
     def revealed_metrics(self) -> dict:

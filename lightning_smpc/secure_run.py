@@ -55,6 +55,7 @@ class SecureRun:
         self.loader: Optional[Union[ClientLoader, PlaceholderLoader]] = None
         self.targets: Optional[ShareTensor] = None
         self.batch_seconds: list[float] = []  # the online phase of each batch
+        self.examples = 0  # shared so far (public: the batch headers say it)
         t0 = time.perf_counter()
         self.session.comm.enter_scope("(share weights)")  # the cost profile's clock starts here
         with torch.no_grad():  # BatchNorms folded on the owner's plaintext weights, before sharing
@@ -132,7 +133,7 @@ class SecureRun:
                                        send_public=lambda t: party_runtime.announce_tensor(self.world, t),
                                        inputs_public=self.private == "model")
         else:
-            client_rank = cfg.parties.index(self.client)
+            client_rank = self.world.links.index(self.client)
             self.loader = PlaceholderLoader(
                 lambda: party_runtime.receive(self.world, client_rank),
                 lambda shape, dtype: party_runtime.receive_tensor(self.world, client_rank, shape, dtype))
@@ -158,6 +159,7 @@ class SecureRun:
             first = next(v for v in shared_inputs.values() if isinstance(v, ShareTensor))
         else:
             shared_inputs = first = self._share_input(inputs)
+        self.examples += first.shape[0]
         self.targets = None
         if targets is not None and self.metrics:
             n_cls = num_classes(self.metrics)
@@ -235,7 +237,8 @@ class SecureRun:
             if getattr(metric, "correct", None) is not None:
                 counts[name] = (int(metric.correct), int(metric.total))
         if self.distributed:
-            party_runtime.finish(self.world, self.session)  # the first party releases the crypto provider
+            # the first party releases the crypto provider and ends the outside roles (the example count is public)
+            party_runtime.finish(self.world, self.session, {"examples": self.examples})
         self.session.comm.stop_clock()
         return values, counts
 

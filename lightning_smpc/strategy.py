@@ -29,8 +29,10 @@ from .mpc.material import DIGIT_BITS
 from .mpc.wire import MAX_MATERIAL_BYTES
 from .costs import CostReport
 from .preflight import preflight as run_preflight
-from .reports import ProcessReport, RunReports, dealer_report, link_stats, party_report
+from .outside_run import OutsideRun
+from .reports import ProcessReport, RunReports, dealer_report, link_stats, outside_report, party_report
 from .secure_run import SecureRun
+from .topology import Topology
 from .validate import validate_module
 
 __all__ = ["SecurePredictStrategy", "StrategyUsageError"]
@@ -214,9 +216,11 @@ class SecurePredictStrategy(ParallelStrategy):
         self.runtime = runtime
         self.model_owner_party = model_owner_party or self.parties[0]
         self.client_party = client_party or self.parties[-1]
-        for role, name in (("model_owner_party", self.model_owner_party), ("client_party", self.client_party)):
-            if name not in self.parties:
-                raise PartyConfigError(f"Expected `{role}` to be one of the compute parties {self.parties}, but got {name!r}.")
+        self.topology = Topology(self.parties, crypto_provider, self.model_owner_party, self.client_party)
+        if self.topology.outside and private != "both":
+            raise PartyConfigError(
+                f"private={private!r} with {self.topology.outside} outside the compute parties is not supported yet: "
+                "use private='both', or make the model owner and the client compute parties.")
         if timeout <= 0:
             raise ValueError(f"Expected a positive `timeout` in seconds, but got {timeout}.")
         self.timeout = float(timeout)
@@ -264,7 +268,7 @@ class SecurePredictStrategy(ParallelStrategy):
     @property
     def num_processes(self) -> int:
         """Processes of one run: 1 (simulated) or one per compute party plus the crypto provider."""
-        return len(self.parties) + 1 if self.distributed else 1
+        return len(self.topology.roles) if self.distributed else 1
 
     @property
     def num_nodes(self) -> int:
@@ -284,7 +288,7 @@ class SecurePredictStrategy(ParallelStrategy):
 
     def role_name(self, rank: int) -> str:
         """The role of process ``rank``: a compute party, or the crypto provider (the last rank)."""
-        return self.parties[rank] if rank < len(self.parties) else self.crypto_provider
+        return self.topology.role_of(rank)
 
     @property
     def role(self) -> str:
@@ -300,7 +304,12 @@ class SecurePredictStrategy(ParallelStrategy):
 
     @property
     def is_dealer(self) -> bool:
-        return self.distributed and self.global_rank == len(self.parties)
+        return self.distributed and self.global_rank == len(self.topology.roles) - 1
+
+    @property
+    def is_outside(self) -> bool:
+        """This process plays a role outside the compute parties (the model owner's server, the client)."""
+        return self.distributed and self.role in self.topology.outside
 
     def _configure_launcher(self) -> None:
         env = self.cluster_environment
@@ -309,7 +318,7 @@ class SecurePredictStrategy(ParallelStrategy):
         self._spawn_here = self.distributed and not external
         self._launcher = PartyLauncher(self) if self._spawn_here else None
         if self._spawn_here and self.roster is None:  # pin the run: fresh keys made here, handed to the roles
-            self._spawn_keys = party_runtime.fresh_keys(self.parties + (self.crypto_provider,))
+            self._spawn_keys = party_runtime.fresh_keys(self.topology.roles)
 
     @property
     def _processes_per_node(self) -> int:
@@ -330,10 +339,10 @@ class SecurePredictStrategy(ParallelStrategy):
             self.set_world_ranks()
             if self.world_size != self.num_processes:
                 raise PartyConfigError(
-                    f"Expected a world of {self.num_processes} processes (parties {self.parties} and the crypto "
-                    f"provider), but the launcher started {self.world_size}. Launch one process per role, e.g. "
+                    f"Expected a world of {self.num_processes} processes ({self.topology.describe()}), but the "
+                    f"launcher started {self.world_size}. Launch one process per role, e.g. "
                     f"`Trainer(num_nodes={self.num_processes}, devices=1)` with NODE_RANK=0..{self.num_processes - 1} "
-                    "on the machines (rank i plays parties[i]; the last rank is the crypto provider)."
+                    f"on the machines (rank i plays {self.topology.roles}[i])."
                 )
             name = self.role_name(self.global_rank)
             spawn_keys, self._spawn_keys = getattr(self, "_spawn_keys", None), None  # keep no other role's key
@@ -347,7 +356,8 @@ class SecurePredictStrategy(ParallelStrategy):
                 )
             self._world = party_runtime.join(self.cluster_environment, self.global_rank, self.parties,
                                              self.crypto_provider, self.timeout, keys=lambda: self._keys(name, spawn_keys),
-                                             start_timeout=self.start_timeout, ring=self.ring)
+                                             start_timeout=self.start_timeout, ring=self.ring,
+                                             outside=self.topology.outside, client=self.client_party)
             trainer = getattr(self.lightning_module, "_trainer", None)
             if trainer is not None:  # before Lightning's prepare_data / setup / dataloader steps in this process
                 locality.keep_data_with_client(trainer, is_client=name == self.client_party)
@@ -441,6 +451,7 @@ class SecurePredictStrategy(ParallelStrategy):
 
     def setup(self, trainer) -> None:
         self._t_setup = time.perf_counter()
+        self._finished = False
         super().setup(trainer)
         model = self.lightning_module
         model.eval()
@@ -455,9 +466,12 @@ class SecurePredictStrategy(ParallelStrategy):
                                                              self.max_material_bytes)
             self.timings = {"dealer_seconds": time.perf_counter() - t0}
             return
-        self.secure_run = SecureRun(self, model, self._world, self.root_device, t_start=self._t_setup)
+        run = OutsideRun if self.is_outside else SecureRun
+        self.secure_run = run(self, model, self._world, self.root_device, t_start=self._t_setup)
         self.shared_weight_names = tuple(self.secure_run.shared_params)
         self.timings = self.secure_run.timings
+        if self.is_outside and not self.secure_run.is_client:  # the model owner's server: no batch, it waits for the
+            self._finish_run()  # metrics here (as the crypto provider serves here); its predict loop is empty
 
     def process_dataloader(self, dataloader: Any) -> Any:
         if self.is_dealer:
@@ -477,14 +491,20 @@ class SecurePredictStrategy(ParallelStrategy):
         return self.secure_run.step(self.lightning_module, args, kwargs)
 
     def on_predict_end(self) -> None:
-        if not self.is_dealer:
-            self.revealed_metrics, self.revealed_counts = self.secure_run.finish()
-            self.timings["in_party_seconds"] = time.perf_counter() - self._t_setup
-            self._own = party_report(self.secure_run, self.role, self.global_rank, self.timings, self.revealed_metrics,
-                                     self.revealed_counts)
-            if not getattr(self, "_spawn_here", False):  # spawned roles: your process logs the merged results
-                self.log_results(self.lightning_module.trainer.logger)
+        if not self.is_dealer and not self._finished:
+            self._finish_run()
         super().on_predict_end()
+
+    def _finish_run(self) -> None:
+        """This role's end of the run: what was revealed to it, its report, and (one launch per role) its log."""
+        self._finished = True
+        self.revealed_metrics, self.revealed_counts = self.secure_run.finish()
+        self.timings["in_party_seconds"] = time.perf_counter() - self._t_setup
+        report = outside_report if self.is_outside else party_report
+        self._own = report(self.secure_run, self.role, self.global_rank, self.timings, self.revealed_metrics,
+                           self.revealed_counts)
+        if not getattr(self, "_spawn_here", False):  # spawned roles: your process logs the merged results
+            self.log_results(self.lightning_module.trainer.logger)
 
     def on_exception(self, exception: BaseException) -> None:
         """This role stops: tell the others (the error's class only: its message may hold data, such as the client's
@@ -513,7 +533,7 @@ class SecurePredictStrategy(ParallelStrategy):
         if self.is_dealer:
             return dealer_report(self.role, self.global_rank, self.timings, getattr(self, "_dealer_stats", {}),
                                  link_stats(self._world))
-        if self.session.local_party == self.client_party:
+        if self.role == self.client_party:
             return self._own.with_predictions(predictions)
         return self._own
 
