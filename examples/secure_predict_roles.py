@@ -21,6 +21,18 @@ and need not be online for later runs; the files are encrypted to each party's k
     NODE_RANK=1 python examples/secure_predict_roles.py predict --keys keys --model-shares shares/bob.shares --data-dir ../shared/data
     NODE_RANK=2 python examples/secure_predict_roles.py predict --keys keys
 
+The seed's five roles (the model owner's server and the client outside the compute parties, each only providing
+its inputs and receiving its release; ranks: the parties, server, client, the crypto provider)::
+
+    python examples/secure_predict_roles.py make-keys --out keys --parties alice,bob --outside server,client
+    export MASTER_ADDR=10.0.0.1 MASTER_PORT=29500 WORLD_SIZE=5 LOCAL_RANK=0
+    FIVE="--model-owner server --client client"
+    python examples/secure_predict_roles.py predict --keys keys $FIVE --role alice
+    python examples/secure_predict_roles.py predict --keys keys $FIVE --role bob
+    python examples/secure_predict_roles.py predict --keys keys $FIVE --role server --ckpt out/mnist_mlp_10ep_all_seed0.ckpt
+    python examples/secure_predict_roles.py predict --keys keys $FIVE --role client --data-dir ../shared/data
+    python examples/secure_predict_roles.py predict --keys keys $FIVE --role crypto_provider
+
 The model owner prints the revealed accuracy; the client prints its revealed labels (how many, the first ones, and
 how many match its own targets; it never sees the model); the crypto provider prints what it sent each party.
 """
@@ -38,6 +50,7 @@ from lightning.pytorch import Trainer
 from lightning_smpc import SecureAccuracy, SecurePredictStrategy, save_model_shares
 from lightning_smpc.mnist import MNISTClassifier, MNISTDataModule
 from lightning_smpc.mpc.identities import Roster, generate_identity
+from lightning_smpc.topology import Topology
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
@@ -47,6 +60,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     keys.add_argument("--out", default="keys")
     keys.add_argument("--parties", default="alice,bob")
     keys.add_argument("--crypto-provider", default="crypto_provider")
+    keys.add_argument("--outside", default="", help="roles outside the compute parties, e.g. server,client")
     share = sub.add_parser("share-model", help="the model owner: one model shares file per compute party")
     share.add_argument("--keys", default=None, help="directory with roster.json and the owner's <role>.pem: the files "
                        "are encrypted to each party and signed (omit: a digest only)")
@@ -66,6 +80,11 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     run.add_argument("--start-timeout", type=float, default=600.0,
                      help="seconds a role waits for the others to start (roles started by hand, minutes apart)")
     run.add_argument("--precision-bits", type=int, default=16, help="fixed-point fractional bits (the same on every role)")
+    run.add_argument("--model-owner", default=None, help="the model owner's role: a party (default the first) or "
+                     "a role of its own, e.g. server")
+    run.add_argument("--client", default=None, help="the client's role: a party (default the last) or a role of its "
+                     "own, e.g. client")
+    run.add_argument("--role", default=None, help="this process's role (instead of NODE_RANK / RANK)")
     run.add_argument("--model-shares", default=None, help="this party's model shares file (share-model wrote it): "
                      "the model owner's checkpoint is then not needed")
     run.add_argument("--report", default=None, help="write this role's results as JSON here")
@@ -75,7 +94,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
 def make_keys(args: argparse.Namespace) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    names = args.parties.split(",") + [args.crypto_provider]
+    names = args.parties.split(",") + [n for n in args.outside.split(",") if n] + [args.crypto_provider]
     identities = [generate_identity(name, out / f"{name}.pem") for name in names]
     Roster.from_identities(identities).save(out / "roster.json")
     print(f"wrote {out / 'roster.json'} and {', '.join(f'{n}.pem' for n in names)}")
@@ -91,8 +110,12 @@ def share_model(args: argparse.Namespace) -> None:
 
 def predict(args: argparse.Namespace) -> dict:
     parties = tuple(args.parties.split(","))
+    owner, client = args.model_owner or parties[0], args.client or parties[-1]
+    roles = Topology(parties, args.crypto_provider, owner, client).roles
+    if args.role is not None:  # the role names its rank (the parties, the outside roles, the crypto provider)
+        os.environ["NODE_RANK"] = str(roles.index(args.role))
     rank = int(os.environ.get("RANK", os.environ.get("NODE_RANK", "0")))
-    role = parties[rank] if rank < len(parties) else args.crypto_provider
+    role = roles[rank]
     keys = dict(roster=str(Path(args.keys) / "roster.json"), identity=str(Path(args.keys) / f"{role}.pem")) if args.keys else {}
     # Every role runs the same call. Lightning would restore `ckpt_path` and set up the datamodule in every
     # process; the strategy lets only the model owner's process read the checkpoint and only the client's the
@@ -103,10 +126,11 @@ def predict(args: argparse.Namespace) -> dict:
     strategy = SecurePredictStrategy(parties=parties, crypto_provider=args.crypto_provider, runtime="distributed",
                                      reveal="labels", metrics={"accuracy": SecureAccuracy(num_classes=10)},
                                      precision_bits=args.precision_bits, timeout=args.timeout,
-                                     start_timeout=args.start_timeout, model_shares=args.model_shares, **keys)
-    trainer = Trainer(strategy=strategy, num_nodes=len(parties) + 1, devices=1, accelerator="cpu", logger=False,
+                                     start_timeout=args.start_timeout, model_shares=args.model_shares,
+                                     model_owner_party=owner, client_party=client, **keys)
+    trainer = Trainer(strategy=strategy, num_nodes=len(roles), devices=1, accelerator="cpu", logger=False,
                       enable_progress_bar=role in parties, enable_model_summary=False)
-    out = trainer.predict(MNISTClassifier(), datamodule=dm, ckpt_path=args.ckpt if role == parties[0] else None)
+    out = trainer.predict(MNISTClassifier(), datamodule=dm, ckpt_path=args.ckpt if role == owner else None)
     return _report(args, role, strategy, dm, out)
 
 

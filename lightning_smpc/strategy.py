@@ -8,6 +8,8 @@ the predicted labels / logits to the client. Every release is listed in :attr:`r
 """
 from __future__ import annotations
 
+import dataclasses
+
 import time
 from typing import Any, Literal, Optional, Sequence, Union
 
@@ -555,7 +557,10 @@ class SecurePredictStrategy(ParallelStrategy):
 
     @property
     def reveal_ledger(self) -> list:
-        """Everything released beyond uniformly masked openings: name, shape, receivers."""
+        """Everything released beyond uniformly masked openings: name, shape, receivers (in an outside role's own
+        process: what was revealed to it)."""
+        if self.is_outside and self.secure_run is not None:
+            return list(self.secure_run.role.learned)
         if self.session is not None:
             return list(self.session.ledger)
         return self._reports.ledger if self._reports is not None else []
@@ -591,6 +596,8 @@ class SecurePredictStrategy(ParallelStrategy):
         if self.is_dealer:  # the crypto provider's process: what it sent each party (offline), nothing online
             stats = getattr(self, "_dealer_stats", {}) if offline else {}
             return {p: stats[p] for p in self.parties if p in stats}
+        if self.is_outside and self.secure_run is not None:  # an outside role's own process: its own traffic
+            return {self.role: dataclasses.asdict(self.secure_run.role.stats)}
         if self.session is None:  # each party's own process counted its own traffic
             return self._reports.comm_stats(offline) if self._reports is not None else {}
         stats = self.session.comm.stats(offline=offline)

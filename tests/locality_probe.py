@@ -1,7 +1,7 @@
 """Run by tests/test_data_locality.py in a fresh interpreter: one ``predict`` with parties as processes (forked, so
 every role inherits the audit hook installed here), recording which role opens which file under ``DIR``.
 
-Usage: python tests/locality_probe.py DIR {datamodule,loader,modhooks,shares}. Writes DIR/opens.txt: "<role rank or parent> <path>".
+Usage: python tests/locality_probe.py DIR {datamodule,loader,modhooks,shares,five}. Writes DIR/opens.txt: "<role rank or parent> <path>".
 """
 from __future__ import annotations
 
@@ -81,10 +81,11 @@ if __name__ == "__main__":
     sys.addaudithook(_audit)
     strategy = SecurePredictStrategy(runtime="distributed", reveal="labels", start_method="fork", preprocess=False,
                                      metrics={"accuracy": SecureAccuracy(num_classes=4)},
-                                     model_shares=os.path.join(DIR, "shares") if MODE == "shares" else None)
+                                     model_shares=os.path.join(DIR, "shares") if MODE == "shares" else None,
+                                     **(dict(model_owner_party="server", client_party="client") if MODE == "five" else {}))
     trainer = Trainer(strategy=strategy, logger=False, enable_progress_bar=False, enable_model_summary=False)
     torch.manual_seed(1)  # an untrained instance: the weights must come from the owner's checkpoint
-    if MODE == "datamodule":
+    if MODE in ("datamodule", "five"):
         out = trainer.predict(Net(), datamodule=Files(), ckpt_path=os.path.join(DIR, "model.ckpt"))
     elif MODE == "modhooks":
         hooked = HookNet()

@@ -52,3 +52,11 @@ def test_each_party_reads_its_own_model_shares_file_only(tmp_path: Path) -> None
     shares = {(who, f) for who, f in opens if f.endswith(".shares")}
     assert shares == {(OWNER, "alice.shares"), (CLIENT, "bob.shares")}, opens
     assert _agreement(out) >= 0.9
+
+
+def test_with_five_roles_only_the_server_reads_the_checkpoint_and_only_the_client_the_data(tmp_path: Path) -> None:
+    """Issue 18.1: the model owner's server (rank 2) and the client (rank 3) outside the compute parties."""
+    opens, out = _opens(tmp_path, "five")
+    assert {who for who, f in opens if f == "model.ckpt"} == {"2"}, opens
+    assert {who for who, f in opens if f in ("data.pt", "prepared.txt")} == {"3"}, opens
+    assert _agreement(out) >= 0.9 and "accuracy-total 24" in out

@@ -38,15 +38,17 @@ def _port() -> int:
 
 
 def _launch(tmp: Path, keys: Path, extra: dict[int, list[str]], timeout: float = 30,
-            delays: dict[int, float] | None = None) -> list[subprocess.CompletedProcess]:
-    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_port()), WORLD_SIZE="3", LOCAL_RANK="0",
+            delays: dict[int, float] | None = None, world: int = 3,
+            common: tuple[str, ...] = ()) -> list[subprocess.CompletedProcess]:
+    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_port()), WORLD_SIZE=str(world), LOCAL_RANK="0",
                OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     procs = []
-    for rank in range(3):
+    for rank in range(world):
         (tmp / f"report{rank}.json").unlink(missing_ok=True)  # a report is this launch's
         time.sleep((delays or {}).get(rank, 0.0))
         cmd = [sys.executable, str(SCRIPT), "predict", "--keys", str(keys), "--test-subset", str(N_TEST),
-               "--batch-size", "32", "--timeout", str(timeout), "--report", str(tmp / f"report{rank}.json")] + extra.get(rank, [])
+               "--batch-size", "32", "--timeout", str(timeout), "--report", str(tmp / f"report{rank}.json"),
+               *common] + extra.get(rank, [])
         procs.append(subprocess.Popen(cmd, env=dict(env, NODE_RANK=str(rank)), cwd=tmp, stdout=subprocess.PIPE,
                                       stderr=subprocess.PIPE, text=True))
     results = []
@@ -116,6 +118,33 @@ def test_one_launch_per_role_from_model_shares_files(setup) -> None:
                    timeout=10)
     assert all(r.returncode != 0 for r in runs)
     assert "ModelSharesError" in runs[0].stderr and "holds bob's shares, not alice's" in runs[0].stderr
+
+
+def test_the_seeds_five_roles_one_launch_each(setup) -> None:
+    """Issue 18.1: the model owner's server and the client outside the compute parties, each launched on its own:
+    only the server's command gets the checkpoint, only the client's the data."""
+    tmp, model = setup
+    subprocess.run([sys.executable, str(SCRIPT), "make-keys", "--out", str(tmp / "keys5"), "--outside", "server,client"],
+                   check=True, capture_output=True)
+    runs = _launch(tmp, tmp / "keys5", {2: ["--ckpt", str(tmp / "owner.ckpt")], 3: ["--data-dir", DATA_DIR]}, world=5,
+                   common=("--model-owner", "server", "--client", "client"))
+    for r in runs:
+        assert r.returncode == 0, r.stderr[-3000:]
+    alice, bob, server, client, dealer = (json.loads((tmp / f"report{i}.json").read_text()) for i in range(5))
+    assert [r["role"] for r in (alice, bob, server, client, dealer)] == ["alice", "bob", "server", "client",
+                                                                        "crypto_provider"]
+    dm = MNISTDataModule(DATA_DIR, test_subset=N_TEST, download=False)
+    dm.setup("predict")
+    x, y = next(iter(DataLoader64(dm)))
+    with torch.no_grad():
+        plain = model(x).argmax(-1)
+    labels = torch.tensor(client["labels"])
+    assert (labels == plain).float().mean() >= 0.98
+    assert server["total"] == N_TEST and server["correct"] == client["labels_correct"] == int((labels == y).sum())
+    assert all("labels" not in r and "accuracy" not in r for r in (alice, bob))  # the parties learn neither
+    assert server["ledger"] == ["accuracy (scalar) to server"] and "labels" not in server
+    assert set(client["ledger"]) == {"predicted labels (shape 32) to client"}
+    assert alice["comm"]["alice"]["bytes_sent"] > 0 and dealer["comm"]["alice"]["bytes_received"] > 0
 
 
 def test_roles_started_far_apart_within_the_start_window(setup) -> None:
