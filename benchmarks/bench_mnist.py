@@ -117,6 +117,7 @@ def secure_run(model, loader, args, reveal: str = "metrics", callbacks=None,
         preprocess=not args.no_preprocess if preprocess is None else preprocess, runtime=args.runtime,
         compare_digit_bits=args.compare_digit_bits, dealer_overlap=getattr(args, "dealer_overlap", None),
         private=getattr(args, "private", "both"),
+        **(dict(model_owner_party="server", client_party="client") if getattr(args, "five_roles", False) else {}),
     )
     trainer = Trainer(strategy=strategy, accelerator="cpu", logger=False, enable_progress_bar=False,
                       enable_model_summary=False, callbacks=callbacks)
@@ -174,7 +175,8 @@ def run_config(model, x, y, n: int, batch: int, args) -> dict:
             party0 = reports[0]
             in_party.append(party0.timings["in_party_seconds"])
             # as the client sees it: from its batch in hand to the result (the first batch records the plan, inline)
-            batch_online.extend(reports[len(args.parties) - 1].batch_seconds[1:])
+            client = next(r for r in reports.values() if r.role == ("client" if args.five_roles else args.parties[-1]))
+            batch_online.extend(client.batch_seconds[1:])
             aead.append(max(r.links.get("aead_seconds", 0.0) for r in reports.values()))
             off = party0.timings["share_weights_seconds"]
             dealer_bytes = {p: v["bytes_received"] for p, v in st.comm_stats(offline=True).items()}
@@ -215,7 +217,8 @@ def run_config(model, x, y, n: int, batch: int, args) -> dict:
     }
     if args.runtime == "distributed":
         result.update({
-            "runtime": "distributed", "in_party_median_s": round(statistics.median(in_party), 4),
+            "runtime": "distributed", "five_roles": args.five_roles,
+            "in_party_median_s": round(statistics.median(in_party), 4),
             "per_batch_in_party_ms": round(1000 * statistics.median(in_party) / (n // batch), 2),
             "gap_ms": args.gap_ms,
             "batch_online_median_ms": round(1000 * statistics.median(batch_online), 2) if batch_online else None,
@@ -369,6 +372,8 @@ def main(argv=None) -> None:
                    help="the client's batches arrive this far apart (latency at low load); 0: back to back")
     p.add_argument("--private", choices=["both", "data", "model"], default="both",
                    help="what stays secret from the compute parties (SecurePredictStrategy(private=...))")
+    p.add_argument("--five-roles", action="store_true", help="distributed: the model owner's server and the client "
+                   "in processes of their own, outside the compute parties (the seed's topology)")
     p.add_argument("--runtime", choices=["simulated", "distributed"], default="simulated",
                    help="parties in this process, or one process per party plus the crypto provider")
     args = p.parse_args(argv)
