@@ -31,9 +31,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_mnist import test_batches, trained_model  # noqa: E402  (the seed model, trained once and cached)
 
 
+def roles(args, from_files: bool) -> dict:
+    """``--topology seed``: sharing afresh runs the five roles (the server and the client outside the parties); a run
+    from the files has no server process at all (the metrics go to alice, a compute party)."""
+    if args.topology != "seed" or args.runtime != "distributed":
+        return {}
+    return dict(model_owner_party="alice" if from_files else "server", client_party="client")
+
+
 def run(model, loader, args, model_shares=None) -> tuple[float, SecurePredictStrategy, torch.Tensor]:
     strategy = SecurePredictStrategy(runtime=args.runtime, reveal="labels", model_shares=model_shares,
-                                     metrics={"accuracy": SecureAccuracy(num_classes=10)})
+                                     metrics={"accuracy": SecureAccuracy(num_classes=10)},
+                                     **roles(args, model_shares is not None))
     trainer = Trainer(strategy=strategy, accelerator="cpu", logger=False, enable_progress_bar=False,
                       enable_model_summary=False)
     t0 = time.perf_counter()
@@ -57,6 +66,9 @@ def main(argv=None) -> None:
     p.add_argument("--batch", type=int, default=1000)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--runtime", choices=["simulated", "distributed"], default="distributed")
+    p.add_argument("--topology", choices=["parties", "seed"], default="parties",
+                   help="parties: the owner and the client are compute parties; seed: the five roles afresh against "
+                   "four processes (no server) from the files")
     args = p.parse_args(argv)
     warnings.filterwarnings("ignore")
     model = trained_model(args.data_dir, Path(args.cache), 10).eval()
@@ -75,7 +87,8 @@ def main(argv=None) -> None:
         kept.append(wall)
     med_fresh, med_kept = statistics.median(fresh), statistics.median(kept)
     print(json.dumps({
-        "bench": "model_shares", "runtime": args.runtime, "n": args.n, "batch": args.batch, "repeats": args.repeats,
+        "bench": "model_shares", "runtime": args.runtime, "topology": args.topology,
+        "processes_fresh": fresh_st.num_processes, "processes_files": kept_st.num_processes, "n": args.n, "batch": args.batch, "repeats": args.repeats,
         "fresh_sharing_median_s": round(med_fresh, 3), "fresh_sharing_min_s": round(min(fresh), 3),
         "from_share_files_median_s": round(med_kept, 3), "from_share_files_min_s": round(min(kept), 3),
         "ratio_files_over_fresh": round(med_kept / med_fresh, 3),
@@ -86,6 +99,8 @@ def main(argv=None) -> None:
         "bytes_per_parameter": round(paths["alice"].stat().st_size / n_params, 4),
         "online_bytes_sent_alice_fresh": fresh_st.comm_stats()["alice"]["bytes_sent"],
         "online_bytes_sent_alice_files": kept_st.comm_stats()["alice"]["bytes_sent"],
+        "online_bytes_sent_bob_fresh": fresh_st.comm_stats()["bob"]["bytes_sent"],
+        "online_bytes_sent_bob_files": kept_st.comm_stats()["bob"]["bytes_sent"],
     }), flush=True)
 
 

@@ -24,7 +24,8 @@ def _model() -> MNISTClassifier:
 
 
 def _run(runtime: str, model=None, reveal: str = "labels", **kwargs):
-    roles = FIVE if runtime == "distributed" else dict(seed=0, model_owner="server", client="client")
+    chosen = {k: kwargs.pop(k) for k in FIVE if k in kwargs}
+    roles = {**FIVE, **chosen} if runtime == "distributed" else dict(seed=0, model_owner="server", client="client")
     strategy = SecurePredictStrategy(runtime=runtime, reveal=reveal, **roles, **kwargs,
                                      metrics={"accuracy": SecureAccuracy(num_classes=10)})
     out = Trainer(strategy=strategy, logger=False, enable_progress_bar=False, enable_model_summary=False).predict(
@@ -82,6 +83,11 @@ def test_a_server_that_shared_once_need_not_send_anything(tmp_path) -> None:
         plain = _model()(X).argmax(-1)
     assert (torch.cat(out) == plain).float().mean() >= 0.98
     assert dist.process_reports[2].traffic["bytes_sent"] == 0
+    # the server offline: no process of its own; alice (a compute party) learns the metrics, the client stays outside
+    dist, out = _run("distributed", model=blank, model_shares=str(tmp_path), model_owner_party="alice")
+    assert [r.role for r in dist.process_reports.values()] == ["alice", "bob", "client", "crypto_provider"]
+    assert (torch.cat(out) == plain).float().mean() >= 0.98
+    assert dist.revealed_counts == {"accuracy": (int((plain == Y).sum()), 70)}
 
 
 def test_the_clients_own_error_keeps_its_type_in_its_process() -> None:
