@@ -5,10 +5,14 @@ Threat model: semi-honest, non-colluding compute parties (default "alice", "bob"
 once per predict run; the client secret-shares each batch (inputs and one-hot targets). Only what
 ``reveal`` names is ever released: the final metric values to the model owner (``"metrics"``), or
 the predicted labels / logits to the client. Every release is listed in :attr:`reveal_ledger`.
+
+The strategy is a thin shell over Lightning's hooks (setup, the predict loop's hooks, teardown, the local device and
+collectives); the work lives beside it: :mod:`~lightning_smpc.strategy_args` (the constructor's argument checks),
+:mod:`~lightning_smpc.strategy_roles` (``RolesMixin``: roles, processes, launch, keys, who reads the checkpoint),
+:mod:`~lightning_smpc.strategy_results` (``ResultsMixin``: session, reports, ledger, costs, logging), and
+:mod:`~lightning_smpc.secure_run` / :mod:`~lightning_smpc.outside_run` (one process's part of a run).
 """
 from __future__ import annotations
-
-import dataclasses
 
 import time
 from typing import Any, Literal, Optional, Sequence, Union
@@ -16,24 +20,23 @@ from typing import Any, Literal, Optional, Sequence, Union
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.strategies import ParallelStrategy, StrategyRegistry
-from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.signature_utils import is_param_in_hook_signature
 from torchmetrics import Metric
 
 from . import locality, party_runtime
-from .batches import PlaceholderBatch, several_inputs
-from .launcher import PartyLauncher
-from .mpc import RingConfig, Session
-from .mpc.distributed import check_start_method
+from .batches import PlaceholderBatch
+from .mpc import RingConfig
 from .mpc.errors import PartyConfigError, SmpcError
 from .mpc.material import DIGIT_BITS
 from .mpc.wire import MAX_MATERIAL_BYTES
-from .costs import CostReport
 from .preflight import preflight as run_preflight
 from .outside_run import OutsideRun
-from .reports import ProcessReport, RunReports, dealer_report, link_stats, outside_report, party_report
+from .reports import RunReports, outside_report, party_report
 from .secure_run import SecureRun
+from .strategy_args import check_choices, check_run_settings, input_config
+from .strategy_results import ResultsMixin
+from .strategy_roles import RolesMixin
 from .topology import Topology
 from .validate import validate_module
 
@@ -46,25 +49,7 @@ class StrategyUsageError(SmpcError, RuntimeError):
     """The secure strategy was used for something other than ``predict``."""
 
 
-def _input_config(input_key, target_key, public_inputs) -> tuple:
-    """``(input_key, target_key)`` after checking the public inputs against them (several keys become a tuple)."""
-    keys = several_inputs(input_key)
-    public = tuple(public_inputs)
-    if public and keys is None:
-        raise ValueError(f"`public_inputs={public!r}` needs several inputs: pass `input_key` as a tuple of keys.")
-    if keys is not None:
-        unknown = [k for k in public if k not in keys]
-        if unknown:
-            raise ValueError(f"`public_inputs` names {unknown}, which are not among the inputs {keys}.")
-        if all(k in public for k in keys):
-            raise ValueError("Every input is public: at least one input must stay secret (or use a plain strategy).")
-        if target_key is not None and target_key in keys:
-            raise ValueError(f"`target_key={target_key!r}` is also an input key.")
-        return keys, target_key
-    return input_key, target_key
-
-
-class SecurePredictStrategy(ParallelStrategy):
+class SecurePredictStrategy(RolesMixin, ResultsMixin, ParallelStrategy):
     """Secure inference: weights and batches become additive shares; the user's forward runs on them.
 
     Args:
@@ -101,9 +86,11 @@ class SecurePredictStrategy(ParallelStrategy):
         runtime: ``"simulated"`` (default: every party in this process — a demonstration) or ``"distributed"``
             (one process per compute party plus one for the crypto provider, over ``torch.distributed`` gloo;
             spawned on this machine by ``predict``, or joined when launched by torchrun / SLURM / env vars).
-        model_owner_party / client_party: with ``runtime="distributed"``, the compute parties whose processes
-            hold the model (default the first party) and the client's data (default the last party); only
-            those processes read them, the others learn shapes only.
+        model_owner_party / client_party: with ``runtime="distributed"``, whose process holds the model (default the
+            first party) and the client's data (default the last party): a compute party, or a role of its own (e.g.
+            ``"server"``, ``"client"``: the seed's five roles, each outside role in a process that only provides its
+            input and receives its release; see :mod:`lightning_smpc.topology`). Only those processes read them;
+            the others learn shapes only.
         timeout: seconds a party waits for a peer before the run fails (distributed runtime), once every role
             has started.
         start_timeout: seconds a role waits for the others to start and authenticate (default 600: roles started
@@ -192,11 +179,7 @@ class SecurePredictStrategy(ParallelStrategy):
         model_shares: Optional[Union[str, dict[str, str]]] = None,
     ) -> None:
         super().__init__()
-        if reveal not in ("metrics", "labels", "logits"):
-            raise ValueError(f"Expected `reveal` to be one of 'metrics', 'labels', 'logits', but got {reveal!r}.")
-        if runtime not in ("simulated", "distributed"):
-            raise ValueError(f"Expected `runtime` to be 'simulated' or 'distributed', but got {runtime!r}.")
-        Session(tuple(parties), crypto_provider)  # validates the party names now
+        check_choices(reveal, runtime, parties, crypto_provider)
         # what every party and the crypto provider must agree on, as one value (validated now; compared between the
         # roles before their handshake, and bound into their messages)
         self.ring = RingConfig(precision_bits, compare_bits, compare_digit_bits)
@@ -207,7 +190,7 @@ class SecurePredictStrategy(ParallelStrategy):
         self.compare_digit_bits = compare_digit_bits
         self.reveal = reveal
         self.metrics: dict[str, Metric] = dict(metrics or {})
-        self.input_key, self.target_key = _input_config(input_key, target_key, public_inputs)
+        self.input_key, self.target_key = input_config(input_key, target_key, public_inputs)
         self.public_inputs = tuple(public_inputs)
         self.preprocess = preprocess
         if preprocess_ahead < 1:
@@ -219,37 +202,17 @@ class SecurePredictStrategy(ParallelStrategy):
         self.model_owner_party = model_owner_party or self.parties[0]
         self.client_party = client_party or self.parties[-1]
         self.topology = Topology(self.parties, crypto_provider, self.model_owner_party, self.client_party)
-        if self.topology.outside and private != "both":
-            raise PartyConfigError(
-                f"private={private!r} with {self.topology.outside} outside the compute parties is not supported yet: "
-                "use private='both', or make the model owner and the client compute parties.")
-        if timeout <= 0:
-            raise ValueError(f"Expected a positive `timeout` in seconds, but got {timeout}.")
+        check_run_settings(self.topology, private=private, timeout=timeout, start_timeout=start_timeout, roster=roster,
+                           identity=identity, start_method=start_method, max_material_bytes=max_material_bytes,
+                           preflight=preflight, model_shares=model_shares)
         self.timeout = float(timeout)
-        if start_timeout <= 0:
-            raise ValueError(f"Expected a positive `start_timeout` in seconds, but got {start_timeout}.")
         self.start_timeout = float(start_timeout)
-        if (roster is None) != (identity is None):
-            raise PartyConfigError("Pass both `roster` (every role's public key) and `identity` (this process's "
-                                   "private key), or neither (one machine: fresh keys per run).")
         self.roster, self.identity = roster, identity
-        check_start_method(start_method)
         self.start_method = start_method
         self.dealer_overlap = dealer_overlap
-        if max_material_bytes <= 0:
-            raise ValueError(f"Expected a positive `max_material_bytes`, but got {max_material_bytes}.")
         self.max_material_bytes = int(max_material_bytes)
         self.preflight = preflight
-        if private not in ("both", "data", "model"):
-            raise ValueError(f"Expected `private` to be 'both', 'data' or 'model', but got {private!r}.")
         self.private = private
-        if model_shares is not None and private == "data":
-            raise ValueError("`model_shares` keeps the weights secret, but private='data' makes them public to the "
-                             "compute parties: use private='both' (or 'model'), or share the weights in clear.")
-        if model_shares is not None and preflight is not None:
-            raise PartyConfigError("The pre-flight needs the plaintext model, which a run from `model_shares` never "
-                                   "reads: run lightning_smpc.preflight(model, data) where the model is, before "
-                                   "saving its shares.")
         self.model_shares = model_shares
         self.preflight_report = None  # the pre-flight's report, in the process that ran it
         self._preflight_done = False
@@ -261,137 +224,6 @@ class SecurePredictStrategy(ParallelStrategy):
         self.revealed_metrics: dict[str, torch.Tensor] = {}
         self.revealed_counts: dict[str, tuple[int, int]] = {}
         self.timings: dict[str, float] = {}
-
-    # ------------------------------------------------------------------ roles and processes
-    @property
-    def distributed(self) -> bool:
-        return self.runtime == "distributed"
-
-    @property
-    def num_processes(self) -> int:
-        """Processes of one run: 1 (simulated) or one per compute party plus the crypto provider."""
-        return len(self.topology.roles) if self.distributed else 1
-
-    @property
-    def num_nodes(self) -> int:
-        return self._num_nodes
-
-    @num_nodes.setter
-    def num_nodes(self, num_nodes: int) -> None:
-        self._num_nodes = num_nodes
-
-    @property
-    def is_distributed(self) -> bool:  # no DistributedSampler: the client's process iterates the whole loader
-        return False
-
-    @property
-    def distributed_sampler_kwargs(self) -> dict[str, Any]:
-        return {"num_replicas": 1, "rank": 0}
-
-    def role_name(self, rank: int) -> str:
-        """The role of process ``rank``: a compute party, or the crypto provider (the last rank)."""
-        return self.topology.role_of(rank)
-
-    @property
-    def role(self) -> str:
-        return self.role_name(self.global_rank) if self.distributed else "all (simulated)"
-
-    @property
-    def dealer_overlaps(self) -> bool:
-        """Whether the dealer process generates the next batch's material during the current one (see
-        ``dealer_overlap``)."""
-        if self.dealer_overlap is not None:
-            return self.dealer_overlap
-        return not getattr(self, "_spawn_here", False)
-
-    @property
-    def is_dealer(self) -> bool:
-        return self.distributed and self.global_rank == len(self.topology.roles) - 1
-
-    @property
-    def is_outside(self) -> bool:
-        """This process plays a role outside the compute parties (the model owner's server, the client)."""
-        return self.distributed and self.role in self.topology.outside
-
-    def _configure_launcher(self) -> None:
-        env = self.cluster_environment
-        external = env is not None and env.creates_processes_externally
-        # decided once, in the user's process: the spawned children see LOCAL_RANK and would think otherwise
-        self._spawn_here = self.distributed and not external
-        self._launcher = PartyLauncher(self) if self._spawn_here else None
-        if self._spawn_here and self.roster is None:  # pin the run: fresh keys made here, handed to the roles
-            self._spawn_keys = party_runtime.fresh_keys(self.topology.roles)
-
-    @property
-    def _processes_per_node(self) -> int:
-        """Spawned here: every role on this machine; launched outside (torchrun, SLURM, env vars): the launcher's
-        processes per node (``Trainer(devices=...)``, one per machine when each role has its own)."""
-        return self.num_processes if getattr(self, "_spawn_here", False) else len(self.parallel_devices or [None])
-
-    def set_world_ranks(self) -> None:
-        if self.cluster_environment is None or not self.distributed:
-            return
-        per_node = self._processes_per_node
-        self.cluster_environment.set_global_rank(self.node_rank * per_node + self.local_rank)
-        self.cluster_environment.set_world_size(self.num_nodes * per_node)
-        rank_zero_only.rank = self.cluster_environment.global_rank()
-
-    def setup_environment(self) -> None:
-        if self.distributed:
-            self.set_world_ranks()
-            if self.world_size != self.num_processes:
-                raise PartyConfigError(
-                    f"Expected a world of {self.num_processes} processes ({self.topology.describe()}), but the "
-                    f"launcher started {self.world_size}. Launch one process per role, e.g. "
-                    f"`Trainer(num_nodes={self.num_processes}, devices=1)` with NODE_RANK=0..{self.num_processes - 1} "
-                    f"on the machines (rank i plays {self.topology.roles}[i])."
-                )
-            name = self.role_name(self.global_rank)
-            spawn_keys, self._spawn_keys = getattr(self, "_spawn_keys", None), None  # keep no other role's key
-            if spawn_keys is None and self.roster is None:  # every role is refused alike, before connecting
-                raise PartyConfigError(
-                    "A run launched outside `predict` (torchrun, SLURM, one launch per role) needs a roster: without "
-                    "one, any process that reaches MASTER_PORT could take a role (the store accepts anyone). Make "
-                    "the keys once with `python examples/secure_predict_roles.py make-keys --out keys` (or "
-                    "`lightning_smpc.mpc.links.generate_identity` per role), copy keys/roster.json to every machine "
-                    "and keys/<role>.pem to its own, and pass SecurePredictStrategy(roster=..., identity=...)."
-                )
-            self._world = party_runtime.join(self.cluster_environment, self.global_rank, self.parties,
-                                             self.crypto_provider, self.timeout, keys=lambda: self._keys(name, spawn_keys),
-                                             start_timeout=self.start_timeout, ring=self.ring,
-                                             outside=self.topology.outside, client=self.client_party)
-            trainer = getattr(self.lightning_module, "_trainer", None)
-            if trainer is not None:  # before Lightning's prepare_data / setup / dataloader steps in this process
-                locality.keep_data_with_client(trainer, is_client=name == self.client_party)
-        super().setup_environment()
-
-    def _keys(self, name: str, spawn_keys) -> tuple:
-        """This role's (roster, identity): handed over by ``predict`` spawning the roles, or read from the files
-        (once connected: a file that cannot be read is named to the other roles)."""
-        if spawn_keys is not None:
-            return party_runtime.spawn_identity(spawn_keys, name)
-        return party_runtime.load_keys(self.roster, self.identity, name)
-
-    def share_file_keys(self, party: Optional[str]) -> tuple:
-        """(roster, identity) that check and decrypt model share files: the run's durable keys (``roster`` and
-        ``identity`` paths; a run's fresh spawn keys sign nothing), the identity only in ``party``'s process."""
-        if self.roster is None:
-            return None, None
-        if party is None:  # one process plays every party: it can check the seals, but holds no party's key
-            return party_runtime.load_keys(self.roster, self.identity, self.model_owner_party)[0], None
-        return party_runtime.load_keys(self.roster, self.identity, party)
-
-    # ------------------------------------------------------------------ only the model owner's process reads weights
-    def load_checkpoint(self, checkpoint_path: Any, weights_only: Optional[bool] = None) -> dict[str, Any]:
-        """``ckpt_path``: read in the model owner's process only (Lightning restores it in every process); the
-        others get a placeholder and learn the weights' shapes only."""
-        if self.distributed and self.role != self.model_owner_party:
-            return locality.placeholder_checkpoint()
-        return super().load_checkpoint(checkpoint_path, weights_only=weights_only)
-
-    def load_model_state_dict(self, checkpoint: dict[str, Any], strict: bool = True) -> None:
-        if not locality.is_placeholder(checkpoint):
-            super().load_model_state_dict(checkpoint, strict=strict)
 
     # ------------------------------------------------------------------ device handling and (local) collectives
     @property
@@ -522,86 +354,6 @@ class SecurePredictStrategy(ParallelStrategy):
             party_runtime.leave(self._world)
             self._world = None
         super().teardown()
-
-    # ------------------------------------------------------------------ results in the user's process
-    @property
-    def session(self) -> Optional[Session]:
-        """This process's MPC session (None before setup, in the crypto provider's process, and in the user's
-        process when the parties ran as processes: their results then come from :attr:`process_reports`)."""
-        return self.secure_run.session if self.secure_run is not None else None
-
-    def _report(self, predictions: Any) -> ProcessReport:
-        """This process's report to the launcher in the user's process (distributed runtime, spawned locally)."""
-        if self.is_dealer:
-            return dealer_report(self.role, self.global_rank, self.timings, getattr(self, "_dealer_stats", {}),
-                                 link_stats(self._world))
-        if self.role == self.client_party:
-            return self._own.with_predictions(predictions)
-        return self._own
-
-    def _receive_reports(self, reports: dict[int, ProcessReport]) -> None:
-        """In the user's process: fill the results from the report of the process that holds each of them."""
-        self._reports = RunReports(reports, self.parties, self.model_owner_party, self.client_party)
-        self.revealed_metrics, self.revealed_counts = self._reports.revealed_metrics, self._reports.revealed_counts
-        self.timings = self._reports.timings
-
-    def _predictions_from(self, reports: dict[int, ProcessReport]) -> Any:
-        return self._reports.predictions
-
-    @property
-    def process_reports(self) -> dict[int, ProcessReport]:
-        """Distributed runtime spawned here: each process's report by rank, a :class:`~.reports.PartyReport` per
-        compute party (role, timings, traffic, link stats, ...) and the crypto provider's
-        :class:`~.reports.DealerReport` last (``report.to_dict()`` or ``report["key"]``: the dicts they were)."""
-        return dict(self._reports.by_rank) if self._reports is not None else {}
-
-    @property
-    def reveal_ledger(self) -> list:
-        """Everything released beyond uniformly masked openings: name, shape, receivers (in an outside role's own
-        process: what was revealed to it)."""
-        if self.is_outside and self.secure_run is not None:
-            return list(self.secure_run.role.learned)
-        if self.session is not None:
-            return list(self.session.ledger)
-        return self._reports.ledger if self._reports is not None else []
-
-    def cost_report(self) -> Optional[CostReport]:
-        """Seconds, rounds and bytes per party for every layer (module path) and protocol step of the last run
-        (its rows sum to :meth:`comm_stats`); ``print`` shows the layers by time. None before a run, and in the
-        crypto provider's process. With parties as processes each party's traffic is its own count and each
-        step's time the slowest party's."""
-        if self.session is not None:
-            return CostReport.from_profiles({self.session.local_party or "all": self.session.comm.cost_profile()})
-        if self._reports is not None:
-            return CostReport.from_profiles(self._reports.cost_profiles())
-        return None
-
-    def log_results(self, logger: Any) -> None:
-        """Log the revealed metrics (``secure_<name>``, where this process learnt them) and the per-layer cost
-        profile (``cost/<layer>/...``) through a Lightning logger; done at the end of ``predict`` (when ``predict``
-        spawned the roles: in your process, once, with every party's profile)."""
-        if logger is None:
-            return
-        metrics = {f"secure_{k}": float(v.mean()) for k, v in self.revealed_metrics.items()}
-        report = self.cost_report()
-        if report is not None:
-            metrics.update(report.metrics())
-        if metrics:
-            logger.log_metrics(metrics, step=0)
-            logger.save()
-
-    def comm_stats(self, offline: bool = False) -> dict[str, dict[str, int]]:
-        """Per compute party: rounds, messages, bytes sent/received (online, or offline from the dealer). In the
-        crypto provider's own process (one launch per role): its offline traffic to each party."""
-        if self.is_dealer:  # the crypto provider's process: what it sent each party (offline), nothing online
-            stats = getattr(self, "_dealer_stats", {}) if offline else {}
-            return {p: stats[p] for p in self.parties if p in stats}
-        if self.is_outside and self.secure_run is not None:  # an outside role's own process: its own traffic
-            return {self.role: dataclasses.asdict(self.secure_run.role.stats)}
-        if self.session is None:  # each party's own process counted its own traffic
-            return self._reports.comm_stats(offline) if self._reports is not None else {}
-        stats = self.session.comm.stats(offline=offline)
-        return {p: stats[p] for p in self.parties if p in stats}
 
     @classmethod
     def register_strategies(cls, strategy_registry: Any) -> None:
