@@ -51,7 +51,7 @@ def test_five_roles_as_processes_equal_the_simulated_runtime(simulated, preproce
     assert str(dist.reveal_ledger[-1]) == "accuracy (scalar) to server"
     assert dist.comm_stats() == sim.comm_stats()  # the compute parties' traffic, party by party
     reports = dist.process_reports
-    assert [r.role for r in reports.values()] == ["alice", "bob", "server", "client", "crypto_provider"]
+    assert [reports[r].role for r in sorted(reports)] == ["alice", "bob", "server", "client", "crypto_provider"]
     server, client = reports[2], reports[3]
     assert [r.name for r in server.learned] == ["accuracy"] and server.predictions is None
     assert {r.name for r in client.learned} == {"predicted labels"} and not client.revealed_metrics
@@ -85,7 +85,7 @@ def test_a_server_that_shared_once_need_not_send_anything(tmp_path) -> None:
     assert dist.process_reports[2].traffic["bytes_sent"] == 0
     # the server offline: no process of its own; alice (a compute party) learns the metrics, the client stays outside
     dist, out = _run("distributed", model=blank, model_shares=str(tmp_path), model_owner_party="alice")
-    assert [r.role for r in dist.process_reports.values()] == ["alice", "bob", "client", "crypto_provider"]
+    assert [dist.process_reports[r].role for r in sorted(dist.process_reports)] == ["alice", "bob", "client", "crypto_provider"]
     assert (torch.cat(out) == plain).float().mean() >= 0.98
     assert dist.revealed_counts == {"accuracy": (int((plain == Y).sum()), 70)}
 

@@ -114,6 +114,9 @@ class Communicator:
         """A public value an op used (a constant, an index, a mask): every party must use the same. One process
         holds every party here, so nothing can disagree; the process runtime binds them into its messages."""
 
+    def bind_input(self, binding: str) -> None:
+        """The next outside input's index and shape (public): the process runtime binds them into its message."""
+
     def note_reveal(self, name: str, frac_bits: int) -> None:
         """What the next reveal to an outside receiver is (public): one process holds every role here; the process
         runtime announces it to the receiver's process."""

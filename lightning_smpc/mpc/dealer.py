@@ -29,10 +29,10 @@ import torch
 
 from . import transforms
 from .config import RingConfig
-from .errors import DealerStoreError
+from .errors import DealerStoreError, WireError
 from .kinds import KINDS
 from .kinds._shares import DealtShares
-from .kinds.outside_input import OWNER_KEY_BYTES, advance, outside_counts
+from .kinds.outside_input import OWNER_KEY_BYTES, OutsideInputMask, advance, outside_counts
 from .material import DIGIT_BITS, DIGIT_CHOICES, Material, Request, gt_table_spec
 from .prg import CSPRNG
 from .ring import LimbOperand
@@ -89,6 +89,7 @@ class TrustedDealer:
         self._next_id = 0
         self._owner_keys: dict[str, bytes] = {}  # per outside input owner: the key its masks derive from
         self.replays = 0  # repeats of the current plan replayed so far (reset when a plan is recorded)
+        self.known_owners: tuple | None = None  # the outside input owners allowed (None: any, one process)
         self._store: deque[tuple[Request, Material]] = deque()
         self._recording: list[_PlanEntry] | None = None
         self.fallback_inline = False  # on a store mismatch: raise (False) or drop the store and go inline
@@ -133,7 +134,11 @@ class TrustedDealer:
         self.replays = 0
 
     def owner_key(self, owner: str) -> bytes:
-        """The key an outside input owner's masks derive from (drawn once per run; handed to that owner only)."""
+        """The key an outside input owner's masks derive from (drawn once per run; handed to that owner only).
+        With :attr:`known_owners` set (the crypto provider's process: the run's outside roles), any other name is
+        refused."""
+        if self.known_owners is not None and owner not in self.known_owners:
+            raise WireError(f"outside_input_mask owner: {owner!r} is not a role of this run {self.known_owners}.")
         if owner not in self._owner_keys:
             self._owner_keys[owner] = self.prg.random_bytes(OWNER_KEY_BYTES).tobytes()
         return self._owner_keys[owner]
@@ -142,12 +147,17 @@ class TrustedDealer:
         plan, self._recording = self._recording or [], None
         return plan
 
-    def preprocess(self, plan: list[_PlanEntry], repeats: int, party_precompute=None) -> None:
+    def preprocess(self, plan: list[_PlanEntry], repeats: int, party_precompute=None,
+                   next_inputs: dict | None = None) -> None:
         """Generate the material of ``plan`` ``repeats`` times into the store (ids remapped per repeat).
 
         ``party_precompute(request, material, created)`` lets the parties fold data-independent work
         into their material right away (``created`` maps mask ids of this repeat to their material).
+        ``next_inputs``: the session's count of each outside owner's inputs so far: the repeats continue from it
+        (after a discarded store the count of repeats would run ahead of the inputs actually shared).
         """
+        if next_inputs is not None:
+            self._rebase(plan, next_inputs)
         t0 = time.perf_counter()
         created: dict[int, Material] = {}
         for i, req, mat in self.replay(plan, repeats):
@@ -172,6 +182,20 @@ class TrustedDealer:
                 mat = self._generate(req)
                 idmap.update(zip(entry.created, mat.created))
                 yield i, req, mat
+
+    def _rebase(self, plan: list[_PlanEntry], next_inputs: dict) -> None:
+        counts = outside_counts([entry.request for entry in plan])
+        first: dict[str, int] = {}
+        for entry in plan:
+            if entry.request.kind == OutsideInputMask.name:
+                p = OutsideInputMask.params(entry.request)
+                first.setdefault(p.owner, p.index)
+        pending = len(self._store) // max(len(plan), 1)  # repeats already in the store
+        steps = {divmod(next_inputs.get(o, 0) + pending * counts[o] - first[o], counts[o]) for o in counts}
+        if len(steps) == 1:
+            (k, rest), = steps
+            if rest == 0 and k >= 1:
+                self.replays = k - 1  # replay counts the next repeat as k
 
     @property
     def store_size(self) -> int:

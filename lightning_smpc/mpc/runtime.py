@@ -47,6 +47,9 @@ class Transport(Protocol):
     def note_reveal(self, name: str, frac_bits: int) -> None:
         """What the next reveal to an outside receiver is (public; the process runtime announces it)."""
 
+    def bind_input(self, binding: str) -> None:
+        """The next outside input's index and shape (public; the process runtime binds them into its message)."""
+
 
 @runtime_checkable
 class DealerHandle(Protocol):
@@ -64,8 +67,10 @@ class DealerHandle(Protocol):
     def stop_recording(self) -> list:
         """Stop recording; returns the plan."""
 
-    def preprocess(self, plan: list, repeats: int, party_precompute: Optional[Callable] = None) -> None:
-        """Prepare the material of ``repeats`` more runs of ``plan`` ahead of the requests."""
+    def preprocess(self, plan: list, repeats: int, party_precompute: Optional[Callable] = None,
+                   next_inputs: Optional[dict] = None) -> None:
+        """Prepare the material of ``repeats`` more runs of ``plan`` ahead of the requests (``next_inputs``: the
+        session's count of each outside owner's inputs, which the repeats continue from)."""
 
     @property
     def store_size(self) -> int:

@@ -255,7 +255,7 @@ class Session:
         weights whose masked value ``delta = W - B`` was opened before, ``[a] @ delta`` depends only on
         dealer randomness and ``delta``, so it is folded into ``[c]`` offline.
         """
-        self.dealer.preprocess(plan, repeats, self._party_precompute)
+        self.dealer.preprocess(plan, repeats, self._party_precompute, next_inputs=dict(self._outside_inputs))
 
     def _party_precompute(self, req, mat, created) -> None:
         if req.kind != "beaver":

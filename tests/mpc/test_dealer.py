@@ -80,6 +80,52 @@ def test_preprocessed_batches_need_no_inline_dealer_work(make_session, n, d):
     assert s.stats()["dealer"]["requests_inline"] == before["requests_inline"] + len(plan)
 
 
+def test_a_discarded_store_does_not_leave_an_outside_owners_repeats_ahead(make_session):
+    """Review (issue 18.1): after a batch of another shape drops the store, the next preprocessing continues from the
+    outside client's inputs actually shared (its masks' indices), so that the store serves again."""
+    s = make_session(2, seed=21)
+    plain = mlp_weights()
+    params = [s.share(t, owner="alice") for t in plain]
+    g = torch.Generator().manual_seed(1)
+    s.record_plan()
+    secure_batch(s, params, torch.randn(BATCH, D_IN, generator=g, dtype=torch.float64))
+    plan = s.dealer.stop_recording()
+    s.dealer.fallback_inline = True
+    s.preprocess(plan, 2)
+    secure_batch(s, params, torch.randn(BATCH, D_IN, generator=g, dtype=torch.float64))  # from the store
+    secure_batch(s, params, torch.randn(BATCH - 1, D_IN, generator=g, dtype=torch.float64))  # drops the store
+    s.preprocess(plan, 1)
+    before = s.stats()["dealer"]["requests_from_store"]
+    x = torch.randn(BATCH, D_IN, generator=g, dtype=torch.float64)
+    check_batch(*secure_batch(s, params, x), x, plain)
+    assert s.stats()["dealer"]["requests_from_store"] - before == len(plan)
+
+
+def test_the_crypto_provider_makes_keys_for_its_runs_outside_roles_only():
+    from lightning_smpc.mpc.errors import WireError
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        s = Session(("alice", "bob"), seed=0)
+    s.dealer.known_owners = ("server", "client")
+    assert len(s.dealer.owner_key("client")) == 32 and s.dealer.owner_key("client") == s.dealer.owner_key("client")
+    with pytest.raises(WireError, match="'eve' is not a role of this run"):
+        s.dealer.owner_key("eve")
+
+
+def test_a_malformed_note_to_an_outside_role_is_a_wire_error():
+    from lightning_smpc.mpc.errors import WireError
+    from lightning_smpc.mpc.process.transport import outside_header, read_outside_header
+
+    good = {"name": "labels", "frac_bits": 16, "shape": [3], "tag": "reveal", "public": "ab"}
+    assert read_outside_header(outside_header(good)) == good
+    assert read_outside_header(outside_header({"end": True, "examples": 5}))["examples"] == 5
+    for bad in ({**good, "shape": [1 << 40, 1 << 40]}, {**good, "shape": [2.5]}, {**good, "frac_bits": 99},
+                {**good, "extra": 1}, {"end": True, "examples": "7"}, [1, 2]):
+        with pytest.raises(WireError, match="Malformed note"):
+            read_outside_header(outside_header(bad))
+
+
 @N_PARTIES
 def test_preprocessed_traffic_equals_inline_traffic(make_session, n):
     """Preprocessing moves dealer work offline; the online protocol (rounds, bytes) is unchanged."""

@@ -114,6 +114,37 @@ def test_outside_owners_and_receivers_as_processes_match_the_simulated_runtime()
     assert runs[-1]["alice"]["bytes_received"] > 0
 
 
+def disagreeing_job(role):
+    """The parties disagree on a public constant just before revealing to an outside receiver; the server's input
+    counter is off by one where ``role.name == 'server'`` and ``SKIP`` is set."""
+    warnings.simplefilter("ignore")
+    X, W, b = _data()
+    if not isinstance(role, Session):
+        if role.name == "server":
+            role._inputs += int(os.environ.get("SMPC_TEST_SKIP") or 0)  # a server out of step with the parties
+            role.share(W)
+        else:
+            role.share(X)
+        return role.receive_all()
+    sess = role
+    w = sess.share(None, owner="server", shape=tuple(W.shape))
+    x = sess.share(None, owner="client", shape=tuple(X.shape))
+    h = F.linear(x, w)
+    if not os.environ.get("SMPC_TEST_SKIP"):
+        h = h + (1.0 if sess.local_party == "alice" else 100.0)  # a public value the parties disagree on
+    sess.reveal(h.sum(), to=(), outside="client", name="sum")
+    return None
+
+
+@pytest.mark.parametrize("skip", ["", "1"], ids=["public-value", "input-count"])
+def test_parties_out_of_step_fail_before_an_outside_role_takes_a_wrong_value(skip, monkeypatch):
+    """Review (issue 18.1): a reveal to an outside role carries each party's hash of the public values, and an
+    outside owner's input its index and shape: a disagreement fails authentication instead of a wrong value."""
+    monkeypatch.setenv("SMPC_TEST_SKIP", skip)
+    with pytest.raises(Exception, match="LinkIntegrityError|authenticat"):
+        run_parties(disagreeing_job, parties=("alice", "bob"), outside=("server", "client"), timeout=30)
+
+
 def test_processes_without_their_roster_keys_are_refused_by_name():
     names = ("alice", "bob", "crypto_provider")
     ids = {n: Identity.generate(n) for n in names}

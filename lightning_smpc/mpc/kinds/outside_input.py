@@ -1,8 +1,8 @@
 """``outside_input_mask``: the input mask of an owner that is not a compute party (the model owner's server, the
 client, each in a process of its own): the parties get shares of a uniform ``A``, and the owner derives ``A`` itself.
 
-Each party's seed of the ``index``-th input of ``owner`` is ``HMAC-SHA256(K_owner, "<index>/<party>")`` truncated to a
-seed, with ``K_owner`` a 32-byte key the crypto provider draws once per run and hands that owner alone. So the owner
+Each party's seed of the ``index``-th input of ``owner`` is ``HMAC-SHA256(K_owner, "<index>/<shape>/<party>")``
+truncated to a seed, with ``K_owner`` a 32-byte key the crypto provider draws once per run and hands that owner alone. So the owner
 needs no message per input (the crypto provider and the owner never exchange anything after the key), and the
 material the parties receive is what any seeded share costs. ``index`` counts the owner's inputs in the run (public:
 every party and the owner count the same shares); a streamed plan's ``k``-th repeat advances it by ``k`` times the
@@ -33,10 +33,12 @@ class OutsideInputParams:
     index: int  # the owner's input count in this run (public)
 
 
-def owner_seeds(key: bytes, index: int, n_parties: int) -> tuple[bytes, ...]:
-    """Every party's seed of the owner's ``index``-th input mask (the crypto provider and the owner compute them)."""
-    return tuple(hmac.new(key, f"outside_input_mask/{index}/{i}".encode(), hashlib.sha256).digest()[:SEED_BYTES]
-                 for i in range(n_parties))
+def owner_seeds(key: bytes, index: int, shape: tuple, n_parties: int) -> tuple[bytes, ...]:
+    """Every party's seed of the owner's ``index``-th input mask (the crypto provider and the owner compute them);
+    the shape is in the label, so that two shapes at one index never share a stream (one of them is only ever a
+    discarded request, but no later change should have to know that)."""
+    label = f"outside_input_mask/{index}/{'x'.join(map(str, shape))}"
+    return tuple(hmac.new(key, f"{label}/{i}".encode(), hashlib.sha256).digest()[:SEED_BYTES] for i in range(n_parties))
 
 
 @register
@@ -58,7 +60,7 @@ class OutsideInputMask(MaterialKind):
 
     @classmethod
     def seeds(cls, dealer, p):
-        return owner_seeds(dealer.owner_key(p.owner), p.index, dealer.n)
+        return owner_seeds(dealer.owner_key(p.owner), p.index, tuple(p.shape), dealer.n)
 
     @classmethod
     def generate(cls, dealer, p, refs, sh):

@@ -14,7 +14,7 @@ from ..comm import Communicator
 from ..dealer import TrustedDealer, _PlanEntry
 from ..links import LinkError, Links
 from ..prg import make_prg
-from .outside import send_owner_keys
+from .outside import outside_roles, send_owner_keys
 from .remote_dealer import (_ALIVE, _CTRL_TAG, _END, _FORGET, _FORGET_TAG, _MATERIAL, _RECORD, _REQ_TAG, _STOP,
                             _STREAM, _STREAM_DEPTH, _material_tag)
 
@@ -138,6 +138,7 @@ def serve_dealer(
         raise LinkError(f"serve_dealer runs on the crypto provider's rank ({crypto_provider!r}), not on {links.name!r}.")
     accounting = Communicator(parties)
     dealer = TrustedDealer(crypto_provider, parties, make_prg(seed), accounting, ring or RingConfig(), "cpu")
+    dealer.known_owners = outside_roles(links, parties)  # masks for this run's outside roles only
     send_owner_keys(links, dealer)  # each outside input owner's key, once (its masks derive from it)
     _DealerProcess(links, parties, dealer, max_material_bytes).serve()
     return {**accounting.stats(offline=True), "masks_held": dealer.masks_held}

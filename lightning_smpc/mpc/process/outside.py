@@ -19,7 +19,7 @@ from ..encoding import FixedPointEncoder
 from ..kinds.outside_input import OWNER_KEY_BYTES, OutsideInputMask, owner_seeds
 from ..links import LinkError, Links
 from ..session import RevealRecord
-from .transport import OUTSIDE_HEADER_TAG, _OUTSIDE_HEADER_BYTES, read_outside_header
+from .transport import OUTSIDE_HEADER_TAG, _OUTSIDE_HEADER_BYTES, input_binding, read_outside_header
 
 __all__ = ["OutsideRole", "OWNER_KEY_TAG", "send_owner_keys"]
 
@@ -69,11 +69,14 @@ class OutsideRole:
         frac = self.ring.precision_bits if frac_bits is None else frac_bits
         encoded = self.encoder.encode(torch.as_tensor(value).detach().cpu(), frac)
         req = OutsideInputMask.request(tuple(encoded.shape), self.name, self._inputs)
-        seeds = owner_seeds(self._key, self._inputs, len(self.parties))
-        self._inputs += 1
+        seeds = owner_seeds(self._key, self._inputs, tuple(encoded.shape), len(self.parties))
         mask = wire.owner_mask(wire.material_layout(req, 0, self.parties, self.ring), b"".join(seeds))
         eps = (encoded - mask).contiguous()
-        self.links.broadcast(eps, self.rank, "input:share", ranks=self._peers + [self.rank])
+        # the input's index and shape are bound into the message: parties that count this owner's inputs otherwise
+        # fail authentication instead of using another mask
+        tag = f"input:share|{input_binding(self.name, self._inputs, tuple(encoded.shape))}"
+        self._inputs += 1
+        self.links.broadcast(eps, self.rank, tag, ranks=self._peers + [self.rank])
         self.stats.messages += len(self.parties)
         self.stats.bytes_sent += len(self.parties) * eps.numel() * 8
 
@@ -85,9 +88,11 @@ class OutsideRole:
         if note.get("end"):
             self.end_note = note
             return None
-        shape, frac = tuple(int(d) for d in note["shape"]), int(note["frac_bits"])
-        parts = self.links.gather_to(self.rank, torch.empty(shape, dtype=torch.int64), f"reveal:{note['tag']}",
-                                     ranks=self._peers + [self.rank])
+        shape, frac = tuple(note["shape"]), note["frac_bits"]
+        # each party's share comes under its own hash of the public values: one that disagrees with the first
+        # party's (the note's) fails authentication here, instead of a silently wrong value
+        parts = self.links.gather_to(self.rank, torch.empty(shape, dtype=torch.int64),
+                                     f"reveal:{note['tag']}|public:{note['public']}", ranks=self._peers + [self.rank])
         total = torch.stack(parts[:-1]).sum(0)  # the parties' shares (the last entry is this role's placeholder)
         self.stats.messages += len(self.parties)
         self.stats.bytes_received += len(self.parties) * total.numel() * 8

@@ -142,11 +142,12 @@ class RemoteDealer:
         plan, self._recording = self._recording or [], None
         return plan
 
-    def preprocess(self, plan: list[_PlanEntry], repeats: int, party_precompute=None) -> None:
+    def preprocess(self, plan: list[_PlanEntry], repeats: int, party_precompute=None, next_inputs=None) -> None:
         """Have the dealer process stream the material of ``repeats`` more runs of ``plan`` (the plan recorded
         last). The online phase takes each message when it asks for it, or :meth:`take_ahead` takes a whole
         repeat first and folds the data-independent products into it (``party_precompute``, as in
-        :meth:`~.dealer.TrustedDealer.preprocess`)."""
+        :meth:`~.dealer.TrustedDealer.preprocess`). ``next_inputs`` is not needed here: the parties record a new
+        plan after leaving one, so the count of streamed repeats never runs ahead of the outside owners' inputs."""
         if repeats <= 0 or not plan:
             return
         self._precompute = party_precompute

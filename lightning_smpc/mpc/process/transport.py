@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 
 import torch
 
@@ -30,14 +31,41 @@ def outside_header(note: dict) -> torch.Tensor:
 
 
 def read_outside_header(buf: torch.Tensor) -> dict:
+    """A note from the first party, checked: an end note ``{"end": true}`` (with ``"examples"``: int, in a Lightning
+    run), or a reveal's
+    ``{"name": str, "frac_bits": 0..62, "shape": [int, ...] (bounded), "tag": str, "public": hex}``."""
     raw = bytes(buf.tolist())
     n = int.from_bytes(raw[:4], "big")
-    if n > _OUTSIDE_HEADER_BYTES - 4:
-        raise WireError(f"Malformed note to an outside role (length {n}).")
-    note = json.loads(raw[4:4 + n].decode())
-    if not isinstance(note, dict):
-        raise WireError("Malformed note to an outside role.")
-    return note
+    try:
+        if n > _OUTSIDE_HEADER_BYTES - 4:
+            raise ValueError(f"length {n}")
+        note = json.loads(raw[4:4 + n].decode())
+        if not isinstance(note, dict):
+            raise ValueError("not an object")
+        if note.get("end") is True:
+            if not set(note) <= {"end", "examples"} or not _is_int(note.get("examples", 0)) or note.get("examples", 0) < 0:
+                raise ValueError(f"end note {note!r}")
+            return note
+        if set(note) != {"name", "frac_bits", "shape", "tag", "public"}:
+            raise ValueError(f"keys {sorted(note)}")
+        shape = note["shape"]
+        if (not isinstance(note["name"], str) or not isinstance(note["tag"], str) or not isinstance(note["public"], str)
+                or not _is_int(note["frac_bits"]) or not 0 <= note["frac_bits"] <= 62 or not isinstance(shape, list)
+                or len(shape) > 8 or not all(_is_int(d) and d >= 0 for d in shape)
+                or math.prod(shape) > wire.MAX_NUMEL):
+            raise ValueError(f"reveal note {note!r}")
+        return note
+    except (ValueError, UnicodeDecodeError) as e:
+        raise WireError(f"Malformed note to an outside role from the first party ({e}).") from None
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def input_binding(owner: str, index: int, shape: tuple) -> str:
+    """What an outside owner's masked input is bound to (its index and shape: both sides count them)."""
+    return f"{owner}/{index}/{'x'.join(map(str, shape))}"
 
 
 def _opening_wire(mine: torch.Tensor, kind: str, bits: int) -> torch.Tensor:
@@ -157,11 +185,12 @@ class DistributedCommunicator(Communicator):
 
     def _reveal_outside(self, receiver: str, mine: torch.Tensor) -> None:
         dst = self.links.index(receiver)
-        note = {**getattr(self, "_reveal_note", {"name": "value", "frac_bits": 0}), "shape": list(mine.shape),
-                "tag": self._tag}
+        note = {**(getattr(self, "_reveal_note", None) or {"name": "value", "frac_bits": 0}), "shape": list(mine.shape),
+                "tag": self._tag, "public": self._public.hexdigest()[:16]}
         self._reveal_note = None
         self._authenticated(lambda: self._announce(receiver, note))
-        self._authenticated(lambda: self.links.gather_to(dst, mine, f"reveal:{self._tag}", ranks=self._peers + [dst]))
+        self._authenticated(lambda: self.links.gather_to(dst, mine, self._bound(f"reveal:{self._tag}"),
+                                                         ranks=self._peers + [dst]))
 
     def _announce(self, receiver: str, note: dict) -> None:
         if self.rank == 0:
@@ -179,11 +208,15 @@ class DistributedCommunicator(Communicator):
         names = self.links.names
         return tuple(n for n in names[:-1] if n not in self.parties)
 
+    def bind_input(self, binding: str) -> None:
+        """The next outside input's index and shape (see :func:`input_binding`), bound into its message."""
+        self._input_binding = binding
+
     def _broadcast(self, value: torch.Tensor, sender: str) -> torch.Tensor:
         if sender not in self.parties:  # an outside input owner's masked input
-            src = self.links.index(sender)
+            src, binding, self._input_binding = self.links.index(sender), getattr(self, "_input_binding", ""), ""
             return self._authenticated(lambda: self.links.broadcast(
-                value.contiguous(), src, f"input:{self._tag}", ranks=self._peers + [src]))
+                value.contiguous(), src, f"input:{self._tag}|{binding}", ranks=self._peers + [src]))
         src = self._peers[self.parties.index(sender)]
         return self._authenticated(
             lambda: self.links.broadcast(value.contiguous(), src, self._bound(f"input:{self._tag}"), ranks=self._peers))

@@ -32,7 +32,9 @@ def share(sess: PartyContext, encoded: torch.Tensor, owner: str):
     if owner in sess.parties:
         req = InputMask.request(tuple(encoded.shape), owner)
     else:  # an owner outside the parties derives its mask from its key: its inputs are counted (public)
-        req = OutsideInputMask.request(tuple(encoded.shape), owner, sess.input_index(owner))
+        index = sess.input_index(owner)
+        req = OutsideInputMask.request(tuple(encoded.shape), owner, index)
+        sess.comm.bind_input(f"{owner}/{index}/{'x'.join(map(str, encoded.shape))}")
     mat = sess.dealer.request(req)
     if "owner_mask" in mat.data:  # only the owner's process holds the mask and the value
         eps = encoded.to(sess.device) - mat.owner_mask
