@@ -91,9 +91,9 @@ def test_a_discarded_store_does_not_leave_an_outside_owners_repeats_ahead(make_s
     secure_batch(s, params, torch.randn(BATCH, D_IN, generator=g, dtype=torch.float64))
     plan = s.dealer.stop_recording()
     s.dealer.fallback_inline = True
-    s.preprocess(plan, 2)
+    s.preprocess(plan, 3)
     secure_batch(s, params, torch.randn(BATCH, D_IN, generator=g, dtype=torch.float64))  # from the store
-    secure_batch(s, params, torch.randn(BATCH - 1, D_IN, generator=g, dtype=torch.float64))  # drops the store
+    secure_batch(s, params, torch.randn(BATCH - 1, D_IN, generator=g, dtype=torch.float64))  # drops 2 repeats
     s.preprocess(plan, 1)
     before = s.stats()["dealer"]["requests_from_store"]
     x = torch.randn(BATCH, D_IN, generator=g, dtype=torch.float64)
