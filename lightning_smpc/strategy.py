@@ -32,7 +32,7 @@ from .mpc.material import DIGIT_BITS
 from .mpc.wire import MAX_MATERIAL_BYTES
 from .preflight import preflight as run_preflight
 from .outside_run import OutsideRun
-from .reports import RunReports, outside_report, party_report
+from .reports import RunReports, link_stats, outside_report, party_report
 from .secure_run import SecureRun
 from .strategy_args import check_choices, check_run_settings, input_config
 from .strategy_results import ResultsMixin
@@ -299,6 +299,7 @@ class SecurePredictStrategy(RolesMixin, ResultsMixin, ParallelStrategy):
             self._dealer_stats = party_runtime.serve_dealer(self._world, self.crypto_provider, self.ring, self.seed,
                                                              self.max_material_bytes)
             self.timings = {"dealer_seconds": time.perf_counter() - t0}
+            self._dealer_links = link_stats(self._world)  # now: teardown closes the links before the report is made
             return
         run = OutsideRun if self.is_outside else SecureRun
         self.secure_run = run(self, model, self._world, self.root_device, t_start=self._t_setup)

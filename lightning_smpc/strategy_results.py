@@ -16,7 +16,7 @@ from typing import Any, Optional
 
 from .costs import CostReport
 from .mpc import Session
-from .reports import ProcessReport, RunReports, dealer_report, link_stats
+from .reports import ProcessReport, RunReports, dealer_report
 
 __all__ = ["ResultsMixin"]
 
@@ -34,7 +34,7 @@ class ResultsMixin:
         """This process's report to the launcher in the user's process (distributed runtime, spawned locally)."""
         if self.is_dealer:
             return dealer_report(self.role, self.global_rank, self.timings, getattr(self, "_dealer_stats", {}),
-                                 link_stats(self._world))
+                                 getattr(self, "_dealer_links", {}))
         if self.role == self.client_party:
             return self._own.with_predictions(predictions)
         return self._own

@@ -176,6 +176,7 @@ def test_streamed_dealer_material_gives_the_same_results_as_the_simulated_runtim
     assert reports[0]["dealer_requests"] == reports[0].to_dict()["dealer_requests"] == requests  # the dicts they were
     assert "predictions" in reports[n - 1] and "predictions" not in reports[0]  # the client's only
     assert reports[n]["dealer"]["masks_held"] == reports[n].masks_held > 0
+    assert reports[n].links["aead_seconds"] > 0  # the crypto provider's link costs (it reported {} before)
 
 
 def test_a_batch_that_leaves_the_plan_drops_the_stream_and_goes_inline() -> None:
