@@ -45,11 +45,15 @@ class OutsideRun:
         self.batch_seconds: list[float] = []
         self.session = None
         t0 = time.perf_counter()
+        self.private = getattr(config, "private", "both")
         if self.is_owner and getattr(config, "model_shares", None) is None:  # the parties kept shares: nothing to send
             with torch.no_grad():  # BatchNorms folded on the owner's plaintext weights, in the parties' order
                 params, _ = folding.secure_view(model, shared_weights(model))
-                for _, t in params:
-                    self.role.share(t.detach())
+                if self.private == "data":  # the model is public to the compute parties: sent in clear
+                    party_runtime.publish_weights(world, world.rank, [t.detach().contiguous() for _, t in params])
+                else:
+                    for _, t in params:
+                        self.role.share(t.detach())
         self.timings = {"start_seconds": t0 - t_start, "share_weights_seconds": time.perf_counter() - t0}
 
     def wrap_loader(self, dataloader: Any) -> Any:
@@ -60,7 +64,8 @@ class OutsideRun:
         cfg = self.config
         self.loader = ClientLoader(dataloader, lambda data: party_runtime.announce(self.world, data), cfg.input_key,
                                    cfg.target_key, read_ahead=cfg.preprocess, public=cfg.public_inputs,
-                                   send_public=lambda t: party_runtime.announce_tensor(self.world, t))
+                                   send_public=lambda t: party_runtime.announce_tensor(self.world, t),
+                                   inputs_public=self.private == "model")
         return self.loader
 
     def share_batch(self, batch: Any) -> Any:
@@ -72,8 +77,8 @@ class OutsideRun:
             check_targets(targets, self.metrics)  # before anything of this batch is shared
         self.loader.take_next_same()
         values = inputs.items() if isinstance(inputs, dict) else [(None, inputs)]
-        for key, value in values:
-            if key not in cfg.public_inputs:  # public ones went in clear after the batch header
+        for key, value in values:  # public ones (all of them with private="model") went in clear after the header
+            if key not in cfg.public_inputs and self.private != "model":
                 self.role.share(value, frac_bits=0 if is_integer_input(value) else None)
         if targets is not None and self.metrics:
             onehot = torch.nn.functional.one_hot(torch.as_tensor(targets).to(torch.int64), num_classes(self.metrics))

@@ -153,9 +153,11 @@ _WEIGHTS_TAG = "public_weights"
 
 
 def publish_weights(world: World, src: int, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
-    """``private="data"``: the model owner's process (rank ``src``) sends its weights in clear to the other compute
-    parties (encrypted, authenticated); the others pass tensors of the right shapes and get the owner's."""
-    return [world.links.broadcast(t, src, _WEIGHTS_TAG, ranks=world.party_ranks) for t in tensors]
+    """``private="data"``: the model owner's process (rank ``src``: a party's, or a server's outside them) sends its
+    weights in clear to the compute parties (encrypted, authenticated); the others pass tensors of the right shapes
+    and get the owner's."""
+    ranks = world.party_ranks + ([src] if src not in world.party_ranks else [])
+    return [world.links.broadcast(t, src, _WEIGHTS_TAG, ranks=ranks) for t in tensors]
 
 
 def leave(world: World) -> None:

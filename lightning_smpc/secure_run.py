@@ -107,7 +107,7 @@ class SecureRun:
         process over the authenticated links with parties as processes); recorded in the ledger."""
         sess = self.session
         if self.distributed:
-            owner = self.config.parties.index(self.owner)
+            owner = self.world.links.index(self.owner)
             tensors = [t.detach().contiguous() for _, t in params]
             received = party_runtime.publish_weights(self.world, owner, tensors)
             weights = {name: t for (name, _), t in zip(params, received)}

@@ -50,10 +50,6 @@ def check_run_settings(topology: Topology, *, private: str, timeout: float, star
                        roster: Optional[str], identity: Optional[str], start_method: Optional[str],
                        max_material_bytes: int, preflight: Any, model_shares: Any) -> None:
     """The settings checked once the roles' ``topology`` is known, in the constructor's order."""
-    if topology.outside and private != "both":
-        raise PartyConfigError(
-            f"private={private!r} with {topology.outside} outside the compute parties is not supported yet: "
-            "use private='both', or make the model owner and the client compute parties.")
     if timeout <= 0:
         raise ValueError(f"Expected a positive `timeout` in seconds, but got {timeout}.")
     if start_timeout <= 0:

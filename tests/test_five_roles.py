@@ -98,11 +98,25 @@ def test_the_clients_own_error_keeps_its_type_in_its_process() -> None:
         Trainer(strategy=strategy, logger=False, enable_progress_bar=False).predict(_model(), bad)
 
 
+@pytest.mark.parametrize("private", ["data", "model"])
+def test_one_side_private_modes_with_five_roles(private: str) -> None:
+    """The server sends its weights in clear (``"data"``) or the client its inputs (``"model"``), to the parties only."""
+    dist, out = _run("distributed", private=private)
+    sim, sim_out = _run("simulated", private=private)
+    assert torch.equal(torch.cat(out), torch.cat(sim_out))
+    assert dist.revealed_counts == sim.revealed_counts
+    assert [str(r) for r in dist.reveal_ledger] == [str(r) for r in sim.reveal_ledger]
+    assert dist.comm_stats() == sim.comm_stats()
+    server, client = dist.process_reports[2], dist.process_reports[3]
+    if private == "data":  # nothing masked from the server: its weights went in clear
+        assert server.traffic["bytes_sent"] == 0
+    else:  # only the one-hot targets are masked from the client
+        assert client.traffic["bytes_sent"] == 2 * 8 * 70 * 10
+
+
 def test_roles_are_named_and_configurations_checked() -> None:
     s = SecurePredictStrategy(runtime="distributed", **FIVE)
     assert s.num_processes == 5 and [s.role_name(r) for r in range(5)] == ["alice", "bob", "server", "client",
                                                                             "crypto_provider"]
     with pytest.raises(PartyConfigError, match="never the crypto provider"):
         SecurePredictStrategy(model_owner_party="crypto_provider")
-    with pytest.raises(PartyConfigError, match="not supported yet"):
-        SecurePredictStrategy(private="data", **FIVE)
