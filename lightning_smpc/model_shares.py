@@ -182,7 +182,7 @@ def _path_of(source: Source, party: str) -> Path:
 def load_model_shares(
     source: Source, parties: Sequence[str], model: nn.Module, ring: RingConfig, local_party: Optional[str] = None,
     owner: Optional[str] = None, roster: Optional[Roster] = None, identity: Optional[Identity] = None,
-    allow_test_seed: bool = False,
+    allow_test_seed: bool = False, sharing_id: Optional[str] = None,
 ) -> tuple[ShareFileHeader, dict[str, torch.Tensor]]:
     """The stored shares for a run, checked against it: ``{name: int64 rows}`` with the leading party axis (every
     party's rows when ``local_party`` is None, one process playing all; else that party's own file only).
@@ -190,13 +190,17 @@ def load_model_shares(
     ``source``: the directory :func:`save_model_shares` wrote, a ``{party: path}`` mapping, or one party's file.
     Raises :class:`ModelSharesError` when the files do not fit the model's architecture, the parties, the ring's
     precision, or each other (a missing, swapped, damaged, forged or mixed file), before anything runs. Files saved
-    with a test ``seed`` (predictable shares) are refused unless ``allow_test_seed`` (a run with a test seed)."""
+    with a test ``seed`` (predictable shares) are refused unless ``allow_test_seed`` (a run with a test seed);
+    ``sharing_id`` pins the sharing (an older set of files, validly signed all the same, is refused)."""
     parties = tuple(parties)
     readers = parties if local_party is None else (local_party,)
     files = []
     for p in readers:  # each checked against the run as it is read (a party set that differs names itself first)
         files.append(read_share_file(_path_of(source, p), p, roster=roster, identity=identity, owner=owner))
         _check_run(files[-1][0], parties, ring)
+        if sharing_id is not None and files[-1][0].sharing_id != sharing_id:
+            raise ModelSharesError(f"The model shares of {p!r} are of sharing {files[-1][0].sharing_id}, but this run "
+                                   f"expects sharing {sharing_id} (an older set of files?).")
         if files[-1][0].test_seed and not allow_test_seed:
             raise ModelSharesError(f"The model shares of {p!r} were saved with a test seed (predictable shares: "
                                    "insecure); save them again without `seed`.")

@@ -96,7 +96,8 @@ class SecureRun:
         roster, identity = cfg.share_file_keys(sess.local_party)
         header, rows = load_model_shares(cfg.model_shares, cfg.parties, model, cfg.ring, local_party=sess.local_party,
                                          owner=cfg.model_owner_party, roster=roster, identity=identity,
-                                         allow_test_seed=cfg.seed is not None)
+                                         allow_test_seed=cfg.seed is not None,
+                                         sharing_id=getattr(cfg, "model_shares_id", None))
         # bound into the next messages: parties whose files come from different sharings fail at the masked opening
         # (before anything is revealed), naming the sharing
         sess.comm.note_public("model shares of sharing", detail=header.sharing_id)

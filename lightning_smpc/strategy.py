@@ -135,6 +135,9 @@ class SecurePredictStrategy(RolesMixin, ResultsMixin, ParallelStrategy):
             precision, a missing, swapped, damaged, forged or mixed file) raise ``ModelSharesError`` before anything
             runs. Signed and encrypted files (saved with a roster) are checked against ``roster`` and decrypted with
             ``identity``.
+        model_shares_id: the sharing the files must be of (``save_model_shares``' receipt and every file's header
+            name it): an older, still validly signed set of files is then refused (a signature says who made the
+            files, not when).
 
     Example:
         >>> from lightning.pytorch import Trainer
@@ -177,6 +180,7 @@ class SecurePredictStrategy(RolesMixin, ResultsMixin, ParallelStrategy):
         preflight: Any = None,
         private: Literal["both", "data", "model"] = "both",
         model_shares: Optional[Union[str, dict[str, str]]] = None,
+        model_shares_id: Optional[str] = None,
     ) -> None:
         super().__init__()
         check_choices(reveal, runtime, parties, crypto_provider)
@@ -214,6 +218,9 @@ class SecurePredictStrategy(RolesMixin, ResultsMixin, ParallelStrategy):
         self.preflight = preflight
         self.private = private
         self.model_shares = model_shares
+        if model_shares_id is not None and model_shares is None:
+            raise ValueError("`model_shares_id` pins the sharing of `model_shares`: pass both.")
+        self.model_shares_id = model_shares_id
         self.preflight_report = None  # the pre-flight's report, in the process that ran it
         self._preflight_done = False
         self._num_nodes = 1

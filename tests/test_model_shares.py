@@ -3,6 +3,7 @@ predict from the files with a model instance whose weights are never used, in bo
 run that shares the trained model afresh; files that do not fit are refused before anything runs."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -125,6 +126,10 @@ def test_mismatches_are_refused_before_anything_runs(share_dir: Path, tmp_path: 
     save_model_shares(_trained(), mixed, parties=("alice", "bob"))
     shutil.copy(share_dir / "bob.shares", mixed / "bob.shares")
     refused("different sharings", source=mixed)
+    current = json.loads((share_dir / "owner.receipt.json").read_text())["sharing_id"]
+    refused("expects sharing", source=mixed, model_shares_id=current)  # older files, pinned out
+    strategy, _ = _predict(_blank(), model_shares=str(share_dir), model_shares_id=current)
+    assert strategy.revealed_counts
 
 
 def test_parties_whose_files_come_from_different_sharings_fail_at_the_masked_opening(share_dir: Path,
