@@ -30,7 +30,7 @@ class FreshMask(MaterialKind):
 
     @classmethod
     def layout(cls, p, fresh, b):
-        b.share("a", p.shape, uniform=True)  # every party's share is its seed's expansion: 32 bytes on the wire
+        b.share("a", p.shape, uniform=True)  # every party's share is its seed's expansion: 24 bytes with the id
         return b.build(1, ("a",))
 
     @classmethod
