@@ -22,7 +22,7 @@ from .batches import ClientLoader, is_integer_input, split_batch
 from .forward import shared_weights
 from .metrics import accuracy_from_revealed
 from .mpc.process.outside import OutsideRole
-from .secure_run import check_targets, num_classes
+from .secure_run import check_inputs, check_targets, num_classes
 
 __all__ = ["OutsideRun"]
 
@@ -75,6 +75,8 @@ class OutsideRun:
         inputs, targets, _ = split_batch(batch, cfg.input_key, cfg.target_key)
         if targets is not None and self.metrics:
             check_targets(targets, self.metrics)  # before anything of this batch is shared
+        if self.private != "model":
+            check_inputs(inputs, cfg.public_inputs, self.role.encoder)
         self.loader.take_next_same()
         values = inputs.items() if isinstance(inputs, dict) else [(None, inputs)]
         for key, value in values:  # public ones (all of them with private="model") went in clear after the header

@@ -9,7 +9,7 @@ names is released. At the end, each metric is revealed to the model owner.
 from __future__ import annotations
 
 import time
-from typing import Any, Optional, Union
+from typing import Any, Optional, Sequence, Union
 
 import torch
 from lightning.pytorch import LightningModule
@@ -23,7 +23,7 @@ from .mpc import Session, ShareTensor
 from .mpc.session import RevealRecord
 from .preprocessing import PreprocessSchedule, StreamSchedule
 
-__all__ = ["SecureRun", "num_classes", "check_targets"]
+__all__ = ["SecureRun", "num_classes", "check_targets", "check_inputs"]
 
 
 class SecureRun:
@@ -147,6 +147,8 @@ class SecureRun:
         inputs, targets, rebuild = split_batch(batch, self.config.input_key, self.config.target_key)
         if targets is not None and self.metrics and not isinstance(targets, PlaceholderBatch):
             check_targets(targets, self.metrics)  # before anything of this batch is shared
+        if self.private != "model":  # every secret input checked before the first is shared (the client's values)
+            check_inputs(inputs, self.config.public_inputs, self.session.encoder)
         if self.distributed:  # every party learns from the client's header whether the next batch looks alike
             self.schedule.before_batch(batch.next_same if isinstance(batch, PlaceholderBatch) else self.loader.take_next_same())
         else:
@@ -246,6 +248,16 @@ class SecureRun:
     def close(self) -> None:
         self.shared_params = {}
         self.targets = None
+
+
+def check_inputs(inputs: Any, public: Sequence, encoder) -> None:
+    """The client's secret inputs, checked in its own process before any of them is shared (NaN/inf, the range, real
+    values): with several inputs a later one's error would otherwise come after an earlier one was sent."""
+    values = inputs.items() if isinstance(inputs, dict) else [(None, inputs)]
+    for key, value in values:
+        if key in public or isinstance(value, (PlaceholderBatch, PlaceholderInput)):
+            continue
+        encoder.encode(torch.as_tensor(value).detach().cpu(), 0 if is_integer_input(value) else None)
 
 
 def check_targets(targets: Any, metrics: dict[str, Metric]) -> None:

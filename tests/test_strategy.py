@@ -394,6 +394,26 @@ def test_nan_input_rejected(tiny) -> None:
     assert isinstance(info.value, NonFiniteInputError)
 
 
+def test_every_secret_input_is_checked_before_the_first_is_shared() -> None:
+    """A batch with two secret inputs whose second holds a NaN: nothing of it is shared (only the weights were)."""
+
+    class TwoInputs(LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = torch.nn.Linear(4, 3)
+
+        def forward(self, a, b):
+            return self.fc(a + b)
+
+    b = torch.randn(8, 4)
+    b[2, 1] = float("nan")
+    batch = {"a": torch.randn(8, 4), "b": b, "y": torch.randint(0, 3, (8,))}
+    strategy = SecurePredictStrategy(seed=0, input_key=("a", "b"), target_key="y")
+    with pytest.raises(NonFiniteInputError):
+        _secure(strategy, TwoInputs(), DataLoader([batch], batch_size=None))
+    assert strategy.secure_run.session.comm.stats_by_tag()["share"]["rounds"] == 2  # fc.weight and fc.bias only
+
+
 def test_dataloader_iter_predict_step_refused(tiny) -> None:
     _, x, y, _ = tiny
 
