@@ -21,7 +21,8 @@ from ..prg import SEED_BYTES
 from ._schema import check_int, check_shape
 from .base import MaterialKind, register
 
-__all__ = ["OutsideInputMask", "OutsideInputParams", "owner_seeds", "advance", "outside_counts", "OWNER_KEY_BYTES"]
+__all__ = ["OutsideInputMask", "OutsideInputParams", "owner_seeds", "input_binding", "advance", "outside_counts",
+           "OWNER_KEY_BYTES"]
 
 OWNER_KEY_BYTES = 32
 
@@ -31,6 +32,12 @@ class OutsideInputParams:
     shape: tuple
     owner: str
     index: int  # the owner's input count in this run (public)
+
+
+def input_binding(owner: str, index: int, shape: tuple) -> str:
+    """What an outside owner's input is known by, on both sides: its owner, its index and its shape (public). The
+    seeds derive from it, and the process runtime binds it into the owner's masked input."""
+    return f"{owner}/{index}/{'x'.join(map(str, shape))}"
 
 
 def owner_seeds(key: bytes, index: int, shape: tuple, n_parties: int) -> tuple[bytes, ...]:

@@ -14,7 +14,8 @@ from ..comm import Communicator
 from ..dealer import TrustedDealer, _PlanEntry
 from ..links import LinkError, Links
 from ..prg import make_prg
-from .outside import outside_roles, send_owner_keys
+from .outside import send_owner_keys
+from .transport import outside_roles
 from .remote_dealer import (_ALIVE, _CTRL_TAG, _END, _FORGET, _FORGET_TAG, _MATERIAL, _RECORD, _REQ_TAG, _STOP,
                             _STREAM, _STREAM_DEPTH, _material_tag)
 

@@ -16,10 +16,10 @@ from .. import wire
 from ..comm import PartyStats
 from ..config import RingConfig
 from ..encoding import FixedPointEncoder
-from ..kinds.outside_input import OWNER_KEY_BYTES, OutsideInputMask, owner_seeds
+from ..kinds.outside_input import OWNER_KEY_BYTES, OutsideInputMask, input_binding, owner_seeds
 from ..links import LinkError, Links
 from ..session import RevealRecord
-from .transport import OUTSIDE_HEADER_TAG, _OUTSIDE_HEADER_BYTES, input_binding, read_outside_header
+from .transport import OUTSIDE_HEADER_TAG, _OUTSIDE_HEADER_BYTES, outside_roles, read_outside_header
 
 __all__ = ["OutsideRole", "OWNER_KEY_TAG", "send_owner_keys"]
 
@@ -31,11 +31,6 @@ def send_owner_keys(links: Links, dealer) -> None:
     for name in outside_roles(links, dealer.parties):
         key = torch.frombuffer(bytearray(dealer.owner_key(name)), dtype=torch.uint8)
         links.send(name, key, OWNER_KEY_TAG)
-
-
-def outside_roles(links: Links, parties) -> tuple[str, ...]:
-    """Every role that is neither a compute party nor the crypto provider (the last rank)."""
-    return tuple(n for n in links.names[:-1] if n not in parties)
 
 
 class OutsideRole:

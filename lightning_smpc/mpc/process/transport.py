@@ -13,7 +13,7 @@ from ..errors import WireError
 from ..comm import Communicator
 from ..links import LinkIntegrityError, Links
 
-__all__ = ["DistributedCommunicator", "outside_header", "read_outside_header", "OUTSIDE_HEADER_TAG"]
+__all__ = ["DistributedCommunicator", "outside_header", "read_outside_header", "outside_roles", "OUTSIDE_HEADER_TAG"]
 
 OUTSIDE_HEADER_TAG = "outside/announce"
 _OUTSIDE_HEADER_BYTES = 512
@@ -63,9 +63,9 @@ def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def input_binding(owner: str, index: int, shape: tuple) -> str:
-    """What an outside owner's masked input is bound to (its index and shape: both sides count them)."""
-    return f"{owner}/{index}/{'x'.join(map(str, shape))}"
+def outside_roles(links: Links, parties) -> tuple[str, ...]:
+    """Every role that is neither a compute party nor the crypto provider (the last rank): the outside roles."""
+    return tuple(n for n in links.names[:-1] if n not in parties)
 
 
 def _opening_wire(mine: torch.Tensor, kind: str, bits: int) -> torch.Tensor:
@@ -105,6 +105,9 @@ class DistributedCommunicator(Communicator):
         self._public = hashlib.sha256(b"lightning_smpc/public/v1")
         self._public_log: list[str] = []  # the public values used since the last message, for the error
         self.heartbeat = None  # called before every exchange (the first party's keep-alive to the dealer)
+        self._reveal_note: dict | None = None  # the next outside reveal's name and fixed-point bits (note_reveal)
+        self._input_binding = ""  # the next outside input's owner, index and shape (bind_input)
+        self.outside = outside_roles(links, self.parties)  # the roles in processes of their own
 
     # Public values (constants, indices, masks: anything an op uses in clear) are hashed into every later message's
     # authenticated data: parties that disagree on one (a scale factor, a permutation, a module attribute that only
@@ -185,7 +188,7 @@ class DistributedCommunicator(Communicator):
 
     def _reveal_outside(self, receiver: str, mine: torch.Tensor) -> None:
         dst = self.links.index(receiver)
-        note = {**(getattr(self, "_reveal_note", None) or {"name": "value", "frac_bits": 0}), "shape": list(mine.shape),
+        note = {**(self._reveal_note or {"name": "value", "frac_bits": 0}), "shape": list(mine.shape),
                 "tag": self._tag, "public": self._public.hexdigest()[:16]}
         self._reveal_note = None
         self._authenticated(lambda: self._announce(receiver, note))
@@ -202,19 +205,13 @@ class DistributedCommunicator(Communicator):
         for name in self.outside:
             self._announce(name, {"end": True, **public})
 
-    @property
-    def outside(self) -> tuple[str, ...]:
-        """The roles in processes of their own: neither compute parties nor the crypto provider (the last rank)."""
-        names = self.links.names
-        return tuple(n for n in names[:-1] if n not in self.parties)
-
     def bind_input(self, binding: str) -> None:
         """The next outside input's index and shape (see :func:`input_binding`), bound into its message."""
         self._input_binding = binding
 
     def _broadcast(self, value: torch.Tensor, sender: str) -> torch.Tensor:
         if sender not in self.parties:  # an outside input owner's masked input
-            src, binding, self._input_binding = self.links.index(sender), getattr(self, "_input_binding", ""), ""
+            src, binding, self._input_binding = self.links.index(sender), self._input_binding, ""
             return self._authenticated(lambda: self.links.broadcast(
                 value.contiguous(), src, f"input:{self._tag}|{binding}", ranks=self._peers + [src]))
         src = self._peers[self.parties.index(sender)]

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..kinds import FreshMask, InputMask, OutsideInputMask
+from ..kinds.outside_input import input_binding
 from ._cost import nbytes, protocol
 
 if TYPE_CHECKING:
@@ -34,7 +35,7 @@ def share(sess: PartyContext, encoded: torch.Tensor, owner: str):
     else:  # an owner outside the parties derives its mask from its key: its inputs are counted (public)
         index = sess.input_index(owner)
         req = OutsideInputMask.request(tuple(encoded.shape), owner, index)
-        sess.comm.bind_input(f"{owner}/{index}/{'x'.join(map(str, encoded.shape))}")
+        sess.comm.bind_input(input_binding(owner, index, tuple(encoded.shape)))
     mat = sess.dealer.request(req)
     if "owner_mask" in mat.data:  # only the owner's process holds the mask and the value
         eps = encoded.to(sess.device) - mat.owner_mask
