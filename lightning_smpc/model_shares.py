@@ -140,7 +140,7 @@ def save_model_shares(
     params = _folded(model)
     encoder = FixedPointEncoder(ring.precision_bits, ring.compare_bits)
     encoded = [(name, encoder.encode(t)) for name, t in params]  # checks NaN/inf and the range, before writing
-    prg, n = make_prg(seed), len(parties)
+    prg = make_prg(seed)
     shares: dict[str, dict[str, torch.Tensor]] = {p: {} for p in parties}
     for name, x in encoded:  # n - 1 uniform shares, the last one completes the sum (mod 2^64)
         rest = x.clone()
@@ -182,7 +182,7 @@ def _path_of(source: Source, party: str) -> Path:
 def load_model_shares(
     source: Source, parties: Sequence[str], model: nn.Module, ring: RingConfig, local_party: Optional[str] = None,
     owner: Optional[str] = None, roster: Optional[Roster] = None, identity: Optional[Identity] = None,
-    allow_test_seed: bool = False, sharing_id: Optional[str] = None,
+    allow_test_seed: bool = False, sharing_id: Optional[str] = None, folded: Optional[Sequence] = None,
 ) -> tuple[ShareFileHeader, dict[str, torch.Tensor]]:
     """The stored shares for a run, checked against it: ``{name: int64 rows}`` with the leading party axis (every
     party's rows when ``local_party`` is None, one process playing all; else that party's own file only).
@@ -191,7 +191,8 @@ def load_model_shares(
     Raises :class:`ModelSharesError` when the files do not fit the model's architecture, the parties, the ring's
     precision, or each other (a missing, swapped, damaged, forged or mixed file), before anything runs. Files saved
     with a test ``seed`` (predictable shares) are refused unless ``allow_test_seed`` (a run with a test seed);
-    ``sharing_id`` pins the sharing (an older set of files, validly signed all the same, is refused)."""
+    ``sharing_id`` pins the sharing (an older set of files, validly signed all the same, is refused). ``folded``: the
+    model's ``(name, tensor)`` list as the run shares it (BatchNorms folded), where the caller already made it."""
     parties = tuple(parties)
     readers = parties if local_party is None else (local_party,)
     files = []
@@ -210,7 +211,7 @@ def load_model_shares(
         raise ModelSharesError(f"The files come from {len(mixed)} different sharings (ids {sorted(mixed)}): shares "
                                "of different sharings do not add up to the weights. Use the files of one "
                                "save_model_shares call.")
-    params = _folded(model)  # the architecture only: names and shapes
+    params = _folded(model) if folded is None else folded  # the architecture only: names and shapes
     layout = [(name, tuple(t.shape)) for name, t in params]
     if _architecture(params) != header.architecture or layout != list(header.tensors):
         expected = dict(header.tensors)

@@ -22,7 +22,7 @@ from .batches import ClientLoader, is_integer_input, split_batch
 from .forward import shared_weights
 from .metrics import accuracy_from_revealed
 from .mpc.process.outside import OutsideRole
-from .secure_run import check_inputs, check_targets, num_classes
+from .secure_run import check_inputs, check_targets, onehot_targets, wire_metrics
 
 __all__ = ["OutsideRun"]
 
@@ -38,8 +38,7 @@ class OutsideRun:
         self.role = OutsideRole(world.links, config.parties, config.crypto_provider, config.ring)
         self.is_owner, self.is_client = self.name == config.model_owner_party, self.name == config.client_party
         self.metrics = config.metrics
-        for name, metric in self.metrics.items():  # as the parties wire them: revealed to the model owner
-            metric.name, metric.reveal_to = name, config.model_owner_party
+        wire_metrics(self.metrics, config.model_owner_party, device)  # as the parties wire them
         self.loader: Optional[ClientLoader] = None
         self.shared_params: dict = {}  # an outside role holds no share
         self.batch_seconds: list[float] = []
@@ -83,8 +82,7 @@ class OutsideRun:
             if key not in cfg.public_inputs and self.private != "model":
                 self.role.share(value, frac_bits=0 if is_integer_input(value) else None)
         if targets is not None and self.metrics:
-            onehot = torch.nn.functional.one_hot(torch.as_tensor(targets).to(torch.int64), num_classes(self.metrics))
-            self.role.share(onehot.to(torch.float32), frac_bits=0)
+            self.role.share(onehot_targets(targets, self.metrics), frac_bits=0)
         return batch
 
     def step(self, model: LightningModule, args: tuple, kwargs: dict) -> Any:

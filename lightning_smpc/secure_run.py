@@ -23,7 +23,7 @@ from .mpc import Session, ShareTensor
 from .mpc.session import RevealRecord
 from .preprocessing import PreprocessSchedule, StreamSchedule
 
-__all__ = ["SecureRun", "num_classes", "check_targets", "check_inputs"]
+__all__ = ["SecureRun", "num_classes", "check_targets", "check_inputs", "onehot_targets", "wire_metrics"]
 
 
 class SecureRun:
@@ -51,7 +51,7 @@ class SecureRun:
         self.owner = config.model_owner_party if self.distributed else config.model_owner
         self.client = config.client_party if self.distributed else config.client
         self.metrics: dict[str, Metric] = config.metrics
-        self._wire_metrics()
+        wire_metrics(self.metrics, self.owner, device)
         self.loader: Optional[Union[ClientLoader, PlaceholderLoader]] = None
         self.targets: Optional[ShareTensor] = None
         self.batch_seconds: list[float] = []  # the online phase of each batch
@@ -61,7 +61,7 @@ class SecureRun:
         with torch.no_grad():  # BatchNorms folded on the owner's plaintext weights, before sharing
             params, self.batchnorm_view = folding.secure_view(model, shared_weights(model))
             if getattr(config, "model_shares", None) is not None:  # kept shares: the model gives names and shapes
-                self.shared_params = self._kept_weights(model)
+                self.shared_params = self._kept_weights(model, params)
             elif self.private == "data":  # the model is public to the compute parties: products with it are local
                 self.shared_params = self._public_weights(params)
             else:
@@ -74,22 +74,13 @@ class SecureRun:
     def is_client(self) -> bool:
         return not self.distributed or self.session.local_party == self.client
 
-    def _wire_metrics(self) -> None:
-        for name, metric in self.metrics.items():
-            metric.to(self.device)
-            metric.reset()
-            if hasattr(metric, "name"):
-                metric.name = name
-            if hasattr(metric, "reveal_to"):
-                metric.reveal_to = self.owner
-
     def _share_weight(self, t: torch.Tensor) -> ShareTensor:
         if not self.distributed:
             return self.session.share(t.detach(), owner=self.owner)
         mine = self.session.local_party == self.owner  # only the model owner's process reads weights
         return self.session.share(t.detach() if mine else None, owner=self.owner, shape=tuple(t.shape))
 
-    def _kept_weights(self, model: LightningModule) -> dict[str, ShareTensor]:
+    def _kept_weights(self, model: LightningModule, params: list) -> dict[str, ShareTensor]:
         """``model_shares``: this process's stored shares (all parties' rows when simulated), checked against the run,
         each given a fresh opened mask; the model's own weights are not used."""
         cfg, sess = self.config, self.session
@@ -97,7 +88,7 @@ class SecureRun:
         header, rows = load_model_shares(cfg.model_shares, cfg.parties, model, cfg.ring, local_party=sess.local_party,
                                          owner=cfg.model_owner_party, roster=roster, identity=identity,
                                          allow_test_seed=cfg.seed is not None,
-                                         sharing_id=getattr(cfg, "model_shares_id", None))
+                                         sharing_id=getattr(cfg, "model_shares_id", None), folded=params)
         # bound into the next messages: parties whose files come from different sharings fail at the masked opening
         # (before anything is revealed), naming the sharing
         sess.comm.note_public("model shares of sharing", detail=header.sharing_id)
@@ -165,10 +156,8 @@ class SecureRun:
         self.examples += first.shape[0]
         self.targets = None
         if targets is not None and self.metrics:
-            n_cls = num_classes(self.metrics)
-            onehot = targets if isinstance(targets, PlaceholderBatch) else \
-                torch.nn.functional.one_hot(targets.to(torch.int64), n_cls).to(torch.float32)
-            self.targets = self._share_input(onehot, frac_bits=0, shape=(first.shape[0], n_cls))
+            onehot = targets if isinstance(targets, PlaceholderBatch) else onehot_targets(targets, self.metrics)
+            self.targets = self._share_input(onehot, frac_bits=0, shape=(first.shape[0], num_classes(self.metrics)))
         return rebuild(shared_inputs, self.targets)
 
     def _public_inputs(self, inputs: Any) -> Any:
@@ -250,13 +239,29 @@ class SecureRun:
         self.targets = None
 
 
+def wire_metrics(metrics: dict[str, Metric], owner: str, device: torch.device) -> None:
+    """Each metric for a run: on ``device``, reset, named as in ``metrics``, revealed to the model owner ``owner``."""
+    for name, metric in metrics.items():
+        metric.to(device)
+        metric.reset()
+        if hasattr(metric, "name"):
+            metric.name = name
+        if hasattr(metric, "reveal_to"):
+            metric.reveal_to = owner
+
+
+def onehot_targets(targets: Any, metrics: dict[str, Metric]) -> torch.Tensor:
+    """The client's class labels one-hot (float, ``num_classes`` of the metrics), as they are shared."""
+    return torch.nn.functional.one_hot(torch.as_tensor(targets).to(torch.int64), num_classes(metrics)).to(torch.float32)
+
+
 def check_inputs(inputs: Any, public: Sequence, encoder) -> None:
     """The client's secret inputs, checked in its own process before any of them is shared (NaN/inf, the range, real
-    values): with several inputs a later one's error would otherwise come after an earlier one was sent."""
+    values): with several inputs a later one's error would otherwise come after an earlier one was sent. One input
+    is checked by its own sharing, before anything of it is sent: it is not encoded twice on the way."""
     values = inputs.items() if isinstance(inputs, dict) else [(None, inputs)]
-    for key, value in values:
-        if key in public or isinstance(value, (PlaceholderBatch, PlaceholderInput)):
-            continue
+    secret = [v for k, v in values if k not in public and not isinstance(v, (PlaceholderBatch, PlaceholderInput))]
+    for value in secret if len(secret) > 1 else ():
         encoder.encode(torch.as_tensor(value).detach().cpu(), 0 if is_integer_input(value) else None)
 
 

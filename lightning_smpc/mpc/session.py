@@ -161,10 +161,13 @@ class Session:
             encoded = torch.zeros(tuple(shape), dtype=torch.int64)
         else:
             encoded = self.encoder.encode(torch.as_tensor(value).detach().cpu(), frac)
-        shares, eps, a, mask_id = P.share(self, encoded, owner)
+        return self._with_opened_mask(*P.share(self, encoded, owner), frac)
+
+    def _with_opened_mask(self, shares, eps, a, mask_id: int, frac_bits: int) -> ShareTensor:
+        """A shared value with its opened mask ``(eps, [a])`` (later products with it reuse the opening)."""
         mask = Mask(eps, a, MaskHandle(self.dealer, mask_id))
         self._opened_masks[mask_id] = mask
-        return ShareTensor(shares, self, frac, mask)
+        return ShareTensor(shares, self, frac_bits, mask)
 
     def input_index(self, owner: str) -> int:
         """The next input of ``owner`` (outside the parties): its count so far in this session, public (the parties and
@@ -236,12 +239,8 @@ class Session:
         for v in values:
             if v.dtype != torch.int64 or v.dim() < 1 or v.shape[0] != rows:
                 raise ValueError(f"Expected int64 shares with leading axis {rows}, got {v.dtype} {tuple(v.shape)}.")
-        out = []
-        for shares, eps, b, mask_id in P.remask(self, [v.to(self.device) for v in values]):
-            mask = Mask(eps, b, MaskHandle(self.dealer, mask_id))
-            self._opened_masks[mask_id] = mask
-            out.append(ShareTensor(shares, self, frac_bits, mask))
-        return out
+        return [self._with_opened_mask(*opened, frac_bits)
+                for opened in P.remask(self, [v.to(self.device) for v in values])]
 
     # ------------------------------------------------------------------ preprocessing
     def record_plan(self) -> None:
