@@ -153,7 +153,7 @@ def save_model_shares(
                   architecture=_architecture(params), weights=_weights_fingerprint(encoded, weights_key),
                   tensors=[(name, tuple(t.shape)) for name, t in params], sealed_by=signer,
                   encrypted=roster is not None, model_class=type(model).__qualname__, test_seed=seed is not None)
-    sharing_id = ShareFileHeader.new(parties[0], **common).sharing_id
+    sharing_id = secrets.token_hex(16)  # one per sharing: the files of one sharing carry the same
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     receipt = json.dumps({"sharing_id": sharing_id, "weights": common["weights"], "weights_key": weights_key.hex(),

@@ -47,12 +47,14 @@ class World:
     def party_ranks(self) -> list[int]:
         return list(range(len(self.parties)))
 
+    def with_rank(self, rank: int) -> list[int]:
+        """The parties' ranks, and ``rank``'s when it is a role outside them (it sends to or receives from them)."""
+        return self.party_ranks + ([rank] if rank not in self.party_ranks else [])
+
     @property
     def batch_ranks(self) -> list[int]:
         """Who the client's batch headers go to: the parties, and the client's own process when it is outside them."""
-        if self.client is None or self.client in self.parties:
-            return self.party_ranks
-        return self.party_ranks + [self.links.index(self.client)]
+        return self.party_ranks if self.client is None else self.with_rank(self.links.index(self.client))
 
 
 def join(cluster_environment, rank: int, parties: tuple[str, ...], crypto_provider: str, timeout: float,
@@ -156,8 +158,7 @@ def publish_weights(world: World, src: int, tensors: list[torch.Tensor]) -> list
     """``private="data"``: the model owner's process (rank ``src``: a party's, or a server's outside them) sends its
     weights in clear to the compute parties (encrypted, authenticated); the others pass tensors of the right shapes
     and get the owner's."""
-    ranks = world.party_ranks + ([src] if src not in world.party_ranks else [])
-    return [world.links.broadcast(t, src, _WEIGHTS_TAG, ranks=ranks) for t in tensors]
+    return [world.links.broadcast(t, src, _WEIGHTS_TAG, ranks=world.with_rank(src)) for t in tensors]
 
 
 def leave(world: World) -> None:

@@ -36,7 +36,8 @@ from torch import nn
 from torch.overrides import TorchFunctionMode, resolve_name
 
 from .batches import split_batch
-from .forward import forward_arguments
+from .forward import forward_arguments, layer_names
+from .mpc.config import RingConfig
 from .mpc.errors import SmpcError
 from .mpc.limits import LIMITS
 from .mpc.tensor import OP_LIMIT
@@ -143,37 +144,22 @@ class PreflightReport:
 
 
 # ---------------------------------------------------------------------------------------------- the plaintext passes
-class _Layers:
-    """The current layer path (global module hooks, as :class:`~lightning_smpc.forward.layer_names`), and which
-    layer produced each module output (to name where an op's input came from)."""
+class _Layers(layer_names):
+    """The current layer path (the secure forward's :class:`~lightning_smpc.forward.layer_names`), and which layer
+    produced each module output (to name where an op's input came from)."""
 
     def __init__(self, model: nn.Module) -> None:
-        self.names = {id(m): (n or "(forward)") for n, m in model.named_modules()}
-        self.stack: list[str] = []
+        super().__init__(model)
         self.produced: dict[int, tuple[str, torch.Tensor]] = {}  # id(tensor) -> (layer, tensor kept alive)
 
-    def __enter__(self):
-        hooks = nn.modules.module
-        self.handles = [hooks.register_module_forward_pre_hook(self._enter), hooks.register_module_forward_hook(self._leave)]
-        return self
-
-    def _enter(self, module, args) -> None:
-        if id(module) in self.names:
-            self.stack.append(self.names[id(module)])
-
-    def _leave(self, module, args, output) -> None:
-        if id(module) in self.names and self.stack:
-            name = self.stack.pop()
-            if isinstance(output, torch.Tensor):
-                self.produced[id(output)] = (name, output)
+    def _leave_layer(self, module, args, output) -> None:
+        if id(module) in self.names and self.stack and isinstance(output, torch.Tensor):
+            self.produced[id(output)] = (self.stack[-1], output)
+        super()._leave_layer(module, args, output)
 
     @property
     def current(self) -> str:
-        return self.stack[-1] if self.stack else "(forward)"
-
-    def __exit__(self, *exc) -> None:
-        for h in self.handles:
-            h.remove()
+        return self.stack[-1] if self.stack else self.TOP
 
 
 def _first_tensor(args: tuple) -> Optional[torch.Tensor]:
@@ -292,13 +278,17 @@ def _row(layer: str, op: str, limit: str, max_abs: float, min_abs: Optional[floa
 
 
 def _valid_settings(f: int, c: int) -> bool:
-    return c % 4 == 0 and f < c <= 56 and c + f <= 62 and f >= 1
+    try:
+        RingConfig(f, c)
+    except ValueError:
+        return False
+    return True
 
 
 def _suggest(rows: list[PreflightRow], f0: int, c0: int) -> tuple[Optional[int], Optional[int]]:
     """The valid (precision_bits, compare_bits) closest to the requested ones with which every row is ok."""
     best = None
-    for f in range(8, 41):
+    for f in range(8, 31):  # RingConfig: precision_bits in [1, 30]
         for c in range(4, 57, 4):
             if not _valid_settings(f, c):
                 continue
@@ -332,13 +322,14 @@ def preflight(model: nn.Module, data: Any, precision_bits: int = 16, compare_bit
     layers = _Layers(model)
     recorder = _Recorder(layers)
     errors, agree, total = [], 0, 0
+    rounded_params = _rounded_params(model, precision_bits)  # the weights as the secure run encodes them, once
     try:
         with torch.no_grad():
             for batch in batches:
                 with layers, recorder:
                     plain = _call(model, batch, input_key, target_key)
                 layers.produced.clear()
-                rounded = _rounded_pass(model, batch, input_key, target_key, precision_bits)
+                rounded = _rounded_pass(model, batch, input_key, target_key, rounded_params, precision_bits)
                 if isinstance(plain, torch.Tensor) and isinstance(rounded, torch.Tensor):
                     errors.append(float((rounded.double() - plain.double()).abs().max()))
                     if plain.dim() >= 1 and plain.shape[-1] > 1:
@@ -356,10 +347,13 @@ def preflight(model: nn.Module, data: Any, precision_bits: int = 16, compare_bit
                            len(batches), notes)
 
 
-def _rounded_pass(model: nn.Module, batch: Any, input_key, target_key, f: int) -> Any:
+def _rounded_params(model: nn.Module, f: int) -> dict[str, torch.Tensor]:
     scale = 2.0 ** f
-    params = {n: torch.floor(t * scale) / scale for n, t in itertools.chain(model.named_parameters(), model.named_buffers())
-              if t.is_floating_point()}
+    return {n: torch.floor(t * scale) / scale for n, t in itertools.chain(model.named_parameters(), model.named_buffers())
+            if t.is_floating_point()}
+
+
+def _rounded_pass(model: nn.Module, batch: Any, input_key, target_key, params: dict, f: int) -> Any:
     with _Rounding(f):
         return torch.func.functional_call(_Caller(model, input_key, target_key), {f"m.{k}": v for k, v in params.items()},
                                           (batch,), strict=False)

@@ -115,9 +115,6 @@ class OutsideReport(_KeyAccess):
     def with_predictions(self, predictions: Any) -> "OutsideReport":
         return replace(self, predictions=predictions)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
-
 
 ProcessReport = Union[PartyReport, DealerReport, OutsideReport]
 

@@ -222,7 +222,6 @@ class SecurePredictStrategy(RolesMixin, ResultsMixin, ParallelStrategy):
             raise ValueError("`model_shares_id` pins the sharing of `model_shares`: pass both.")
         self.model_shares_id = model_shares_id
         self.preflight_report = None  # the pre-flight's report, in the process that ran it
-        self._preflight_done = False
         self._num_nodes = 1
         self._world = None  # this process's handle on the distributed runtime
         self.secure_run: Optional[SecureRun] = None  # this process's part of the run (a compute party's)
@@ -277,7 +276,7 @@ class SecurePredictStrategy(RolesMixin, ResultsMixin, ParallelStrategy):
 
     def run_preflight(self, model, data: Any) -> None:
         """The pre-flight check of ``model`` on ``data`` with this strategy's settings (see ``preflight``)."""
-        if self.preflight is None or self._preflight_done:
+        if self.preflight is None or self.preflight_report is not None:  # once per strategy
             return
         calibration = data if self.preflight is True else self.preflight
         if calibration is None:
@@ -287,7 +286,6 @@ class SecurePredictStrategy(RolesMixin, ResultsMixin, ParallelStrategy):
                 "SecurePredictStrategy(preflight=<a batch or a dataloader>).")
         self.preflight_report = run_preflight(model, calibration, self.precision_bits, self.compare_bits,
                                               input_key=self.input_key, target_key=self.target_key)
-        self._preflight_done = True
         self.preflight_report.raise_if_not_ok()
 
     def setup(self, trainer) -> None:

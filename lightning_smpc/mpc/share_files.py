@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import secrets
 import struct
@@ -138,18 +139,11 @@ class ShareFileHeader:
 
     @property
     def numel(self) -> int:
-        return sum(_numel(s) for _, s in self.tensors)
+        return sum(math.prod(s) for _, s in self.tensors)
 
 
 def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _numel(shape) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
 
 
 # ---------------------------------------------------------------------------------------------- keys
@@ -249,7 +243,7 @@ def read_share_file(path: str | os.PathLike, party: str, roster=None, identity=N
         body = memoryview(_decrypt(header, content[:start + n], body, identity, where))
     tensors, offset = {}, 0
     for name, shape in header.tensors:
-        k = _numel(shape)
+        k = math.prod(shape)
         tensors[name] = torch.frombuffer(bytearray(body[offset:offset + 8 * k]), dtype=torch.int64).reshape(shape) \
             if k else torch.zeros(shape, dtype=torch.int64)
         offset += 8 * k
